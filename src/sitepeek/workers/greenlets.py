@@ -1,0 +1,108 @@
+"""Greenlet model: one process, one gevent hub, a greenlet per connection.
+
+gevent is used through its explicit APIs (cooperative sockets, a pool, a signal
+handler); nothing is monkey-patched, so the threads model stays real threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.socket
+
+from sitepeek.config import Config
+from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+
+# Errors of accept() that mean "out of descriptors or memory": back off and retry.
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_MAX_BACKOFF = 1.0
+
+
+class GeventIo:
+    """Cooperative blocking primitives for the handler."""
+
+    def wait_writable(self, sock: socket.socket, timeout: float) -> None:
+        gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())
+
+
+class GreenletWorkers:
+    """Serve every connection in its own greenlet, bounded by ``max_connections``."""
+
+    name = "greenlets"
+
+    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+        self._config = config
+        self._make_handler = make_handler
+
+    def run(self, listener: socket.socket) -> None:
+        stop = gevent.event.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, stop.set)
+        serve_until(self._config, self._make_handler, listener, stop)
+
+
+def serve_until(
+    config: Config,
+    make_handler: HandlerFactory,
+    listener: socket.socket,
+    stop: gevent.event.Event,
+    watchers: tuple[Callable[[gevent.event.Event], None], ...] = (),
+) -> None:
+    """Accept and serve on ``listener`` until ``stop`` is set, then shut down gracefully.
+
+    ``watchers`` run in their own greenlets for the lifetime of the server (the
+    process model uses one to notice that its supervisor died).
+    """
+    handler = make_handler(GeventIo())
+    pool = gevent.pool.Pool(config.max_connections)
+    gsock = gevent.socket.socket(fileno=listener.detach())
+    acceptor = gevent.spawn(_accept_loop, gsock, pool, handler)
+    helpers = [gevent.spawn(watch, stop) for watch in watchers]
+    try:
+        stop.wait()
+    finally:
+        acceptor.kill()
+        gsock.close()
+        gevent.killall(helpers)
+        _drain(config, pool, handler)
+
+
+def _accept_loop(
+    gsock: gevent.socket.socket, pool: gevent.pool.Pool, handler: ConnectionHandler
+) -> None:
+    backoff = 0.0
+    warned = False
+    while True:
+        # Past max_connections, wait here: new clients queue in the listen backlog
+        # instead of being accepted and starved (or dropped).
+        pool.wait_available()
+        try:
+            client, peer = gsock.accept()
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRORS:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            if not warned:
+                print(f"sitepeek: accept failed ({exc.strerror}); backing off", file=sys.stderr)
+                warned = True
+            backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
+            gevent.sleep(backoff)
+            continue
+        backoff = 0.0
+        pool.spawn(handler.serve, client, peer)
+
+
+def _drain(config: Config, pool: gevent.pool.Pool, handler: ConnectionHandler) -> None:
+    """Close idle connections now; give in-flight responses a grace period."""
+    handler.begin_shutdown()
+    if not pool.join(timeout=config.shutdown_grace):
+        handler.abort_all()
+        pool.kill(timeout=0.2)

@@ -1,0 +1,218 @@
+"""Process model: pre-forked workers, each running the greenlet engine.
+
+A supervisor forks N workers that all accept on one shared listening socket (as
+gunicorn's gevent workers do), restarts any worker that dies, and stops them all on
+SIGINT/SIGTERM. Workers notice a dead supervisor (PR_SET_PDEATHSIG on Linux, and a
+parent-pid check everywhere) and exit, so a SIGKILLed supervisor leaves no server
+behind. The supervisor never imports gevent: only forked children do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from sitepeek.config import Config
+from sitepeek.workers.base import HandlerFactory
+
+if TYPE_CHECKING:
+    import gevent.event
+
+_PR_SET_PDEATHSIG = 1
+_PARENT_CHECK_SECONDS = 0.5
+_FAST_EXIT_SECONDS = 1.0  # a worker dying sooner than this after its start is crashing
+_MAX_RESTART_DELAY = 5.0
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    started: float
+
+
+class ProcessWorkers:
+    """Supervise ``config.process_count`` forked greenlet workers."""
+
+    name = "processes"
+
+    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+        self._config = config
+        self._make_handler = make_handler
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+        self._restart_delay = 0.0
+
+    def run(self, listener: socket.socket) -> None:
+        wake_r, wake_w = socket.socketpair()
+        for end in (wake_r, wake_w):
+            end.setblocking(False)
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self._stopping = True
+
+        def on_child(signum: int, frame: FrameType | None) -> None:
+            pass  # the wake-up fd does the work
+
+        handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop, signal.SIGCHLD: on_child}
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            for index in range(self._config.process_count):
+                self._spawn(listener, index, (wake_r, wake_w))
+            self._supervise(listener, wake_r, wake_w)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            self._stop_all()
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+            listener.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _supervise(
+        self, listener: socket.socket, wake_r: socket.socket, wake_w: socket.socket
+    ) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                selector.select(timeout=1.0)
+                with contextlib.suppress(BlockingIOError):
+                    while wake_r.recv(512):
+                        pass
+                for pid, status in _reap():
+                    worker = self._workers.pop(pid, None)
+                    if worker is None or self._stopping:
+                        continue
+                    self._restart(listener, worker, pid, status, (wake_r, wake_w))
+
+    def _restart(
+        self,
+        listener: socket.socket,
+        worker: _Worker,
+        pid: int,
+        status: int,
+        inherited: tuple[socket.socket, ...],
+    ) -> None:
+        if time.monotonic() - worker.started < _FAST_EXIT_SECONDS:
+            self._restart_delay = min(_MAX_RESTART_DELAY, self._restart_delay * 2 or 0.1)
+        else:
+            self._restart_delay = 0.0
+        if self._restart_delay:
+            time.sleep(self._restart_delay)
+        if self._stopping:
+            return
+        new_pid = self._spawn(listener, worker.index, inherited)
+        print(
+            f"sitepeek: worker {pid} {_describe(status)}; started worker {new_pid}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _spawn(
+        self, listener: socket.socket, index: int, inherited: tuple[socket.socket, ...]
+    ) -> int:
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, measured by the tests
+            code = 1
+            try:
+                for sock in inherited:
+                    sock.close()
+                _child_main(self._config, self._make_handler, listener, parent)
+                code = 0
+            except BaseException as exc:
+                print(f"sitepeek: worker {os.getpid()} failed: {exc!r}", file=sys.stderr)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self._workers[pid] = _Worker(index, time.monotonic())
+        return pid
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker, wait for the graceful shutdown, then SIGKILL."""
+        for pid in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._config.shutdown_grace + 0.2
+        while self._workers and time.monotonic() < deadline:
+            for pid, _status in _reap():
+                self._workers.pop(pid, None)
+            time.sleep(0.01)
+        for pid in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self._workers):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self._workers.clear()
+
+
+def _child_main(
+    config: Config, make_handler: HandlerFactory, listener: socket.socket, parent: int
+) -> None:
+    """A worker: the greenlet engine on the shared listener, until told to stop."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    _set_parent_death_signal()
+
+    import gevent
+    import gevent.event
+
+    from sitepeek.workers.greenlets import serve_until
+
+    stop = gevent.event.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, stop.set)
+
+    def watch_parent(stop: gevent.event.Event) -> None:
+        while os.getppid() == parent:
+            gevent.sleep(_PARENT_CHECK_SECONDS)
+        stop.set()
+
+    if os.getppid() != parent:
+        return
+    serve_until(config, make_handler, listener, stop, watchers=(watch_parent,))
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: have the kernel send SIGTERM when the supervisor dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the parent-pid check still covers it
+
+
+def _reap() -> list[tuple[int, int]]:
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append((pid, status))
+    return reaped
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,155 @@
+"""Thread model: one process, a real OS thread per connection, bounded.
+
+No gevent anywhere in this model. At most ``max_connections`` connections are served
+at once; past that, the accept loop waits and new clients queue in the kernel's
+listen backlog (they are served as soon as a slot frees up, never dropped by us).
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+from sitepeek.config import Config
+from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_MAX_BACKOFF = 1.0
+# Threads mostly wait on sockets; a small stack keeps 1,000 of them cheap.
+_THREAD_STACK = 512 * 1024
+
+
+class ThreadIo:
+    """Blocking primitives for OS threads."""
+
+    def wait_writable(self, sock: socket.socket, timeout: float) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        if not poller.poll(timeout * 1000):
+            raise TimeoutError
+
+
+class ThreadWorkers:
+    """Serve every connection in its own OS thread."""
+
+    name = "threads"
+
+    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+        self._config = config
+        self._make_handler = make_handler
+        self._slots = threading.BoundedSemaphore(config.max_connections)
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+
+    def run(self, listener: socket.socket) -> None:
+        handler = self._make_handler(ThreadIo())
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        stopping = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stopping.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            threading.stack_size(_THREAD_STACK)
+            self._accept_loop(listener, wake_r, stopping, handler)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+            listener.close()
+            self._drain(handler)
+            wake_r.close()
+            wake_w.close()
+
+    def _accept_loop(
+        self,
+        listener: socket.socket,
+        wake: socket.socket,
+        stopping: threading.Event,
+        handler: ConnectionHandler,
+    ) -> None:
+        listener.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(wake, selectors.EVENT_READ)
+        backoff = 0.0
+        warned = False
+        with selector:
+            while not stopping.is_set():
+                # Past max_connections, wait for a slot (clients wait in the backlog).
+                if not self._slots.acquire(timeout=0.1):
+                    continue
+                ready = {key.fileobj for key, _ in selector.select()}
+                if wake in ready:
+                    _drain_wakeups(wake)
+                if listener not in ready or stopping.is_set():
+                    self._slots.release()
+                    continue
+                try:
+                    client, peer = listener.accept()
+                except BlockingIOError:
+                    self._slots.release()
+                    continue
+                except OSError as exc:
+                    self._slots.release()
+                    if exc.errno not in _RESOURCE_ERRORS:
+                        continue
+                    if not warned:
+                        print(
+                            f"sitepeek: accept failed ({exc.strerror}); backing off",
+                            file=sys.stderr,
+                        )
+                        warned = True
+                    backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
+                    time.sleep(backoff)
+                    continue
+                backoff = 0.0
+                client.setblocking(True)
+                self._start(handler, client, peer)
+
+    def _start(self, handler: ConnectionHandler, client: socket.socket, peer: object) -> None:
+        def run() -> None:
+            try:
+                handler.serve(client, peer)
+            finally:
+                with self._threads_lock:
+                    self._threads.discard(thread)
+                self._slots.release()
+
+        thread = threading.Thread(target=run, name="sitepeek-conn", daemon=True)
+        with self._threads_lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _drain(self, handler: ConnectionHandler) -> None:
+        handler.begin_shutdown()
+        deadline = time.monotonic() + self._config.shutdown_grace
+        if not self._join_all(deadline):
+            handler.abort_all()
+            self._join_all(time.monotonic() + 0.2)
+
+    def _join_all(self, deadline: float) -> bool:
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+
+def _drain_wakeups(wake: socket.socket) -> None:
+    try:
+        while wake.recv(512):
+            pass
+    except BlockingIOError:
+        pass
