@@ -621,7 +621,8 @@ RANGE_CASES: list[tuple[str, int, str, ByteRange | Unsatisfiable | None]] = [
     ("surrounding ows", SIZE, " bytes=0-1 ", ByteRange(0, 1)),
     ("space around =", SIZE, "bytes = 0-1", None),
     ("space before =", SIZE, "bytes =0-1", None),
-    ("space after =", SIZE, "bytes= 0-1", ByteRange(0, 1)),  # OWS before a list element
+    ("space after =", SIZE, "bytes= 0-1", None),
+    ("tab after =", SIZE, "bytes=\t0-1", None),
     ("space inside spec", SIZE, "bytes=0 -1", None),
     ("space after dash", SIZE, "bytes=0- 1", None),
     # the unit

@@ -62,6 +62,14 @@ _SERVE_OPTIONS = (
         help="Worker processes with --workers processes  [default: one per CPU]",
     ),
     click.option(
+        "--keepalive-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+        metavar="SECONDS", help="Close a keep-alive connection idle this long.",
+    ),
+    click.option(
+        "--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+        metavar="SECONDS", help="Answer 408 when a started request head takes longer.",
+    ),
+    click.option(
         "--max-connections",
         type=click.IntRange(min=1),
         default=1000,
@@ -69,7 +77,10 @@ _SERVE_OPTIONS = (
         help="Connections served at once per process; more wait in the listen queue.",
     ),
 )
-_OPTION_NAMES = ("host", "port", "strict_port", "workers", "processes", "max_connections")
+_OPTION_NAMES = (
+    "host", "port", "strict_port", "workers", "processes", "max_connections",
+    "keepalive_timeout", "header_timeout",
+)
 
 
 def _serve_options(func: F) -> F:
@@ -110,9 +121,12 @@ def serve(ctx: click.Context, /, directory: Path, **options: Any) -> None:
     for name in _OPTION_NAMES:
         # An option given before `serve` applies unless repeated after it.
         source = ctx.get_parameter_source(name)
-        if source is click.core.ParameterSource.DEFAULT and parent is not None:
-            if parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-                options[name] = group_options[name]
+        if (
+            source is click.core.ParameterSource.DEFAULT
+            and parent is not None
+            and parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ):
+            options[name] = group_options[name]
     _run(directory, options)
 
 
@@ -128,6 +142,8 @@ def _run(directory: Path, options: dict[str, Any]) -> None:
             workers=options["workers"],
             processes=options["processes"] or 0,
             max_connections=options["max_connections"],
+            keepalive_timeout=options["keepalive_timeout"],
+            header_timeout=options["header_timeout"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -29,7 +29,7 @@ class Config:
     # Seconds a blocked write may wait for the client to read.
     send_timeout: float = 30.0
     # Seconds in-flight responses get to finish on shutdown.
-    shutdown_grace: float = 0.7
+    shutdown_grace: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.root.is_dir():

@@ -59,6 +59,7 @@ class _CloseConnection(Exception):
 class _Connection:
     sock: socket.socket
     idle: bool = True
+    idle_since: float = 0.0
 
 
 class _DateCache:
@@ -107,6 +108,20 @@ class Handler:
         for conn in remaining:
             _shutdown(conn.sock)
 
+    def reclaim_idle(self) -> bool:
+        """Close the connection that has been idle longest, to make room for a new one.
+
+        Called by the worker model when it is at ``max_connections``: an idle
+        keep-alive connection is cheap for its client to reopen, a new client waiting
+        in the backlog is not (nginx reclaims idle connections the same way).
+        """
+        with self._lock:
+            idle = [conn for conn in self._connections if conn.idle]
+        if not idle:
+            return False
+        _shutdown(min(idle, key=lambda conn: conn.idle_since).sock)
+        return True
+
     @property
     def active_connections(self) -> int:
         return len(self._connections)
@@ -114,7 +129,7 @@ class Handler:
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes; never raises."""
-        conn = _Connection(sock)
+        conn = _Connection(sock, idle_since=time.monotonic())
         with self._lock:
             self._connections.add(conn)
         linger = False
@@ -149,9 +164,8 @@ class Handler:
                 return False
             if request is None:
                 return False
-            conn.idle = False
             keep_alive = self._respond(conn.sock, request)
-            conn.idle = True
+            conn.idle_since = time.monotonic()
             if not keep_alive or self.stopping:
                 return not keep_alive
 
@@ -167,8 +181,11 @@ class Handler:
         while True:
             request = parser.next_request()
             if request is not None or parser.eof:
+                conn.idle = False
                 return request
-            if parser.has_partial_request:
+            # Idle means no request in progress: what shutdown and reclaim may close.
+            conn.idle = not parser.has_partial_request
+            if not conn.idle:
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + self._config.header_timeout

@@ -668,9 +668,10 @@ def evaluate_range(
     if_range = headers.get("if-range")
     if if_range is not None and not _if_range_allows(if_range, etag, last_modified):
         return None
-    # ranges-specifier = range-unit "=" range-set; no whitespace around "=" (§14.1.1).
+    # ranges-specifier = range-unit "=" range-set (§14.1.1): no whitespace around "=",
+    # since a token cannot end in one and a list cannot start with one (§5.6.1).
     unit, equals, range_set = field.strip(" \t").partition("=")
-    if not equals or unit.lower() != "bytes":
+    if not equals or unit.lower() != "bytes" or range_set.startswith((" ", "\t")):
         return None
     satisfiable: list[ByteRange] = []
     spec_count = 0

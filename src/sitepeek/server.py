@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 import sys
 from typing import TextIO
@@ -23,6 +24,7 @@ class StartupError(Exception):
 
 def serve(config: Config, out: TextIO = sys.stdout) -> None:
     """Bind, announce, and serve until SIGINT/SIGTERM."""
+    _raise_fd_limit()
     listener = bind(config)
     port = listener.getsockname()[1]
     if config.port and port != config.port:
@@ -33,8 +35,18 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         return Handler(config, io)
 
     model = model_class(config, make_handler)
-    print_banner(config, port, out)
-    model.run(listener)
+    model.run(listener, ready=lambda: print_banner(config, port, out))
+
+
+def _raise_fd_limit() -> None:
+    """Every connection is a descriptor: allow as many as the hard limit permits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def bind(config: Config) -> socket.socket:

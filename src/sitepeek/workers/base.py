@@ -33,6 +33,8 @@ class ConnectionHandler(Protocol):
 
     def abort_all(self) -> None: ...
 
+    def reclaim_idle(self) -> bool: ...
+
     @property
     def active_connections(self) -> int: ...
 
@@ -41,8 +43,9 @@ HandlerFactory = Callable[[Io], ConnectionHandler]
 
 
 class WorkerModel(Protocol):
-    """A concurrency model: ``run`` serves until SIGINT/SIGTERM, then returns."""
+    """A concurrency model, constructed in the supervisor before anything is served."""
 
     def __init__(self, config: Config, make_handler: HandlerFactory) -> None: ...
 
-    def run(self, listener: socket.socket) -> None: ...
+    def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
+        """Serve until SIGINT/SIGTERM; call ``ready`` once the signal handlers are set."""

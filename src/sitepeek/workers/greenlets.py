@@ -41,10 +41,11 @@ class GreenletWorkers:
         self._config = config
         self._make_handler = make_handler
 
-    def run(self, listener: socket.socket) -> None:
+    def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         stop = gevent.event.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, stop.set)
+        ready()
         serve_until(self._config, self._make_handler, listener, stop)
 
 
@@ -80,8 +81,12 @@ def _accept_loop(
     backoff = 0.0
     warned = False
     while True:
-        # Past max_connections, wait here: new clients queue in the listen backlog
-        # instead of being accepted and starved (or dropped).
+        # A client is waiting. At max_connections, close the longest-idle keep-alive
+        # connection; when every connection is busy, wait: new clients queue in the
+        # listen backlog instead of being accepted and starved (or dropped).
+        gevent.socket.wait_read(gsock.fileno())
+        if pool.full():
+            handler.reclaim_idle()
         pool.wait_available()
         try:
             client, peer = gsock.accept()

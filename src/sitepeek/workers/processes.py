@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -52,7 +53,7 @@ class ProcessWorkers:
         self._stopping = False
         self._restart_delay = 0.0
 
-    def run(self, listener: socket.socket) -> None:
+    def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         wake_r, wake_w = socket.socketpair()
         for end in (wake_r, wake_w):
             end.setblocking(False)
@@ -64,17 +65,18 @@ class ProcessWorkers:
             pass  # the wake-up fd does the work
 
         handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop, signal.SIGCHLD: on_child}
-        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+        # Kept after the loop ends: a second Ctrl-C during the drain changes nothing.
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
             for index in range(self._config.process_count):
                 self._spawn(listener, index, (wake_r, wake_w))
+            ready()
             self._supervise(listener, wake_r, wake_w)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             self._stop_all()
-            for signum, old in previous.items():
-                signal.signal(signum, old)
             listener.close()
             wake_r.close()
             wake_w.close()

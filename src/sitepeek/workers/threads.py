@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from sitepeek.config import Config
@@ -48,7 +49,7 @@ class ThreadWorkers:
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
 
-    def run(self, listener: socket.socket) -> None:
+    def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         handler = self._make_handler(ThreadIo())
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -58,15 +59,16 @@ class ThreadWorkers:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stopping.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Kept after the loop ends: a second Ctrl-C during the drain changes nothing.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
+            ready()
             threading.stack_size(_THREAD_STACK)
             self._accept_loop(listener, wake_r, stopping, handler)
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for signum, old in previous.items():
-                signal.signal(signum, old)
             listener.close()
             self._drain(handler)
             wake_r.close()
@@ -87,14 +89,10 @@ class ThreadWorkers:
         warned = False
         with selector:
             while not stopping.is_set():
-                # Past max_connections, wait for a slot (clients wait in the backlog).
-                if not self._slots.acquire(timeout=0.1):
-                    continue
                 ready = {key.fileobj for key, _ in selector.select()}
                 if wake in ready:
                     _drain_wakeups(wake)
-                if listener not in ready or stopping.is_set():
-                    self._slots.release()
+                if listener not in ready or not self._take_slot(handler, stopping):
                     continue
                 try:
                     client, peer = listener.accept()
@@ -117,6 +115,20 @@ class ThreadWorkers:
                 backoff = 0.0
                 client.setblocking(True)
                 self._start(handler, client, peer)
+
+    def _take_slot(self, handler: ConnectionHandler, stopping: threading.Event) -> bool:
+        """A connection slot for the client that is waiting; False when stopping.
+
+        At max_connections, close the longest-idle keep-alive connection; when every
+        connection is busy, wait for a slot while the client waits in the backlog.
+        """
+        if self._slots.acquire(blocking=False):
+            return True
+        handler.reclaim_idle()
+        while not stopping.is_set():
+            if self._slots.acquire(timeout=0.05):
+                return True
+        return False
 
     def _start(self, handler: ConnectionHandler, client: socket.socket, peer: object) -> None:
         def run() -> None:
