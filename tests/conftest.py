@@ -86,14 +86,17 @@ def start_server(
     root: Path, model: str = "greenlets", *args: str, env: dict[str, str] | None = None
 ) -> Server:
     """Start ``sitepeek serve ROOT --port 0`` and wait for its URL line."""
-    cmd = [sys.executable, "-m", "sitepeek", "serve", str(root), "--port", "0",
-           "--workers", model]
+    cmd = [sys.executable, "-m", "sitepeek", "serve", str(root), "--port", "0", "--workers", model]
     if model == "processes" and "--processes" not in args:
         cmd += ["--processes", "2"]
     cmd += list(args)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})}, start_new_session=True,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
     server = Server(proc, 0, root, model)
     deadline = time.monotonic() + START_TIMEOUT
@@ -258,8 +261,12 @@ class H11Client:
         return self.read_response(method)
 
 
-def request(server: Server, method: str, target: str, headers: dict[str, str] | None = None,
-            ) -> Response:
+def request(
+    server: Server,
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """One request on a fresh connection, framed by h11."""
     with server.connect() as sock:
         return H11Client(sock).request(method, target, headers)

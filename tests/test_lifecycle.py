@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WORKER_MODELS, H11Client, Server, start_server
+
+from conftest import WORKER_MODELS, H11Client, start_server
 
 
 def _children(pid: int) -> list[int]:
@@ -134,12 +135,24 @@ def test_busy_port_moves_to_the_next_one(big_site: Path) -> None:
         finally:
             assert server.stop() == 0
         strict = subprocess.run(
-            [sys.executable, "-m", "sitepeek", "serve", str(big_site), "--port", str(port),
-             "--strict-port"],
-            capture_output=True, text=True, timeout=20,
+            [
+                sys.executable,
+                "-m",
+                "sitepeek",
+                "serve",
+                str(big_site),
+                "--port",
+                str(port),
+                "--strict-port",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         assert strict.returncode == 1
-        assert strict.stderr.strip() == f"Error: port {port} is already in use (--strict-port is set)"
+        assert (
+            strict.stderr.strip() == f"Error: port {port} is already in use (--strict-port is set)"
+        )
     finally:
         blocker.close()
 
