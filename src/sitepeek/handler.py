@@ -20,27 +20,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sitepeek import __version__
+from sitepeek import __version__, entities
 from sitepeek.config import Config
+from sitepeek.entities import Entity
 from sitepeek.http11 import ProtocolError, Request, RequestParser, is_known_method, reason_phrase
 from sitepeek.http11 import response_head as _response_head
 from sitepeek.representation import (
     ByteRange,
     Precondition,
-    content_type,
     evaluate_preconditions,
     evaluate_range,
     http_date,
-    strong_etag,
 )
 from sitepeek.resolver import BadPath, File, Forbidden, Redirect, Resolver
 from sitepeek.workers.base import Io
 
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"
-# Bodies up to this size are read with one pread and sent together with the head
-# (one send avoids the Nagle/delayed-ACK stall); larger ones go out with sendfile.
-SMALL_BODY = 64 * 1024
 RECV_SIZE = 64 * 1024
 SENDFILE_CHUNK = 1 << 30
 # After answering with "Connection: close", read what the client still sends for a
@@ -63,20 +59,35 @@ class _Connection:
 
 
 class _DateCache:
-    """The Date header value, formatted at most once per second."""
+    """The Date header, formatted at most once per second, with the fields that follow."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_prefixes", "_second", "_value")
 
     def __init__(self) -> None:
         self._second = -1
         self._value = ""
+        self._prefixes: dict[tuple[bool, str], bytes] = {}
 
     def now(self) -> str:
         second = int(time.time())
         if second != self._second:
             self._value = http_date(second)
+            self._prefixes = {}
             self._second = second
         return self._value
+
+    def prefix(self, keep_alive: bool, version: str) -> bytes:
+        """Date, Server and Connection header lines, ready to send."""
+        value = self.now()
+        prefix = self._prefixes.get((keep_alive, version))
+        if prefix is None:
+            lines = f"Date: {value}\r\nServer: {SERVER}\r\n"
+            if not keep_alive:
+                lines += "Connection: close\r\n"
+            elif version == "1.0":
+                lines += "Connection: keep-alive\r\n"
+            prefix = self._prefixes[(keep_alive, version)] = lines.encode("latin-1")
+        return prefix
 
 
 class Handler:
@@ -87,6 +98,7 @@ class Handler:
         self._io = io
         self._resolver = Resolver(config.root)
         self._dates = _DateCache()
+        self._entities = entities.EntityCache()
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self.stopping = False
@@ -213,7 +225,7 @@ class Handler:
         try:
             resolution = self._resolver.resolve(request.path, request.query)
             if isinstance(resolution, File):
-                return self._send_file(sock, request, resolution.fs_path, keep_alive)
+                return self._send_file(sock, request, resolution, keep_alive)
             if isinstance(resolution, Redirect):
                 return self._send_redirect(sock, request, resolution, keep_alive)
             if isinstance(resolution, Forbidden):
@@ -230,7 +242,7 @@ class Handler:
     def _respond_other_method(self, sock: socket.socket, request: Request, keep: bool) -> bool:
         if request.method == "OPTIONS":
             headers = self._base_headers(keep, request)
-            headers += [("Allow", ALLOW), ("Content-Length", "0")]
+            headers.append(("Allow", ALLOW))  # RFC 9110 §8.6: no Content-Length in a 204
             sock.sendall(_response_head(204, headers))
             return keep
         if is_known_method(request.method):
@@ -247,11 +259,15 @@ class Handler:
             headers.append(("Connection", "keep-alive"))
         return headers
 
-    def _send_file(self, sock: socket.socket, request: Request, path: str, keep: bool) -> bool:
+    def _send_file(self, sock: socket.socket, request: Request, file: File, keep: bool) -> bool:
+        if file.stat is not None:
+            cached = self._entities.get(file.fs_path, file.stat)
+            if cached is not None:
+                return self._send_entity(sock, request, cached, -1, keep)
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
             # opening it must not wait for a writer.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(file.fs_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             return self._send_open_error(sock, request, exc, keep)
         try:
@@ -260,7 +276,19 @@ class Handler:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return self._send_error(sock, request, 404, "Not Found", keep)
-            return self._send_open_file(sock, request, fd, st, path, keep)
+            try:
+                entity, st = entities.load(file.fs_path, fd, st)
+            except entities.FileChanged:
+                return self._send_error(
+                    sock,
+                    request,
+                    503,
+                    "The file is being written; try again.",
+                    keep,
+                    [("Retry-After", "1")],
+                )
+            self._entities.put(file.fs_path, entity)
+            return self._send_entity(sock, request, entity, fd, keep)
         finally:
             os.close(fd)
 
@@ -271,40 +299,37 @@ class Handler:
             return self._send_error(sock, request, 403, "Forbidden", keep)
         return self._send_error(sock, request, 404, "Not Found", keep)
 
-    def _send_open_file(
-        self,
-        sock: socket.socket,
-        request: Request,
-        fd: int,
-        st: os.stat_result,
-        path: str,
-        keep: bool,
+    def _send_entity(
+        self, sock: socket.socket, request: Request, entity: Entity, fd: int, keep: bool
     ) -> bool:
-        size = st.st_size
-        etag = strong_etag(size, st.st_mtime_ns, st.st_ino)
-        last_modified = int(st.st_mtime)
-        headers = self._base_headers(keep, request)
-        headers += [
-            ("Content-Type", content_type(path)),
-            ("ETag", etag),
-            ("Last-Modified", http_date(last_modified)),
-            ("Cache-Control", "no-cache"),
-            ("Accept-Ranges", "bytes"),
-        ]
-        precondition = evaluate_preconditions(request.method, request.headers, etag, last_modified)
+        """Answer with ``entity``; ``fd`` is its open file when the body is not cached."""
+        method = request.method
+        headers = request.headers
+        size = entity.size
+        precondition = evaluate_preconditions(method, headers, entity.etag, entity.last_modified)
         if precondition is Precondition.NOT_MODIFIED:
-            # RFC 9110 §15.4.5: the validators and caching fields, no content.
-            headers.append(("Content-Length", str(size)))
-            sock.sendall(_response_head(304, headers))
+            # RFC 9110 §15.4.5: the validators and caching fields, no content; RFC 9110
+            # §8.6 allows the Content-Length the 200 would have had.
+            sock.sendall(
+                b"HTTP/1.1 304 Not Modified\r\n"
+                + self._dates.prefix(keep, request.version)
+                + entity.validator_fields
+                + b"Content-Length: %d\r\n\r\n" % size
+            )
             return keep
         if precondition is Precondition.FAILED:
             return self._send_error(sock, request, 412, "Precondition Failed", keep)
-        byte_range = evaluate_range(request.method, request.headers, size, etag, last_modified)
+        byte_range = (
+            evaluate_range(method, headers, size, entity.etag, entity.last_modified)
+            if "range" in headers
+            else None
+        )
         if byte_range is None:
-            status, start, length = 200, 0, size
+            status_line, start, length, extra = b"HTTP/1.1 200 OK\r\n", 0, size, b""
         elif isinstance(byte_range, ByteRange):
-            status, start, length = 206, byte_range.start, byte_range.length
-            headers.append(("Content-Range", byte_range.content_range(size)))
+            status_line = b"HTTP/1.1 206 Partial Content\r\n"
+            start, length = byte_range.start, byte_range.length
+            extra = b"Content-Range: %s\r\n" % byte_range.content_range(size).encode()
         else:
             return self._send_error(
                 sock,
@@ -314,15 +339,21 @@ class Handler:
                 keep,
                 [("Content-Range", f"bytes */{size}")],
             )
-        headers.append(("Content-Length", str(length)))
-        head = _response_head(status, headers)
-        if request.method == "HEAD":
+        head = b"".join(
+            (
+                status_line,
+                self._dates.prefix(keep, request.version),
+                entity.fields,
+                extra,
+                b"Content-Length: %d\r\n\r\n" % length,
+            )
+        )
+        body = entity.body
+        if method == "HEAD":
             sock.sendall(head)
-        elif length <= SMALL_BODY:
-            body = os.pread(fd, length, start)
-            if len(body) != length:
-                raise _CloseConnection  # truncated since fstat: never send a short body
-            sock.sendall(head + body)
+        elif body is not None:
+            # One send: head and body in separate writes stall on Nagle + delayed ACK.
+            sock.sendall(head + (body if length == size else body[start : start + length]))
         else:
             sock.sendall(head)
             self._sendfile(sock, fd, start, length)

@@ -113,6 +113,7 @@ class RequestParser:
         self._state = _State.HEAD
         self._remaining = 0  # body bytes still to discard (length or current chunk)
         self._body_seen = 0
+        self._head_scanned = 0  # buffer prefix already searched for the end of the head
         self._eof = False
 
     # -- input ---------------------------------------------------------------------
@@ -162,41 +163,56 @@ class RequestParser:
             start += 2 if buf[start] == 0x0D else 1
         if start:
             del buf[:start]
-        end = _find_head_end(buf)
+            self._head_scanned = 0
+        end = _find_head_end(buf, self._head_scanned)
         if end < 0:
-            self._check_incomplete_head(buf)
+            # Resume the search where it stopped: rescanning the whole buffer on every
+            # call would make a head trickled in byte by byte cost quadratic time. A
+            # terminator is at most 3 bytes, so only the last 2 can start one.
+            self._head_scanned = max(0, len(buf) - 2)
+            self._check_head_size(buf, None)
+            if self._eof and buf:
+                raise ProtocolError(400, "Incomplete request")
             return None
-        if end > self._limits.max_header_bytes + self._limits.max_request_line:
-            raise ProtocolError(431, "Request Header Fields Too Large")
+        self._head_scanned = 0
+        self._check_head_size(buf, end)
         head = bytes(buf[:end])
         del buf[:end]
-        request = self._build_request(head)
-        return request
+        return self._build_request(head)
 
-    def _check_incomplete_head(self, buf: bytearray) -> None:
+    def _check_head_size(self, buf: bytearray, end: int | None) -> None:
+        """Apply the 414 and 431 size limits to a complete head (``end``) or a partial one.
+
+        Both cases measure the same things, so where the input happens to be cut never
+        changes the answer: the request line without its line terminator, and the field
+        lines with theirs (not the empty line ending the head). For a partial head the
+        measures are lower bounds: a trailing CR may be the start of a CRLF.
+        """
         newline = buf.find(b"\n")
         line_end = newline if newline >= 0 else len(buf)
+        if line_end and buf[line_end - 1] == 0x0D:
+            line_end -= 1
         if line_end > self._limits.max_request_line:
             raise ProtocolError(414, "URI Too Long")
-        if newline >= 0 and len(buf) - newline > self._limits.max_header_bytes:
+        if newline < 0:
+            return
+        if end is not None:
+            fields_end = end - (2 if buf[end - 2] == 0x0D else 1)
+        else:
+            fields_end = len(buf) - (1 if buf.endswith(b"\n\r") else 0)
+        if fields_end - (newline + 1) > self._limits.max_header_bytes:
             raise ProtocolError(431, "Request Header Fields Too Large")
-        if self._eof and buf:
-            raise ProtocolError(400, "Incomplete request")
 
     def _build_request(self, head: bytes) -> Request:
         lines = head.split(b"\n")
         lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
         while lines and not lines[-1]:
             lines.pop()
-        request_line = lines[0]
-        if len(request_line) > self._limits.max_request_line:
-            raise ProtocolError(414, "URI Too Long")
-        method, target, version = _parse_request_line(request_line)
+        # Sizes were checked by _check_head_size, before anything else can fail.
+        method, target, version = _parse_request_line(lines[0])
         header_lines = lines[1:]
         if len(header_lines) > self._limits.max_header_fields:
             raise ProtocolError(431, "Too Many Header Fields")
-        if sum(len(line) + 2 for line in header_lines) > self._limits.max_header_bytes:
-            raise ProtocolError(431, "Request Header Fields Too Large")
         headers = _parse_fields(header_lines)
         path, query, host = _split_target(method, target)
         if host is not None:
@@ -206,7 +222,8 @@ class RequestParser:
             raise ProtocolError(400, "Missing Host header")
         keep_alive = _keep_alive(version, headers.get("connection", ""))
         has_body = self._start_body(version, headers)
-        expects = headers.get("expect", "").lower() == "100-continue"
+        # RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+        expects = version == "1.1" and headers.get("expect", "").lower() == "100-continue"
         return Request(
             method=method,
             target=target,
@@ -300,7 +317,8 @@ class RequestParser:
         buf = self._buffer
         index = buf.find(b"\r\n")
         if index < 0:
-            if len(buf) > limit:
+            # A trailing CR may be the start of the CRLF, not part of the line.
+            if len(buf) - (1 if buf.endswith(b"\r") else 0) > limit:
                 raise ProtocolError(400, "Line too long in chunked body")
             return None
         if index > limit:
@@ -310,23 +328,21 @@ class RequestParser:
         return line
 
 
-def _find_head_end(buf: bytearray) -> int:
-    """Index just past the blank line ending the head, or -1."""
-    crlf = buf.find(b"\r\n\r\n")
-    if crlf >= 0 and b"\n\n" not in buf[: crlf + 2]:
-        return crlf + 4
-    # RFC 9112 §2.2 lets a recipient accept a bare LF as line terminator.
-    index = 0
-    while True:
-        index = buf.find(b"\n", index)
-        if index < 0:
-            return -1
-        after = index + 1
-        if buf.startswith(b"\n", after):
-            return after + 1
-        if buf.startswith(b"\r\n", after):
-            return after + 2
-        index = after
+def _find_head_end(buf: bytearray, start: int = 0) -> int:
+    """Index just past the empty line ending the head, or -1; search from ``start``.
+
+    RFC 9112 §2.2 lets a recipient accept a bare LF as a line terminator, so the head
+    ends at the first LF followed by LF or CRLF. Searching for CRLFCRLF first would
+    skip an earlier mixed ending and swallow the next pipelined request.
+    """
+    index = start
+    while (index := buf.find(b"\n", index)) >= 0:
+        index += 1
+        if buf.startswith(b"\n", index):
+            return index + 1
+        if buf.startswith(b"\r\n", index):
+            return index + 2
+    return -1
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, str]:

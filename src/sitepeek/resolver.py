@@ -10,7 +10,7 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 from urllib.parse import quote, unquote_to_bytes
 
@@ -44,9 +44,15 @@ _WELL_KNOWN = ".well-known"  # RFC 8615: the one dot-directory a site may publis
 
 @dataclass(frozen=True, slots=True)
 class File:
-    """A regular file inside the root; ``fs_path`` is its absolute real path."""
+    """A regular file inside the root; ``fs_path`` is its absolute real path.
+
+    ``stat`` is what the resolver saw; the handler uses it only to find a cached
+    response for exactly this version of the file, and otherwise trusts ``fstat`` of
+    the descriptor it opens.
+    """
 
     fs_path: str
+    stat: os.stat_result | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,26 +127,42 @@ class Resolver:
         url = _parse(raw_path)
         if isinstance(url, BadPath | NotFound):
             return url
-        candidate = os.path.join(self._root, *url.segments)
         try:
-            # Non-strict: a missing or unreadable component shows up in the stat below.
-            real = os.path.realpath(candidate)
-            if not self._contains(real):
-                return NotFound()
-            st = os.stat(real)
+            found = self._walk(url.segments)
         except PermissionError:
             return Forbidden()
         except (OSError, ValueError):  # ENOENT, ENOTDIR, ENAMETOOLONG, ELOOP, ...
             return NotFound()
+        if found is None:
+            return NotFound()
+        real, st = found
         if stat.S_ISDIR(st.st_mode):
             if not url.trailing_slash:
                 # Relative links in the index resolve against the directory only with "/".
                 return Redirect(_location(url.segments, query))
             return self._directory(real)
         if stat.S_ISREG(st.st_mode) and not url.trailing_slash:
-            return File(real)
+            return File(real, st)
         # FIFOs (which would hang the reader), sockets, devices, and "file/".
         return NotFound()
+
+    def _walk(self, segments: tuple[str, ...]) -> tuple[str, os.stat_result] | None:
+        """The real path and stat of root/segments, or None if it leaves the root.
+
+        One lstat per segment: a path without symlinks below the (real) root is already
+        real and contained, so ``realpath`` is needed only where a symlink is met.
+        """
+        path = self._root
+        st = os.stat(path)
+        for segment in segments:
+            path = f"{path}/{segment}" if path != "/" else f"/{segment}"
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                path = os.path.realpath(path)
+                if not self._contains(path):
+                    return None
+                st = os.stat(path)
+        return path, st
 
     def _directory(self, real_dir: str) -> Resolution:
         """Serve the first index file of a directory."""
@@ -166,7 +188,7 @@ class Resolver:
             return Forbidden()
         except (OSError, ValueError):
             return None
-        return File(path) if stat.S_ISREG(st.st_mode) else None
+        return File(path, st) if stat.S_ISREG(st.st_mode) else None
 
     def _contains(self, real_path: str) -> bool:
         """Is ``real_path`` the root or below it (the prefix ends with a separator)?"""

@@ -1,0 +1,137 @@
+"""Prepared responses for files: validators, header bytes and small bodies, cached.
+
+An :class:`Entity` is one version of one file, identified by its device, inode,
+modification and change times and size. Everything per-request work would otherwise
+recompute (MIME type, ETag, Last-Modified, formatted header fields) is computed once per
+version. Small bodies are kept too, so a hot small file costs one ``lstat`` (done by
+the resolver anyway) and one ``send``.
+
+A cached entity is served only when the file on disk still has the same identity, so
+a changed file is never served stale, with or without a watcher.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sitepeek.representation import content_type, http_date, strong_etag
+
+# Bodies up to this size are read into memory (and sent in one write with the head);
+# larger ones are sent with sendfile from an open descriptor.
+SMALL_BODY = 64 * 1024
+_READ_ATTEMPTS = 3
+
+Identity = tuple[int, int, int, int, int]
+
+
+class FileChanged(Exception):
+    """The file kept changing while it was read; no consistent version was seen."""
+
+
+def identity(st: os.stat_result) -> Identity:
+    # ctime catches rewrites that restore mtime (cp -p, rsync -t, touch -r).
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One version of one file, ready to serve."""
+
+    identity: Identity
+    size: int
+    etag: str
+    last_modified: int
+    content_type: str
+    # "Content-Type … Accept-Ranges" header lines of a 200/206, CRLF-terminated.
+    fields: bytes
+    # The fields a 304 repeats (RFC 9110 §15.4.5): validators and Cache-Control.
+    validator_fields: bytes
+    body: bytes | None  # None for files larger than SMALL_BODY
+
+
+def load(path: str, fd: int, st: os.stat_result) -> tuple[Entity, os.stat_result]:
+    """Build the entity for the open file ``fd``; reads the body when it is small.
+
+    Returns the entity and the stat it describes. Reading ``size + 1`` bytes detects a
+    file that grew or shrank after ``fstat``; then it is stat'ed and read again.
+    """
+    for _ in range(_READ_ATTEMPTS):
+        body = None
+        if st.st_size <= SMALL_BODY:
+            body = os.pread(fd, st.st_size + 1, 0)
+            if len(body) != st.st_size:
+                st = os.fstat(fd)
+                continue
+        return _build(path, st, body), st
+    raise FileChanged(path)
+
+
+def _build(path: str, st: os.stat_result, body: bytes | None) -> Entity:
+    size = st.st_size
+    etag = strong_etag(size, st.st_mtime_ns, st.st_ino)
+    last_modified = int(st.st_mtime)
+    ctype = content_type(path)
+    validators = (
+        f"ETag: {etag}\r\nLast-Modified: {http_date(last_modified)}\r\nCache-Control: no-cache\r\n"
+    )
+    fields = f"Content-Type: {ctype}\r\n{validators}Accept-Ranges: bytes\r\n"
+    return Entity(
+        identity=identity(st),
+        size=size,
+        etag=etag,
+        last_modified=last_modified,
+        content_type=ctype,
+        fields=fields.encode("latin-1"),
+        validator_fields=validators.encode("latin-1"),
+        body=body,
+    )
+
+
+class EntityCache:
+    """A bounded LRU of entities with small bodies, keyed by real path."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entries: int = 4096) -> None:
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, Entity] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # never contended long; safe under gevent too
+
+    def get(self, path: str, st: os.stat_result) -> Entity | None:
+        """The cached entity for ``path`` if it is still this version of the file."""
+        entity = self._entries.get(path)
+        if entity is None or entity.identity != identity(st):
+            return None
+        with self._lock:
+            if path in self._entries:
+                self._entries.move_to_end(path)
+        return entity
+
+    def put(self, path: str, entity: Entity) -> None:
+        if entity.body is None or len(entity.body) > self._max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(path, None)
+            if old is not None and old.body is not None:
+                self._bytes -= len(old.body)
+            self._entries[path] = entity
+            self._bytes += len(entity.body)
+            while self._bytes > self._max_bytes or len(self._entries) > self._max_entries:
+                _, evicted = self._entries.popitem(last=False)
+                if evicted.body is not None:
+                    self._bytes -= len(evicted.body)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
