@@ -330,6 +330,7 @@ def test_permission_error_on_stat_is_forbidden(
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(os, "stat", denied)
+    monkeypatch.setattr(os, "lstat", denied)
     assert resolver.resolve("/page.html") == Forbidden()
 
 
@@ -351,6 +352,7 @@ def test_other_stat_errors_are_not_found(
         raise error
 
     monkeypatch.setattr(os, "stat", failing)
+    monkeypatch.setattr(os, "lstat", failing)
     assert resolver.resolve("/page.html") == NotFound()
 
 

@@ -7,6 +7,7 @@ file reads. The handler turns each :data:`Resolution` into a status and headers.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -153,7 +154,8 @@ class Resolver:
         real and contained, so ``realpath`` is needed only where a symlink is met.
         """
         path = self._root
-        st = os.stat(path)
+        if not segments:
+            return path, os.stat(path)
         for segment in segments:
             path = f"{path}/{segment}" if path != "/" else f"/{segment}"
             st = os.lstat(path)
@@ -195,6 +197,7 @@ class Resolver:
         return real_path == self._root or real_path.startswith(self._root_prefix)
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(raw_path: str) -> _UrlPath | BadPath | NotFound:
     """Decode and normalise a raw URL path, or say why it cannot name a file."""
     if not raw_path.startswith("/"):
