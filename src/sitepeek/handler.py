@@ -176,6 +176,7 @@ class Handler:
                 return False
             if request is None:
                 return False
+            conn.sock.settimeout(self._config.send_timeout)  # for the writes that follow
             keep_alive = self._respond(conn.sock, request)
             conn.idle_since = time.monotonic()
             if not keep_alive or self.stopping:

@@ -10,9 +10,33 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sitepeek.config import Config
+
+T = TypeVar("T")
+
+
+class Channel(Protocol):
+    """A queue between tasks of one worker model."""
+
+    def put(self, item: object) -> None:
+        """Add an item; call from a task of this model (or via call_soon_threadsafe)."""
+
+    def get(self, timeout: float) -> object | None:
+        """The next item, or None after ``timeout`` seconds."""
+
+
+class Signal(Protocol):
+    """An event flag tasks can wait on (threading.Event semantics)."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class Io(Protocol):
@@ -20,6 +44,21 @@ class Io(Protocol):
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         """Block until ``sock`` can take more bytes; raise TimeoutError after ``timeout``."""
+
+    def offload(self, work: Callable[[], T]) -> T:
+        """Run CPU-heavy ``work`` without blocking other connections; return its result."""
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        """Run ``task`` concurrently (a greenlet or a daemon thread)."""
+
+    def channel(self) -> Channel:
+        """A new queue for tasks of this model."""
+
+    def signal(self) -> Signal:
+        """A new event flag for tasks of this model."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in this model's context; callable from any OS thread."""
 
 
 class ConnectionHandler(Protocol):

@@ -11,25 +11,68 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import gevent
 import gevent.event
 import gevent.pool
+import gevent.queue
 import gevent.socket
 
 from sitepeek.config import Config
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+
+T = TypeVar("T")
 
 # Errors of accept() that mean "out of descriptors or memory": back off and retry.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_BACKOFF = 1.0
 
 
+class GeventChannel:
+    """A gevent queue: get() yields to other greenlets while it waits."""
+
+    def __init__(self) -> None:
+        self._queue: gevent.queue.Queue[object] = gevent.queue.Queue()
+
+    def put(self, item: object) -> None:
+        self._queue.put(item)
+
+    def get(self, timeout: float) -> object | None:
+        try:
+            item: object = self._queue.get(timeout=timeout)
+        except gevent.queue.Empty:
+            return None
+        return item
+
+
 class GeventIo:
     """Cooperative blocking primitives for the handler."""
 
+    def __init__(self) -> None:
+        self._hub = gevent.get_hub()
+
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())
+
+    def offload(self, work: Callable[[], T]) -> T:
+        # zlib and brotli release the GIL: the hub keeps serving while a thread works.
+        result: T = self._hub.threadpool.apply(work)
+        return result
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        gevent.spawn(task)
+
+    def channel(self) -> GeventChannel:
+        return GeventChannel()
+
+    def signal(self) -> gevent.event.Event:
+        return gevent.event.Event()
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        # The hub's thread-safe wake-up: gevent objects must not be touched from
+        # another OS thread (the watchdog observer runs in one).
+        self._hub.loop.run_callback_threadsafe(callback)
 
 
 class GreenletWorkers:

@@ -8,6 +8,7 @@ listen backlog (they are served as soon as a slot frees up, never dropped by us)
 from __future__ import annotations
 
 import errno
+import queue
 import select
 import selectors
 import signal
@@ -17,9 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TypeVar
 
 from sitepeek.config import Config
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+
+T = TypeVar("T")
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_BACKOFF = 1.0
@@ -27,8 +31,39 @@ _MAX_BACKOFF = 1.0
 _THREAD_STACK = 512 * 1024
 
 
+class ThreadChannel:
+    """A thread-safe queue."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def put(self, item: object) -> None:
+        self._queue.put(item)
+
+    def get(self, timeout: float) -> object | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 class ThreadIo:
     """Blocking primitives for OS threads."""
+
+    def offload(self, work: Callable[[], T]) -> T:
+        return work()  # already in its own thread
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        threading.Thread(target=task, name="sitepeek-task", daemon=True).start()
+
+    def channel(self) -> ThreadChannel:
+        return ThreadChannel()
+
+    def signal(self) -> threading.Event:
+        return threading.Event()
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        callback()  # every primitive of this model is thread-safe
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         poller = select.poll()
