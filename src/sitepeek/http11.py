@@ -181,15 +181,26 @@ class RequestParser:
         return self._build_request(head)
 
     def _check_head_size(self, buf: bytearray, end: int | None) -> None:
-        """Apply the 414 and 431 size limits to a complete head (``end``) or a partial one.
+        """Reject a complete head (``end``) or a partial one early: bad method, 414, 431.
 
-        Both cases measure the same things, so where the input happens to be cut never
-        changes the answer: the request line without its line terminator, and the field
-        lines with theirs (not the empty line ending the head). For a partial head the
-        measures are lower bounds: a trailing CR may be the start of a CRLF.
+        Both cases check the same things in the same order, so where the input happens
+        to be cut never changes the answer. Sizes are the request line without its line
+        terminator, and the field lines with theirs (not the empty line ending the
+        head); for a partial head they are lower bounds, as a trailing CR may be the
+        start of a CRLF.
         """
         newline = buf.find(b"\n")
         line_end = newline if newline >= 0 else len(buf)
+        # RFC 9112 §3: a request line starts with a method token and SP. Bytes that
+        # cannot (a TLS ClientHello on the plain port, say) get a 400 now rather than
+        # a wait for a line end that may never come. A lone CR may be a leading CRLF.
+        # Only the bytes within the line limit count, so that whether this 400 or the
+        # 414 below wins does not depend on how much of a long line has arrived.
+        window = min(line_end, self._limits.max_request_line)
+        space = buf.find(b" ", 0, window)
+        method = bytes(buf[: space if space >= 0 else window])
+        if space == 0 or (method not in (b"", b"\r") and not _TOKEN.fullmatch(method)):
+            raise ProtocolError(400, "Malformed method")
         if line_end and buf[line_end - 1] == 0x0D:
             line_end -= 1
         if line_end > self._limits.max_request_line:
