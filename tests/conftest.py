@@ -22,6 +22,8 @@ from pathlib import Path
 import h11
 import pytest
 
+from sitepeek.inject import inject, snippet_tag
+
 WORKER_MODELS = ("greenlets", "threads", "processes")
 URL_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)/")
 START_TIMEOUT = 15.0
@@ -116,6 +118,19 @@ def start_server(
             return server
     proc.kill()
     raise RuntimeError("sitepeek did not print its URL in time")
+
+
+def served(path: Path) -> bytes:
+    """The bytes sitepeek sends for a file in its default configuration.
+
+    Live reload is on by default, so HTML gets the client's script tag injected
+    (``sitepeek.inject`` has its own tests); every other file is sent as it is.
+    """
+    return as_served(path.read_bytes(), html=path.suffix in (".html", ".htm"))
+
+
+def as_served(data: bytes, html: bool = True) -> bytes:
+    return inject(data, snippet_tag()) if html else data
 
 
 def build_site(root: Path) -> Path:

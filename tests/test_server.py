@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import H11Client, Response, Server, recv_until_closed, request, start_server
+from conftest import (
+    H11Client,
+    Response,
+    Server,
+    as_served,
+    recv_until_closed,
+    request,
+    served,
+    start_server,
+)
 
 # Long enough for a loaded machine, short enough that a hang fails fast.
 TIMEOUT = 3.0
@@ -142,7 +151,7 @@ def unique_name(suffix: str = ".txt") -> str:
 def test_root_serves_index_html(server: Server) -> None:
     response = request(server, "GET", "/")
     assert response.status == 200
-    assert response.body == (server.root / "index.html").read_bytes()
+    assert response.body == served(server.root / "index.html")
     assert response.header("content-type") == "text/html; charset=utf-8"
 
 
@@ -157,7 +166,7 @@ def test_root_serves_index_html(server: Server) -> None:
 def test_directory_with_slash_serves_its_index(server: Server, target: str, file: str) -> None:
     response = request(server, "GET", target)
     assert response.status == 200
-    assert response.body == (server.root / file).read_bytes()
+    assert response.body == served(server.root / file)
     assert response.header("content-type") == "text/html; charset=utf-8"
     assert_exact_length(response)
 
@@ -221,7 +230,7 @@ def test_no_open_redirect(server: Server, target: str) -> None:
 def test_query_never_changes_the_file(server: Server, target: str, file: str) -> None:
     response = request(server, "GET", target)
     assert response.status == 200
-    assert response.body == (server.root / file).read_bytes()
+    assert response.body == served(server.root / file)
 
 
 # -- percent-decoding -------------------------------------------------------------------
@@ -235,7 +244,7 @@ def test_query_never_changes_the_file(server: Server, target: str, file: str) ->
         ("/a%2Bb.txt", b"plus\n"),
         ("/a%2bb.txt", b"plus\n"),
         ("/%73mall.txt", SMALL),
-        ("/sub/%69ndex.html", b"<p>sub</p>\n"),
+        ("/sub/%69ndex.html", as_served(b"<p>sub</p>\n")),
     ],
 )
 def test_percent_decoding(server: Server, target: str, body: bytes) -> None:
@@ -470,12 +479,12 @@ def test_ten_pipelined_requests_in_one_write_are_answered_in_order(server: Serve
         for name in files:
             response = client.read_response("GET")
             assert response.status == 200
-            assert response.body == (server.root / name).read_bytes(), name
+            assert response.body == served(server.root / name), name
         assert client.request("GET", "/empty.txt").status == 200
 
 
 def test_pipelined_requests_across_large_responses(server: Server) -> None:
-    large = (server.root / "large.bin").read_bytes()
+    large = served(server.root / "large.bin")
     with connect(server) as sock:
         client = H11Client(sock)
         client.send_raw(
@@ -945,7 +954,7 @@ def test_head_ignores_range_as_rfc_9110_requires(server: Server, spec: str) -> N
 
 # -- large files ------------------------------------------------------------------------
 def test_large_file_is_byte_identical(server: Server) -> None:
-    expected = (server.root / "large.bin").read_bytes()
+    expected = served(server.root / "large.bin")
     with connect(server) as sock:
         client = H11Client(sock)
         response = client.request("GET", "/large.bin")
@@ -960,7 +969,7 @@ def test_large_file_is_byte_identical(server: Server) -> None:
     ("start", "end"), [(1_000_000, 2_000_000), (65_535, 65_536 + 65_536), (0, 3 * 1024 * 1024)]
 )
 def test_large_file_range_is_byte_identical(server: Server, start: int, end: int) -> None:
-    expected = (server.root / "large.bin").read_bytes()
+    expected = served(server.root / "large.bin")
     response = request(server, "GET", "/large.bin", {"Range": f"bytes={start}-{end}"})
     assert response.status == 206
     assert response.header("content-range") == f"bytes {start}-{end}/{len(expected)}"
@@ -968,7 +977,7 @@ def test_large_file_range_is_byte_identical(server: Server, start: int, end: int
 
 
 def test_client_leaving_mid_download_does_not_disturb_others(server: Server) -> None:
-    expected = (server.root / "large.bin").read_bytes()
+    expected = served(server.root / "large.bin")
     leaver = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     leaver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     leaver.settimeout(TIMEOUT)
@@ -994,7 +1003,7 @@ def test_client_leaving_mid_download_does_not_disturb_others(server: Server) -> 
 
 
 def test_concurrent_large_downloads(server: Server) -> None:
-    expected = (server.root / "large.bin").read_bytes()
+    expected = served(server.root / "large.bin")
     socks = [connect(server) for _ in range(4)]
     try:
         clients = [H11Client(sock) for sock in socks]
@@ -1120,7 +1129,7 @@ def test_new_directory_index_is_served(server: Server) -> None:
         directory.mkdir()
         assert_error_page(request(server, "GET", f"/{directory.name}/"), 404)
         (directory / "index.html").write_text("<p>new</p>\n")
-        assert request(server, "GET", f"/{directory.name}/").body == b"<p>new</p>\n"
+        assert request(server, "GET", f"/{directory.name}/").body == as_served(b"<p>new</p>\n")
         redirect = request(server, "GET", f"/{directory.name}")
         assert redirect.header("location") == f"/{directory.name}/"
     finally:

@@ -62,12 +62,59 @@ _SERVE_OPTIONS = (
         help="Worker processes with --workers processes  [default: one per CPU]",
     ),
     click.option(
-        "--keepalive-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-        metavar="SECONDS", help="Close a keep-alive connection idle this long.",
+        "--keepalive-timeout",
+        type=click.FloatRange(min=0.1),
+        default=5.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Close a keep-alive connection idle this long.",
     ),
     click.option(
-        "--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-        metavar="SECONDS", help="Answer 408 when a started request head takes longer.",
+        "--header-timeout",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Answer 408 when a started request head takes longer.",
+    ),
+    click.option(
+        "--compress/--no-compress",
+        default=True,
+        show_default=True,
+        help="Compress text responses (gzip; brotli and zstd with their extras).",
+    ),
+    click.option(
+        "--reload/--no-reload",
+        default=True,
+        show_default=True,
+        help="Reload open browser tabs when a file changes (CSS is swapped in place).",
+    ),
+    click.option(
+        "--reload-delay",
+        type=click.IntRange(min=0),
+        default=30,
+        show_default=True,
+        metavar="MS",
+        help="Quiet period that ends a burst of changes before a reload.",
+    ),
+    click.option(
+        "--watch",
+        type=click.Path(exists=True, path_type=Path),
+        multiple=True,
+        metavar="PATH",
+        help="Also watch PATH for changes (repeatable).",
+    ),
+    click.option(
+        "--ignore",
+        multiple=True,
+        metavar="GLOB",
+        help="Ignore changes to files matching GLOB (repeatable), besides .git/, "
+        "node_modules/ and editor swap files.",
+    ),
+    click.option(
+        "--poll",
+        is_flag=True,
+        help="Poll for changes instead of OS events (Docker, WSL, network drives).",
     ),
     click.option(
         "--max-connections",
@@ -78,8 +125,20 @@ _SERVE_OPTIONS = (
     ),
 )
 _OPTION_NAMES = (
-    "host", "port", "strict_port", "workers", "processes", "max_connections",
-    "keepalive_timeout", "header_timeout",
+    "host",
+    "port",
+    "strict_port",
+    "workers",
+    "processes",
+    "max_connections",
+    "keepalive_timeout",
+    "header_timeout",
+    "compress",
+    "reload",
+    "reload_delay",
+    "watch",
+    "ignore",
+    "poll",
 )
 
 
@@ -144,6 +203,12 @@ def _run(directory: Path, options: dict[str, Any]) -> None:
             max_connections=options["max_connections"],
             keepalive_timeout=options["keepalive_timeout"],
             header_timeout=options["header_timeout"],
+            compress=options["compress"],
+            reload=options["reload"],
+            reload_delay=options["reload_delay"] / 1000,
+            watch=tuple(path.resolve() for path in options["watch"]),
+            ignore=tuple(options["ignore"]),
+            poll=options["poll"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

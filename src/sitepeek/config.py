@@ -30,6 +30,14 @@ class Config:
     send_timeout: float = 30.0
     # Seconds in-flight responses get to finish on shutdown.
     shutdown_grace: float = 0.5
+    # Negotiated gzip (brotli, zstd with the extras) for text types.
+    compress: bool = True
+    # Live reload: watch the root (and ``watch``), inject the client into HTML.
+    reload: bool = True
+    reload_delay: float = 0.03  # quiet period that ends a burst of changes
+    watch: tuple[Path, ...] = ()
+    ignore: tuple[str, ...] = ()
+    poll: bool = False
 
     def __post_init__(self) -> None:
         if not self.root.is_dir():
@@ -40,6 +48,11 @@ class Config:
             raise ValueError(f"unknown worker model {self.workers!r}")
         if self.processes < 0:
             raise ValueError("processes must be 0 (one per CPU) or more")
+        if self.reload_delay < 0:
+            raise ValueError("reload delay must not be negative")
+        for path in self.watch:
+            if not path.exists():
+                raise ValueError(f"watched path {path} does not exist")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
 

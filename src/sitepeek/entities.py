@@ -12,16 +12,20 @@ a changed file is never served stale, with or without a watcher.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sitepeek.representation import content_type, http_date, strong_etag
+from sitepeek import inject
+from sitepeek.representation import content_type, http_date, should_compress, strong_etag
 
 # Bodies up to this size are read into memory (and sent in one write with the head);
 # larger ones are sent with sendfile from an open descriptor.
 SMALL_BODY = 64 * 1024
+# HTML up to this size is read whole to inject the live reload client.
+MAX_INJECT = 16 * 1024 * 1024
 _READ_ATTEMPTS = 3
 
 Identity = tuple[int, int, int, int, int]
@@ -50,43 +54,119 @@ class Entity:
     # The fields a 304 repeats (RFC 9110 §15.4.5): validators and Cache-Control.
     validator_fields: bytes
     body: bytes | None  # None for files larger than SMALL_BODY
+    # Worth compressing (and compression is on): responses carry Vary: Accept-Encoding.
+    compressible: bool = False
+    # The body is not the file's bytes (the reload client was injected).
+    transformed: bool = False
 
 
-def load(path: str, fd: int, st: os.stat_result) -> tuple[Entity, os.stat_result]:
+def is_html(path: str) -> bool:
+    return content_type(path).startswith("text/html")
+
+
+def load(
+    path: str,
+    fd: int,
+    st: os.stat_result,
+    snippet: bytes | None = None,
+    compress: bool = False,
+) -> tuple[Entity, os.stat_result]:
     """Build the entity for the open file ``fd``; reads the body when it is small.
 
+    With ``snippet`` (the live reload script tag), an HTML file up to MAX_INJECT bytes
+    is read whole and the snippet injected; its ETag differs from the plain file's.
     Returns the entity and the stat it describes. Reading ``size + 1`` bytes detects a
     file that grew or shrank after ``fstat``; then it is stat'ed and read again.
     """
+    inject_into = snippet is not None and is_html(path)
     for _ in range(_READ_ATTEMPTS):
         body = None
-        if st.st_size <= SMALL_BODY:
-            body = os.pread(fd, st.st_size + 1, 0)
+        if st.st_size <= SMALL_BODY or (inject_into and st.st_size <= MAX_INJECT):
+            body = _read_all(fd, st.st_size + 1)
             if len(body) != st.st_size:
                 st = os.fstat(fd)
                 continue
-        return _build(path, st, body), st
+        if inject_into and body is not None and snippet is not None:
+            injected = inject.inject(body, snippet)
+            return _build(path, st, injected, compress, transformed=True), st
+        return _build(path, st, body, compress), st
     raise FileChanged(path)
 
 
-def _build(path: str, st: os.stat_result, body: bytes | None) -> Entity:
-    size = st.st_size
-    etag = strong_etag(size, st.st_mtime_ns, st.st_ino)
+def from_bytes(name: str, data: bytes, compress: bool = False) -> Entity:
+    """An entity for content that is not a file (sitepeek's own assets)."""
+    digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+    ctype = content_type(name)
+    compressible = compress and should_compress(ctype, len(data))
+    etag = f'"{digest}"'
+    fields, validator_fields = header_fields(ctype, etag, None, vary=compressible)
+    return Entity(
+        identity=(0, 0, 0, 0, len(data)),
+        size=len(data),
+        etag=etag,
+        last_modified=0,
+        content_type=ctype,
+        fields=fields,
+        validator_fields=validator_fields,
+        body=data,
+        compressible=compressible,
+        transformed=True,
+    )
+
+
+def header_fields(
+    ctype: str, etag: str, last_modified: int | None, vary: bool, coding: str | None = None
+) -> tuple[bytes, bytes]:
+    """The header lines of a 200/206 and of a 304 (RFC 9110 §15.4.5) for one variant."""
+    validators = f"ETag: {etag}\r\n"
+    if last_modified is not None:
+        validators += f"Last-Modified: {http_date(last_modified)}\r\n"
+    validators += "Cache-Control: no-cache\r\n"
+    if vary:
+        validators += "Vary: Accept-Encoding\r\n"
+    encoding = f"Content-Encoding: {coding}\r\n" if coding else ""
+    fields = f"Content-Type: {ctype}\r\n{encoding}{validators}Accept-Ranges: bytes\r\n"
+    return fields.encode("latin-1"), validators.encode("latin-1")
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < limit:
+        chunk = os.pread(fd, limit - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _build(
+    path: str,
+    st: os.stat_result,
+    body: bytes | None,
+    compress: bool,
+    transformed: bool = False,
+) -> Entity:
+    size = st.st_size if body is None else len(body)
+    etag = strong_etag(st.st_size, st.st_mtime_ns, st.st_ino)
+    if transformed:
+        etag = etag[:-1] + '-r"'  # not the file's bytes: never the file's tag
     last_modified = int(st.st_mtime)
     ctype = content_type(path)
-    validators = (
-        f"ETag: {etag}\r\nLast-Modified: {http_date(last_modified)}\r\nCache-Control: no-cache\r\n"
-    )
-    fields = f"Content-Type: {ctype}\r\n{validators}Accept-Ranges: bytes\r\n"
+    compressible = compress and should_compress(ctype, size)
+    fields, validator_fields = header_fields(ctype, etag, last_modified, vary=compressible)
     return Entity(
         identity=identity(st),
         size=size,
         etag=etag,
         last_modified=last_modified,
         content_type=ctype,
-        fields=fields.encode("latin-1"),
-        validator_fields=validators.encode("latin-1"),
+        fields=fields,
+        validator_fields=validator_fields,
         body=body,
+        compressible=compressible,
+        transformed=transformed,
     )
 
 

@@ -17,10 +17,12 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sitepeek import __version__, entities
+from sitepeek import __version__, compression, entities, inject, livereload, websocket
+from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 from sitepeek.entities import Entity
 from sitepeek.http11 import ProtocolError, Request, RequestParser, is_known_method, reason_phrase
@@ -41,10 +43,17 @@ RECV_SIZE = 64 * 1024
 SENDFILE_CHUNK = 1 << 30
 # After answering with "Connection: close", read what the client still sends for a
 # moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
+# Bodies up to this size compress inline (a few ms at most); larger ones in the worker
+# model's thread pool, so the event loop keeps serving meanwhile.
+INLINE_COMPRESSION = 256 * 1024
+# Codings we can serve: produced on the fly (compression.AVAILABLE) or from a
+# precompressed sidecar file; server preference order.
+_KNOWN_CODINGS = ("br", "zstd", "gzip")
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 256 * 1024
 
 Headers = list[tuple[str, str]]
+T = TypeVar("T")
 
 
 class _CloseConnection(Exception):
@@ -56,6 +65,7 @@ class _Connection:
     sock: socket.socket
     idle: bool = True
     idle_since: float = 0.0
+    websocket: bool = False
 
 
 class _DateCache:
@@ -93,15 +103,35 @@ class _DateCache:
 class Handler:
     """Serves the HTTP/1.1 connections of one process, whatever the worker model."""
 
-    def __init__(self, config: Config, io: Io) -> None:
+    def __init__(self, config: Config, io: Io, feed: ChangeFeed | None = None) -> None:
         self._config = config
         self._io = io
         self._resolver = Resolver(config.root)
         self._dates = _DateCache()
         self._entities = entities.EntityCache()
+        self._variants = compression.VariantCache()
+        self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self.stopping = False
+        self.requests = 0
+        self._broadcaster: livereload.Broadcaster | None = None
+        self._snippet: bytes | None = None
+        self._client: Entity | None = None
+        if config.reload:
+            broadcaster = self._broadcaster = livereload.Broadcaster(io)
+            self._snippet = inject.snippet_tag()
+            self._client = entities.from_bytes(
+                livereload.CLIENT_PATH, livereload.client_script(), config.compress
+            )
+            if feed is not None:
+                feed.subscribe(
+                    lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
+                )
+
+    @property
+    def broadcaster(self) -> livereload.Broadcaster | None:
+        return self._broadcaster
 
     # -- lifecycle, called by the worker model ---------------------------------------
     def begin_shutdown(self) -> None:
@@ -128,11 +158,16 @@ class Handler:
         in the backlog is not (nginx reclaims idle connections the same way).
         """
         with self._lock:
-            idle = [conn for conn in self._connections if conn.idle]
+            # A reload socket is idle but not reclaimable: its tab would reconnect.
+            idle = [conn for conn in self._connections if conn.idle and not conn.websocket]
         if not idle:
             return False
         _shutdown(min(idle, key=lambda conn: conn.idle_since).sock)
         return True
+
+    def close(self) -> None:
+        """Release what outlives connections (spooled compressed files)."""
+        self._variants.close()
 
     @property
     def active_connections(self) -> int:
@@ -177,6 +212,10 @@ class Handler:
             if request is None:
                 return False
             conn.sock.settimeout(self._config.send_timeout)  # for the writes that follow
+            self.requests += 1
+            if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
+                self._upgrade(conn, request, parser, self._broadcaster)
+                return False
             keep_alive = self._respond(conn.sock, request)
             conn.idle_since = time.monotonic()
             if not keep_alive or self.stopping:
@@ -224,6 +263,12 @@ class Handler:
         if method not in ("GET", "HEAD"):
             return self._respond_other_method(sock, request, keep_alive)
         try:
+            if request.path.startswith(livereload.PREFIX):
+                return self._respond_internal(sock, request, keep_alive)
+            if self._broadcaster is not None and _may_be_html(request.path):
+                # A burst of changes is being written: wait (bounded) for it to settle,
+                # so a page never shows a half-written build.
+                self._broadcaster.wait_until_settled()
             resolution = self._resolver.resolve(request.path, request.query)
             if isinstance(resolution, File):
                 return self._send_file(sock, request, resolution, keep_alive)
@@ -239,6 +284,48 @@ class Handler:
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(sock, request, 500, "Internal Server Error", False)
+
+    def _respond_internal(self, sock: socket.socket, request: Request, keep: bool) -> bool:
+        """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
+        if request.path == livereload.CLIENT_PATH and self._client is not None:
+            return self._send_entity(sock, request, self._client, -1, keep)
+        if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
+            return self._send_error(
+                sock,
+                request,
+                426,
+                "This URL speaks WebSocket only.",
+                keep,
+                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+            )
+        return self._send_error(sock, request, 404, "Not Found", keep)
+
+    def _upgrade(
+        self,
+        conn: _Connection,
+        request: Request,
+        parser: RequestParser,
+        broadcaster: livereload.Broadcaster,
+    ) -> None:
+        """Switch to the reload WebSocket (RFC 6455 §4.2), or refuse with a status."""
+        host = request.header("host")
+        try:
+            accept = websocket.check_handshake(
+                request.method,
+                request.version,
+                request.headers,
+                allowed_origins={f"http://{host}", f"https://{host}"},
+            )
+        except websocket.HandshakeError as exc:
+            extra = [("Sec-WebSocket-Version", "13")] if exc.status == 426 else []
+            self._send_error(conn.sock, request, exc.status, exc.reason, False, extra)
+            return
+        conn.sock.sendall(websocket.handshake_response(accept))
+        conn.websocket = True
+        conn.idle = True  # shutdown closes it at once; the tab reconnects to the new server
+        livereload.serve_websocket(
+            conn.sock, self._io, broadcaster, parser.take_buffered(), lambda: self.stopping
+        )
 
     def _respond_other_method(self, sock: socket.socket, request: Request, keep: bool) -> bool:
         if request.method == "OPTIONS":
@@ -264,7 +351,7 @@ class Handler:
         if file.stat is not None:
             cached = self._entities.get(file.fs_path, file.stat)
             if cached is not None:
-                return self._send_entity(sock, request, cached, -1, keep)
+                return self._send_entity(sock, request, cached, -1, keep, file.fs_path)
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
             # opening it must not wait for a writer.
@@ -278,7 +365,9 @@ class Handler:
             if not stat.S_ISREG(st.st_mode):
                 return self._send_error(sock, request, 404, "Not Found", keep)
             try:
-                entity, st = entities.load(file.fs_path, fd, st)
+                entity, st = entities.load(
+                    file.fs_path, fd, st, self._snippet, self._config.compress
+                )
             except entities.FileChanged:
                 return self._send_error(
                     sock,
@@ -289,7 +378,7 @@ class Handler:
                     [("Retry-After", "1")],
                 )
             self._entities.put(file.fs_path, entity)
-            return self._send_entity(sock, request, entity, fd, keep)
+            return self._send_entity(sock, request, entity, fd, keep, file.fs_path)
         finally:
             os.close(fd)
 
@@ -301,9 +390,116 @@ class Handler:
         return self._send_error(sock, request, 404, "Not Found", keep)
 
     def _send_entity(
+        self,
+        sock: socket.socket,
+        request: Request,
+        entity: Entity,
+        fd: int,
+        keep: bool,
+        path: str | None = None,
+    ) -> bool:
+        """Answer with ``entity`` or, when negotiated, a compressed variant of it.
+
+        ``fd`` is the open file when the body is not cached; ``path`` its real path,
+        for precompressed sidecars. A Range request always gets the identity
+        representation, so ranges and compression can never disagree.
+        """
+        if entity.compressible and "range" not in request.headers:
+            variant = self._select_variant(entity, fd, path, request.header("accept-encoding"))
+            if variant is not None:
+                variant_fd = -1 if variant.body is not None else self._variants.open(variant)
+                if variant_fd is not None:
+                    try:
+                        return self._send_variant(sock, request, entity, variant, variant_fd, keep)
+                    finally:
+                        if variant_fd >= 0:
+                            os.close(variant_fd)
+        return self._send_identity(sock, request, entity, fd, keep)
+
+    def _select_variant(
+        self, entity: Entity, fd: int, path: str | None, accept_encoding: str
+    ) -> compression.Variant | None:
+        """The compressed variant to send, or None for identity (RFC 9110 §12.5.3)."""
+        header = accept_encoding or None
+        coding = compression.negotiate(header, _KNOWN_CODINGS)
+        if coding is None or coding == compression.IDENTITY:
+            # Nothing acceptable but identity was refused too: we send identity anyway
+            # rather than 406 (RFC 9110 §12.5.3 allows either); a preview must show.
+            return None
+        if path is not None and not entity.transformed:
+            sidecar = compression.find_sidecar(path, entity.identity[2], coding)
+            if sidecar is not None:
+                return sidecar
+        if coding not in compression.AVAILABLE:
+            coding = compression.negotiate(header, compression.AVAILABLE)
+            if coding is None or coding == compression.IDENTITY:
+                return None
+        key = (entity.identity, entity.etag)
+        variant = self._variants.get(key, coding)
+        if variant is None:
+            offload = self._io.offload if entity.size > INLINE_COMPRESSION else _inline
+            try:
+                if entity.body is not None:
+                    variant = self._variants.get_or_compress_body(key, coding, entity.body, offload)
+                elif fd >= 0:
+                    variant = self._variants.get_or_compress(key, coding, fd, entity.size, offload)
+                else:
+                    return None
+            except (entities.FileChanged, OSError):
+                return None
+        # Incompressible after all (already-minified binary-ish text): send identity.
+        return variant if variant.size < entity.size else None
+
+    def _send_variant(
+        self,
+        sock: socket.socket,
+        request: Request,
+        entity: Entity,
+        variant: compression.Variant,
+        fd: int,
+        keep: bool,
+    ) -> bool:
+        etag = variant.etag(entity.etag)
+        fields = self._variant_fields.get(etag)
+        if fields is None:
+            if len(self._variant_fields) > 4096:
+                self._variant_fields.clear()
+            fields = self._variant_fields[etag] = entities.header_fields(
+                entity.content_type, etag, entity.last_modified or None, True, variant.coding
+            )
+        method = request.method
+        precondition = evaluate_preconditions(method, request.headers, etag, entity.last_modified)
+        if precondition is Precondition.NOT_MODIFIED:
+            sock.sendall(
+                b"HTTP/1.1 304 Not Modified\r\n"
+                + self._dates.prefix(keep, request.version)
+                + fields[1]
+                + b"Content-Length: %d\r\n\r\n" % variant.size
+            )
+            return keep
+        if precondition is Precondition.FAILED:
+            return self._send_error(sock, request, 412, "Precondition Failed", keep)
+        head = b"".join(
+            (
+                b"HTTP/1.1 200 OK\r\n",
+                self._dates.prefix(keep, request.version),
+                fields[0],
+                b"Content-Length: %d\r\n\r\n" % variant.size,
+            )
+        )
+        if method == "HEAD":
+            sock.sendall(head)
+        elif variant.body is not None:
+            sock.sendall(head + variant.body)
+        else:
+            sock.sendall(head)
+            self._sendfile(sock, fd, 0, variant.size)
+        return keep
+
+    def _send_identity(
         self, sock: socket.socket, request: Request, entity: Entity, fd: int, keep: bool
     ) -> bool:
-        """Answer with ``entity``; ``fd`` is its open file when the body is not cached."""
+        """Answer with the entity itself (ranges apply); ``fd`` when not cached."""
         method = request.method
         headers = request.headers
         size = entity.size
@@ -403,6 +599,8 @@ class Handler:
         extra: Sequence[tuple[str, str]] = (),
     ) -> bool:
         body = _error_page(status, detail)
+        if self._snippet is not None:
+            body = inject.inject(body, self._snippet)
         headers = self._base_headers(keep_alive, request)
         headers += extra
         headers += [
@@ -438,6 +636,16 @@ class Handler:
                 drained += len(data)
         except OSError:
             pass
+
+
+def _inline(work: Callable[[], T]) -> T:
+    return work()
+
+
+def _may_be_html(path: str) -> bool:
+    """Could this URL path be answered with an HTML page (cheap, before resolving)?"""
+    last = path.rsplit("/", 1)[-1]
+    return not last or "." not in last or last.lower().endswith((".html", ".htm"))
 
 
 def _report_bug(where: str, exc: Exception) -> None:

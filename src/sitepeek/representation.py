@@ -225,6 +225,16 @@ def is_compressible(content_type: str) -> bool:
 # --------------------------------------------------------------------------- validators
 
 
+# Below this, a compressed body saves too little to be worth a cache entry and the
+# CPU (and gzip's 18-byte wrapper can make a tiny body larger).
+MIN_COMPRESS_SIZE = 256
+
+
+def should_compress(content_type: str, size: int) -> bool:
+    """Is a body of this Content-Type and size worth compressing on the fly?"""
+    return size >= MIN_COMPRESS_SIZE and is_compressible(content_type)
+
+
 def strong_etag(size: int, mtime_ns: int, ino: int) -> str:
     """A strong entity-tag (RFC 9110 §8.8.3) for a file's stat result.
 

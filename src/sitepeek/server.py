@@ -7,12 +7,16 @@ import errno
 import resource
 import socket
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import __version__, workers
+from sitepeek.changes import ChangeFeed, Pending, Settled
 from sitepeek.config import Config
 from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler, Io
+
+if TYPE_CHECKING:
+    from sitepeek.reload import ChangeBatch, Watcher
 
 # A busy port moves on to the next one; this many are tried before giving up.
 PORT_ATTEMPTS = 20
@@ -31,12 +35,42 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
     if config.port and port != config.port:
         print(f"Port {config.port} is in use, using {port} instead.", file=out)
     model_class = workers.load(config.workers)
+    feed = ChangeFeed()
 
     def make_handler(io: Io) -> ConnectionHandler:
-        return Handler(config, io)
+        return Handler(config, io, feed)
 
-    model = model_class(config, make_handler)
-    model.run(listener, ready=lambda: print_banner(config, port, out))
+    model = model_class(config, make_handler, feed)
+    watcher = _start_watcher(config, feed, out) if config.reload else None
+    try:
+        model.run(listener, ready=lambda: print_banner(config, port, out))
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
+def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
+    """Watch the root (and --watch paths); events go to every worker through ``feed``."""
+    from sitepeek.reload import IgnoreFilter, Watcher, WatchError
+
+    def settled(batch: ChangeBatch) -> None:
+        print(f"reload · {batch.summary()}", file=out, flush=True)
+        feed.emit(Settled(batch.paths))
+
+    watcher = Watcher(
+        str(config.root),
+        extra_paths=[str(path) for path in config.watch],
+        ignore=IgnoreFilter(extra=config.ignore),
+        delay=config.reload_delay,
+        poll=config.poll,
+        on_start=lambda: feed.emit(Pending()),
+        on_settle=settled,
+    )
+    try:
+        watcher.start()
+    except WatchError as exc:
+        raise StartupError(str(exc)) from None
+    return watcher
 
 
 def _raise_fd_limit() -> None:
@@ -113,6 +147,7 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
         f"  Local:   {url_for(config.host, port)}",
         f"  Workers: {config.workers}"
         + (f" ({config.process_count})" if config.workers == "processes" else ""),
+        "  Reload:  " + ("on, watching for changes" if config.reload else "off"),
         "  Press Ctrl-C to stop.",
     ]
     print("\n".join(lines), file=out, flush=True)

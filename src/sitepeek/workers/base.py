@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 
 T = TypeVar("T")
@@ -74,6 +75,8 @@ class ConnectionHandler(Protocol):
 
     def reclaim_idle(self) -> bool: ...
 
+    def close(self) -> None: ...
+
     @property
     def active_connections(self) -> int: ...
 
@@ -84,7 +87,8 @@ HandlerFactory = Callable[[Io], ConnectionHandler]
 class WorkerModel(Protocol):
     """A concurrency model, constructed in the supervisor before anything is served."""
 
-    def __init__(self, config: Config, make_handler: HandlerFactory) -> None: ...
+    def __init__(self, config: Config, make_handler: HandlerFactory, feed: ChangeFeed) -> None:
+        """``feed`` carries file changes to the handlers (relayed across forks if needed)."""
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         """Serve until SIGINT/SIGTERM; call ``ready`` once the signal handlers are set."""

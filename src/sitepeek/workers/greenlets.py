@@ -19,6 +19,7 @@ import gevent.pool
 import gevent.queue
 import gevent.socket
 
+from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
 
@@ -80,7 +81,8 @@ class GreenletWorkers:
 
     name = "greenlets"
 
-    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+    def __init__(self, config: Config, make_handler: HandlerFactory, feed: ChangeFeed) -> None:
+        # The handler subscribes to ``feed`` itself: one process, nothing to relay.
         self._config = config
         self._make_handler = make_handler
 
@@ -154,3 +156,4 @@ def _drain(config: Config, pool: gevent.pool.Pool, handler: ConnectionHandler) -
     if not pool.join(timeout=config.shutdown_grace):
         handler.abort_all()
         pool.kill(timeout=0.2)
+    handler.close()

@@ -17,12 +17,14 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from sitepeek.changes import ChangeEvent, ChangeFeed, decode, encode
 from sitepeek.config import Config
 from sitepeek.workers.base import HandlerFactory
 
@@ -39,6 +41,7 @@ _MAX_RESTART_DELAY = 5.0
 class _Worker:
     index: int
     started: float
+    relay: socket.socket  # the supervisor's end of the change-event channel
 
 
 class ProcessWorkers:
@@ -46,12 +49,25 @@ class ProcessWorkers:
 
     name = "processes"
 
-    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+    def __init__(self, config: Config, make_handler: HandlerFactory, feed: ChangeFeed) -> None:
         self._config = config
         self._make_handler = make_handler
+        self._feed = feed
         self._workers: dict[int, _Worker] = {}
+        self._workers_lock = threading.Lock()  # the watcher thread relays to them
         self._stopping = False
         self._restart_delay = 0.0
+        # One watcher in the supervisor; its events reach every worker.
+        feed.subscribe(self._relay)
+
+    def _relay(self, event: ChangeEvent) -> None:
+        """Send a change event to every worker (called from the watcher thread)."""
+        line = encode(event)
+        with self._workers_lock:
+            relays = [worker.relay for worker in self._workers.values()]
+        for relay in relays:
+            with contextlib.suppress(OSError):
+                relay.sendall(line)
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -92,10 +108,17 @@ class ProcessWorkers:
                     while wake_r.recv(512):
                         pass
                 for pid, status in _reap():
-                    worker = self._workers.pop(pid, None)
+                    worker = self._forget(pid)
                     if worker is None or self._stopping:
                         continue
                     self._restart(listener, worker, pid, status, (wake_r, wake_w))
+
+    def _forget(self, pid: int) -> _Worker | None:
+        with self._workers_lock:
+            worker = self._workers.pop(pid, None)
+        if worker is not None:
+            worker.relay.close()
+        return worker
 
     def _restart(
         self,
@@ -124,15 +147,23 @@ class ProcessWorkers:
         self, listener: socket.socket, index: int, inherited: tuple[socket.socket, ...]
     ) -> int:
         parent = os.getpid()
+        relay, child_end = socket.socketpair()
+        relay.settimeout(1.0)  # a stuck worker must not stall the watcher thread
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured by the tests
             code = 1
             try:
-                for sock in inherited:
+                # The watcher thread may have held the lock at fork time: start afresh.
+                self._workers_lock = threading.Lock()
+                siblings = [worker.relay for worker in self._workers.values()]
+                for sock in (*inherited, relay, *siblings):
                     sock.close()
-                _child_main(self._config, self._make_handler, listener, parent)
+                self._feed.reset()
+                _child_main(
+                    self._config, self._make_handler, listener, parent, child_end, self._feed
+                )
                 code = 0
             except BaseException as exc:
                 print(f"sitepeek: worker {os.getpid()} failed: {exc!r}", file=sys.stderr)
@@ -140,7 +171,9 @@ class ProcessWorkers:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        self._workers[pid] = _Worker(index, time.monotonic())
+        child_end.close()
+        with self._workers_lock:
+            self._workers[pid] = _Worker(index, time.monotonic(), relay)
         return pid
 
     def _stop_all(self) -> None:
@@ -151,7 +184,7 @@ class ProcessWorkers:
         deadline = time.monotonic() + self._config.shutdown_grace + 0.2
         while self._workers and time.monotonic() < deadline:
             for pid, _status in _reap():
-                self._workers.pop(pid, None)
+                self._forget(pid)
             time.sleep(0.01)
         for pid in self._workers:
             with contextlib.suppress(ProcessLookupError):
@@ -159,11 +192,16 @@ class ProcessWorkers:
         for pid in list(self._workers):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        self._workers.clear()
+            self._forget(pid)
 
 
 def _child_main(
-    config: Config, make_handler: HandlerFactory, listener: socket.socket, parent: int
+    config: Config,
+    make_handler: HandlerFactory,
+    listener: socket.socket,
+    parent: int,
+    relay: socket.socket,
+    feed: ChangeFeed,
 ) -> None:
     """A worker: the greenlet engine on the shared listener, until told to stop."""
     signal.set_wakeup_fd(-1)
@@ -173,6 +211,7 @@ def _child_main(
 
     import gevent
     import gevent.event
+    import gevent.socket
 
     from sitepeek.workers.greenlets import serve_until
 
@@ -185,9 +224,24 @@ def _child_main(
             gevent.sleep(_PARENT_CHECK_SECONDS)
         stop.set()
 
+    def read_relay(stop: gevent.event.Event) -> None:
+        """Change events from the supervisor's watcher, one JSON line each."""
+        channel = gevent.socket.socket(fileno=relay.detach())
+        buffer = b""
+        while True:
+            data = channel.recv(65536)
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                event = decode(line)
+                if event is not None:
+                    feed.emit(event)
+
     if os.getppid() != parent:
         return
-    serve_until(config, make_handler, listener, stop, watchers=(watch_parent,))
+    serve_until(config, make_handler, listener, stop, watchers=(watch_parent, read_relay))
 
 
 def _set_parent_death_signal() -> None:

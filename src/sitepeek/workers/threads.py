@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
 
@@ -77,7 +78,8 @@ class ThreadWorkers:
 
     name = "threads"
 
-    def __init__(self, config: Config, make_handler: HandlerFactory) -> None:
+    def __init__(self, config: Config, make_handler: HandlerFactory, feed: ChangeFeed) -> None:
+        # The handler subscribes to ``feed`` itself: one process, nothing to relay.
         self._config = config
         self._make_handler = make_handler
         self._slots = threading.BoundedSemaphore(config.max_connections)
@@ -185,6 +187,7 @@ class ThreadWorkers:
         if not self._join_all(deadline):
             handler.abort_all()
             self._join_all(time.monotonic() + 0.2)
+        handler.close()
 
     def _join_all(self, deadline: float) -> bool:
         with self._threads_lock:

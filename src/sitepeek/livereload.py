@@ -1,0 +1,172 @@
+"""Live reload inside one worker process: fan-out to WebSockets, the build gate.
+
+The :class:`Broadcaster` receives change events (already moved into the worker
+model's context), tells every connected tab exactly once per settled burst, and holds
+HTML requests while a burst is in flight so a reload never shows a half-written build.
+:func:`serve_websocket` runs one reload WebSocket connection (RFC 6455).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from sitepeek import __version__
+from sitepeek.changes import ChangeEvent, Pending, Settled
+from sitepeek.websocket import (
+    FrameParser,
+    Message,
+    Opcode,
+    ProtocolViolation,
+    close_frame,
+    encode_frame,
+)
+from sitepeek.workers.base import Channel, Io
+
+PREFIX = "/__sitepeek__/"
+CLIENT_PATH = PREFIX + "reload.js"
+SOCKET_PATH = PREFIX + "ws"
+# A ping every so often keeps proxies and NATs from dropping an idle tab's socket;
+# a client that answers nothing for two intervals is gone.
+PING_INTERVAL = 20.0
+RECV_SIZE = 4096
+MAX_CLIENT_MESSAGE = 64 * 1024
+
+
+def client_script() -> bytes:
+    """The browser side, shipped as package data."""
+    return resources.files("sitepeek").joinpath("assets/reload.js").read_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """The reader saw the end of the connection."""
+
+
+class Broadcaster:
+    """Per-process fan-out of reload messages; also the gate for HTML requests."""
+
+    def __init__(self, io: Io, settle_timeout: float = 2.0) -> None:
+        self._io = io
+        self._channels: set[Channel] = set()
+        self._lock = threading.Lock()
+        self._settled = io.signal()
+        self._settled.set()
+        self._settle_timeout = settle_timeout
+        self.reloads = 0
+
+    def subscribe(self) -> Channel:
+        channel = self._io.channel()
+        with self._lock:
+            self._channels.add(channel)
+        return channel
+
+    def unsubscribe(self, channel: Channel) -> None:
+        with self._lock:
+            self._channels.discard(channel)
+
+    @property
+    def clients(self) -> int:
+        return len(self._channels)
+
+    def on_event(self, event: ChangeEvent) -> None:
+        """Handle a change event; runs in the worker model's context."""
+        if isinstance(event, Pending):
+            self._settled.clear()
+            return
+        if isinstance(event, Settled):
+            frame = encode_frame(
+                Opcode.TEXT, json.dumps({"type": "reload", "paths": list(event.paths)}).encode()
+            )
+            with self._lock:
+                channels = list(self._channels)
+            for channel in channels:
+                channel.put(frame)
+            self.reloads += 1
+            self._settled.set()
+
+    def wait_until_settled(self) -> None:
+        """Block (bounded) while a burst of changes is still being written."""
+        if not self._settled.is_set():
+            self._settled.wait(self._settle_timeout)
+
+    @property
+    def generation(self) -> int:
+        """How many reloads this process has broadcast (clients compare it)."""
+        return self.reloads
+
+
+def serve_websocket(
+    sock: socket.socket,
+    io: Io,
+    broadcaster: Broadcaster,
+    buffered: bytes,
+    stopping: Callable[[], bool],
+) -> None:
+    """Run one reload WebSocket after the 101 response was sent; returns when it ends.
+
+    A reader task parses client frames into the same channel the broadcaster writes
+    to, so this loop waits on one queue: reload messages, client frames, or a ping
+    interval passing.
+    """
+    channel = broadcaster.subscribe()
+    parser = FrameParser(max_message=MAX_CLIENT_MESSAGE)
+    parser.feed(buffered)
+    sock.settimeout(PING_INTERVAL * 3)
+    io.spawn(lambda: _read_frames(sock, parser, channel))
+    try:
+        hello = {"type": "hello", "version": __version__}
+        sock.sendall(encode_frame(Opcode.TEXT, json.dumps(hello).encode()))
+        unanswered = 0
+        while not stopping():
+            item = channel.get(PING_INTERVAL)
+            if item is None:
+                if unanswered >= 2:
+                    sock.sendall(close_frame(1001, "no pong"))
+                    return
+                unanswered += 1
+                sock.sendall(encode_frame(Opcode.PING, b"sitepeek"))
+            elif isinstance(item, bytes):
+                sock.sendall(item)
+            elif isinstance(item, Message):
+                if item.opcode is Opcode.PING:
+                    sock.sendall(encode_frame(Opcode.PONG, item.payload))
+                elif item.opcode is Opcode.PONG:
+                    unanswered = 0
+                elif item.opcode is Opcode.CLOSE:
+                    # RFC 6455 §5.5.1: echo the close, then the server closes TCP.
+                    sock.sendall(close_frame(1000))
+                    return
+            elif isinstance(item, ProtocolViolation):
+                sock.sendall(close_frame(item.code))
+                return
+            else:  # _Closed
+                return
+        sock.sendall(close_frame(1001, "server shutting down"))
+    except OSError:
+        pass
+    finally:
+        broadcaster.unsubscribe(channel)
+
+
+def _read_frames(sock: socket.socket, parser: FrameParser, channel: Channel) -> None:
+    try:
+        while True:
+            message = parser.next_message()
+            if message is not None:
+                channel.put(message)
+                continue
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            parser.feed(data)
+    except ProtocolViolation as violation:
+        channel.put(violation)
+        return
+    except OSError:
+        pass
+    channel.put(_Closed())
