@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 WRK_GRACE_S = 60.0
@@ -158,15 +158,27 @@ class _Tally:
                 self.errors[key] += value
 
 
+class _Connection:
+    """One keep-alive client connection with a buffered reader over it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=2.0)
+        self.reader = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
 def _client_loop(host: str, port: int, request: bytes, deadline: float, tally: _Tally) -> None:
     latencies: list[float] = []
     errors = dict.fromkeys(tally.errors, 0)
     nbytes = 0
-    sock: socket.socket | None = None
+    conn: _Connection | None = None
     while time.perf_counter() < deadline:
-        if sock is None:
+        if conn is None:
             try:
-                sock = socket.create_connection((host, port), timeout=2.0)
+                conn = _Connection(host, port)
             except TimeoutError:
                 errors["timeout"] += 1
                 continue
@@ -176,56 +188,72 @@ def _client_loop(host: str, port: int, request: bytes, deadline: float, tally: _
                 continue
         started = time.perf_counter()
         try:
-            sock.sendall(request)
-            status, size, keep_alive = _read_response(sock)
-        except TimeoutError:
-            errors["timeout"] += 1
-            sock.close()
-            sock = None
-            continue
-        except OSError:
-            errors["read"] += 1
-            sock.close()
-            sock = None
-            continue
-        latencies.append(time.perf_counter() - started)
-        nbytes += size
-        if not 200 <= status < 400:
-            errors["non_2xx"] += 1
+            conn.sock.sendall(request)
+            status, size, keep_alive = _read_response(conn.reader)
+        except (OSError, ValueError) as error:
+            errors["timeout" if isinstance(error, TimeoutError) else "read"] += 1
+            keep_alive = False
+        else:
+            latencies.append(time.perf_counter() - started)
+            nbytes += size
+            if not 200 <= status < 400:
+                errors["non_2xx"] += 1
         if not keep_alive:
-            sock.close()
-            sock = None
-    if sock is not None:
-        sock.close()
+            conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
     tally.merge(latencies, nbytes, errors)
 
 
-def _read_response(sock: socket.socket) -> tuple[int, int, bool]:
-    """Read one response; return its status, its size on the wire and whether to reuse."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the headers ended")
-        buffer += chunk
-    head, _, body = buffer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, status = lines[0].split(" ", 2)[:2]
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    connection = headers.get("connection", "").lower()
+def _read_response(reader: BinaryIO) -> tuple[int, int, bool]:
+    """Read one response; return its status, its size on the wire and whether to reuse.
+
+    Framing follows RFC 9112 §6.3: chunked, else Content-Length, else read until close.
+    """
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("closed before the status line")
+    size = len(status_line)
+    version, status = status_line.decode("latin-1").split(" ", 2)[:2]
+    headers: dict[str, str] = {}
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+        size += len(line)
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip().lower()
+    size += 2
+    connection = headers.get("connection", "")
     keep_alive = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
-    if "content-length" not in headers:
-        # No length (and we never ask for chunked-only resources): read to close.
-        while chunk := sock.recv(65536):
-            body += chunk
-        return int(status), len(head) + 4 + len(body), False
-    remaining = int(headers["content-length"]) - len(body)
-    while remaining > 0:
-        chunk = sock.recv(min(remaining, 1 << 20))
+    if "chunked" in headers.get("transfer-encoding", ""):
+        return int(status), size + _read_chunked(reader), keep_alive
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        _read_exactly(reader, length)
+        return int(status), size + length, keep_alive
+    return int(status), size + len(reader.read()), False
+
+
+def _read_chunked(reader: BinaryIO) -> int:
+    size = 0
+    while True:
+        line = reader.readline()
+        size += len(line)
+        chunk_size = int(line.split(b";", 1)[0], 16)
+        if chunk_size == 0:
+            break
+        _read_exactly(reader, chunk_size + 2)  # the chunk and its CRLF
+        size += chunk_size + 2
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):  # trailer section
+        size += len(line)
+    return size + 2
+
+
+def _read_exactly(reader: BinaryIO, length: int) -> None:
+    while length > 0:
+        chunk = reader.read(min(length, 1 << 20))
         if not chunk:
             raise ConnectionError("closed mid-body")
-        remaining -= len(chunk)
-    return int(status), len(head) + 4 + int(headers["content-length"]), keep_alive
+        length -= len(chunk)
 
 
 def python_client(spec: LoadSpec) -> LoadResult:

@@ -170,6 +170,8 @@ def test_handshake_accepts_full_version_string() -> None:
         pytest.param("get", "1.1", GOOD, 400, id="method-is-case-sensitive"),
         pytest.param("GET", "1.0", GOOD, 400, id="http10"),
         pytest.param("GET", "HTTP/1.0", GOOD, 400, id="http10-full"),
+        pytest.param("GET", "HTTP/2.0", GOOD, 400, id="http2"),
+        pytest.param("GET", "", GOOD, 400, id="empty-http-version"),
         pytest.param("GET", "1.1", without("upgrade"), 400, id="no-upgrade"),
         pytest.param("GET", "1.1", with_(upgrade="h2c"), 400, id="upgrade-other"),
         pytest.param("GET", "1.1", with_(upgrade="websocket/13"), 400, id="upgrade-versioned"),
@@ -544,9 +546,11 @@ def test_max_message_resets_between_messages() -> None:
 
 def test_violation_is_sticky() -> None:
     parser = FrameParser()
-    parser.feed(client_frame(Opcode.TEXT, b"x", mask=None))
+    # The bad frame is consumed whole: only the failed state can refuse what follows.
+    parser.feed(client_frame(Opcode.TEXT, b"\xff"))
     with pytest.raises(ProtocolViolation) as first:
         parser.next_message()
+    assert first.value.code == 1007
     parser.feed(client_frame(Opcode.TEXT, b"fine"))
     with pytest.raises(ProtocolViolation) as second:
         parser.next_message()

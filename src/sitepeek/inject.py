@@ -72,5 +72,5 @@ def _last_end_tag(html: bytes, chunk: bytes, offset: int, needle: bytes) -> int:
         after = offset + pos + len(needle)
         if after == len(html) or html[after] in _TAG_NAME_END:
             return offset + pos
-        stop = pos - 1  # any earlier occurrence
+        stop = pos + len(needle) - 1  # any earlier occurrence
     return -1
