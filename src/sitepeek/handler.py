@@ -62,10 +62,25 @@ class _CloseConnection(Exception):
 
 @dataclass(slots=True, eq=False)
 class _Connection:
+    """One client connection: its socket, its state, and what it was sent."""
+
     sock: socket.socket
-    idle: bool = True
+    idle: bool = True  # no request in progress: shutdown and reclaim may close it
     idle_since: float = 0.0
     websocket: bool = False
+    # When the connection's current wait (idle, head, write) expires; 0 = none.
+    # The reaper enforces it, so no I/O call needs a per-call timer.
+    deadline: float = 0.0
+    reading: bool = False
+    expired: bool = False
+    status: int = 0  # of the response being sent (for the request log)
+    sent: int = 0
+
+    def sendall(self, data: bytes) -> None:
+        if not self.status:
+            self.status = int(data[9:12])  # "HTTP/1.1 200 ..."
+        self.sent += len(data)
+        self.sock.sendall(data)
 
 
 class _DateCache:
@@ -115,6 +130,8 @@ class Handler:
         self._lock = threading.Lock()
         self.stopping = False
         self.requests = 0
+        self._reaper_stop = io.signal()
+        io.spawn(self._reap)
         self._broadcaster: livereload.Broadcaster | None = None
         self._snippet: bytes | None = None
         self._client: Entity | None = None
@@ -137,6 +154,7 @@ class Handler:
     def begin_shutdown(self) -> None:
         """Stop reusing connections and close the idle ones at once."""
         self.stopping = True
+        self._reaper_stop.set()
         with self._lock:
             idle = [conn for conn in self._connections if conn.idle]
         for conn in idle:
@@ -181,6 +199,8 @@ class Handler:
             self._connections.add(conn)
         linger = False
         try:
+            # Blocking without a per-call timeout: deadlines are the reaper's job.
+            sock.settimeout(None)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             linger = self._serve_requests(conn)
@@ -203,20 +223,22 @@ class Handler:
             try:
                 request = self._read_request(conn, parser)
             except ProtocolError as exc:
-                self._send_error(conn.sock, None, exc.status, exc.reason, keep_alive=False)
+                self._send_error(conn, None, exc.status, exc.reason, keep_alive=False)
                 return True
             except TimeoutError:
                 if parser.has_partial_request:
-                    self._send_error(conn.sock, None, 408, "Request Timeout", keep_alive=False)
+                    self._send_error(conn, None, 408, "Request Timeout", keep_alive=False)
                 return False
             if request is None:
                 return False
-            conn.sock.settimeout(self._config.send_timeout)  # for the writes that follow
             self.requests += 1
             if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
+                conn.deadline = 0.0
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
-            keep_alive = self._respond(conn.sock, request)
+            conn.status = conn.sent = 0
+            conn.deadline = time.monotonic() + self._config.send_timeout
+            keep_alive = self._respond(conn, request)
             conn.idle_since = time.monotonic()
             if not keep_alive or self.stopping:
                 return not keep_alive
@@ -226,33 +248,68 @@ class Handler:
 
         Raises ProtocolError, or TimeoutError when the client is too slow: an idle
         keep-alive connection gets ``keepalive_timeout``; once a request has begun,
-        its whole head must arrive within ``header_timeout``.
+        its whole head must arrive within ``header_timeout`` (a trickle of bytes does
+        not extend it).
         """
         sock = conn.sock
-        deadline = 0.0
+        head_deadline = 0.0
         while True:
             request = parser.next_request()
             if request is not None or parser.eof:
                 conn.idle = False
                 return request
-            # Idle means no request in progress: what shutdown and reclaim may close.
             conn.idle = not parser.has_partial_request
-            if not conn.idle:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self._config.header_timeout
-                timeout = deadline - now
-                if timeout <= 0:
-                    raise TimeoutError
-            else:
+            now = time.monotonic()
+            if conn.idle:
                 if self.stopping:
                     return None
-                timeout = self._config.keepalive_timeout
-            sock.settimeout(timeout)
-            parser.feed(sock.recv(RECV_SIZE))
+                conn.deadline = now + self._config.keepalive_timeout
+            else:
+                if not head_deadline:
+                    head_deadline = now + self._config.header_timeout
+                if now >= head_deadline:
+                    raise TimeoutError
+                conn.deadline = head_deadline
+            conn.reading = True
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError:
+                # gevent wakes a reader whose socket was shut down with an error, not
+                # with EOF; either way an expired wait is a timeout.
+                if conn.expired:
+                    raise TimeoutError from None
+                raise
+            finally:
+                conn.reading = False
+            if conn.expired:
+                raise TimeoutError
+            parser.feed(data)
+
+    def _reap(self) -> None:
+        """Enforce connection deadlines: one periodic sweep instead of a timer per call.
+
+        A connection waiting to read is shut down for reading, so its recv returns
+        and it can still answer 408; one stuck in a write is shut down entirely.
+        """
+        config = self._config
+        interval = min(config.keepalive_timeout, config.header_timeout, config.send_timeout)
+        interval = min(1.0, max(0.05, interval / 10))
+        while not self._reaper_stop.wait(interval):
+            now = time.monotonic()
+            with self._lock:
+                expired = [
+                    c for c in self._connections if c.deadline and now > c.deadline
+                ]
+            for conn in expired:
+                if conn.expired:
+                    continue
+                conn.expired = True
+                how = socket.SHUT_RD if conn.reading else socket.SHUT_RDWR
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(how)
 
     # -- responses -----------------------------------------------------------------
-    def _respond(self, sock: socket.socket, request: Request) -> bool:
+    def _respond(self, out: _Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
         if request.has_body and request.expects_continue:
@@ -261,44 +318,44 @@ class Handler:
             keep_alive = False
         method = request.method
         if method not in ("GET", "HEAD"):
-            return self._respond_other_method(sock, request, keep_alive)
+            return self._respond_other_method(out, request, keep_alive)
         try:
             if request.path.startswith(livereload.PREFIX):
-                return self._respond_internal(sock, request, keep_alive)
+                return self._respond_internal(out, request, keep_alive)
             if self._broadcaster is not None and _may_be_html(request.path):
                 # A burst of changes is being written: wait (bounded) for it to settle,
                 # so a page never shows a half-written build.
                 self._broadcaster.wait_until_settled()
             resolution = self._resolver.resolve(request.path, request.query)
             if isinstance(resolution, File):
-                return self._send_file(sock, request, resolution, keep_alive)
+                return self._send_file(out, request, resolution, keep_alive)
             if isinstance(resolution, Redirect):
-                return self._send_redirect(sock, request, resolution, keep_alive)
+                return self._send_redirect(out, request, resolution, keep_alive)
             if isinstance(resolution, Forbidden):
-                return self._send_error(sock, request, 403, "Forbidden", keep_alive)
+                return self._send_error(out, request, 403, "Forbidden", keep_alive)
             if isinstance(resolution, BadPath):
-                return self._send_error(sock, request, 400, resolution.reason, keep_alive)
-            return self._send_error(sock, request, 404, "Not Found", keep_alive)
+                return self._send_error(out, request, 400, resolution.reason, keep_alive)
+            return self._send_error(out, request, 404, "Not Found", keep_alive)
         except (OSError, _CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
-            return self._send_error(sock, request, 500, "Internal Server Error", False)
+            return self._send_error(out, request, 500, "Internal Server Error", False)
 
-    def _respond_internal(self, sock: socket.socket, request: Request, keep: bool) -> bool:
+    def _respond_internal(self, out: _Connection, request: Request, keep: bool) -> bool:
         """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
         if request.path == livereload.CLIENT_PATH and self._client is not None:
-            return self._send_entity(sock, request, self._client, -1, keep)
+            return self._send_entity(out, request, self._client, -1, keep)
         if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
             return self._send_error(
-                sock,
+                out,
                 request,
                 426,
                 "This URL speaks WebSocket only.",
                 keep,
                 [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
             )
-        return self._send_error(sock, request, 404, "Not Found", keep)
+        return self._send_error(out, request, 404, "Not Found", keep)
 
     def _upgrade(
         self,
@@ -317,27 +374,26 @@ class Handler:
                 allowed_origins={f"http://{host}", f"https://{host}"},
             )
         except websocket.HandshakeError as exc:
-            extra = [("Sec-WebSocket-Version", "13")] if exc.status == 426 else []
-            self._send_error(conn.sock, request, exc.status, exc.reason, False, extra)
+            self._send_error(conn, request, exc.status, exc.reason, False, exc.headers)
             return
-        conn.sock.sendall(websocket.handshake_response(accept))
+        conn.sendall(websocket.handshake_response(accept))
         conn.websocket = True
         conn.idle = True  # shutdown closes it at once; the tab reconnects to the new server
         livereload.serve_websocket(
             conn.sock, self._io, broadcaster, parser.take_buffered(), lambda: self.stopping
         )
 
-    def _respond_other_method(self, sock: socket.socket, request: Request, keep: bool) -> bool:
+    def _respond_other_method(self, out: _Connection, request: Request, keep: bool) -> bool:
         if request.method == "OPTIONS":
             headers = self._base_headers(keep, request)
             headers.append(("Allow", ALLOW))  # RFC 9110 §8.6: no Content-Length in a 204
-            sock.sendall(_response_head(204, headers))
+            out.sendall(_response_head(204, headers))
             return keep
         if is_known_method(request.method):
             return self._send_error(
-                sock, request, 405, "Method Not Allowed", keep, [("Allow", ALLOW)]
+                out, request, 405, "Method Not Allowed", keep, [("Allow", ALLOW)]
             )
-        return self._send_error(sock, request, 501, "Not Implemented", keep, [("Allow", ALLOW)])
+        return self._send_error(out, request, 501, "Not Implemented", keep, [("Allow", ALLOW)])
 
     def _base_headers(self, keep_alive: bool, request: Request | None) -> Headers:
         headers = [("Date", self._dates.now()), ("Server", SERVER)]
@@ -347,30 +403,30 @@ class Handler:
             headers.append(("Connection", "keep-alive"))
         return headers
 
-    def _send_file(self, sock: socket.socket, request: Request, file: File, keep: bool) -> bool:
+    def _send_file(self, out: _Connection, request: Request, file: File, keep: bool) -> bool:
         if file.stat is not None:
             cached = self._entities.get(file.fs_path, file.stat)
             if cached is not None:
-                return self._send_entity(sock, request, cached, -1, keep, file.fs_path)
+                return self._send_entity(out, request, cached, -1, keep, file.fs_path)
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
             # opening it must not wait for a writer.
             fd = os.open(file.fs_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
-            return self._send_open_error(sock, request, exc, keep)
+            return self._send_open_error(out, request, exc, keep)
         try:
             # Everything below uses this descriptor: the response is one version of
             # the file even if it is replaced or rewritten meanwhile.
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return self._send_error(sock, request, 404, "Not Found", keep)
+                return self._send_error(out, request, 404, "Not Found", keep)
             try:
                 entity, st = entities.load(
                     file.fs_path, fd, st, self._snippet, self._config.compress
                 )
             except entities.FileChanged:
                 return self._send_error(
-                    sock,
+                    out,
                     request,
                     503,
                     "The file is being written; try again.",
@@ -378,20 +434,20 @@ class Handler:
                     [("Retry-After", "1")],
                 )
             self._entities.put(file.fs_path, entity)
-            return self._send_entity(sock, request, entity, fd, keep, file.fs_path)
+            return self._send_entity(out, request, entity, fd, keep, file.fs_path)
         finally:
             os.close(fd)
 
     def _send_open_error(
-        self, sock: socket.socket, request: Request, exc: OSError, keep: bool
+        self, out: _Connection, request: Request, exc: OSError, keep: bool
     ) -> bool:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            return self._send_error(sock, request, 403, "Forbidden", keep)
-        return self._send_error(sock, request, 404, "Not Found", keep)
+            return self._send_error(out, request, 403, "Forbidden", keep)
+        return self._send_error(out, request, 404, "Not Found", keep)
 
     def _send_entity(
         self,
-        sock: socket.socket,
+        out: _Connection,
         request: Request,
         entity: Entity,
         fd: int,
@@ -410,11 +466,11 @@ class Handler:
                 variant_fd = -1 if variant.body is not None else self._variants.open(variant)
                 if variant_fd is not None:
                     try:
-                        return self._send_variant(sock, request, entity, variant, variant_fd, keep)
+                        return self._send_variant(out, request, entity, variant, variant_fd, keep)
                     finally:
                         if variant_fd >= 0:
                             os.close(variant_fd)
-        return self._send_identity(sock, request, entity, fd, keep)
+        return self._send_identity(out, request, entity, fd, keep)
 
     def _select_variant(
         self, entity: Entity, fd: int, path: str | None, accept_encoding: str
@@ -452,7 +508,7 @@ class Handler:
 
     def _send_variant(
         self,
-        sock: socket.socket,
+        out: _Connection,
         request: Request,
         entity: Entity,
         variant: compression.Variant,
@@ -470,7 +526,7 @@ class Handler:
         method = request.method
         precondition = evaluate_preconditions(method, request.headers, etag, entity.last_modified)
         if precondition is Precondition.NOT_MODIFIED:
-            sock.sendall(
+            out.sendall(
                 b"HTTP/1.1 304 Not Modified\r\n"
                 + self._dates.prefix(keep, request.version)
                 + fields[1]
@@ -478,7 +534,7 @@ class Handler:
             )
             return keep
         if precondition is Precondition.FAILED:
-            return self._send_error(sock, request, 412, "Precondition Failed", keep)
+            return self._send_error(out, request, 412, "Precondition Failed", keep)
         head = b"".join(
             (
                 b"HTTP/1.1 200 OK\r\n",
@@ -488,16 +544,16 @@ class Handler:
             )
         )
         if method == "HEAD":
-            sock.sendall(head)
+            out.sendall(head)
         elif variant.body is not None:
-            sock.sendall(head + variant.body)
+            out.sendall(head + variant.body)
         else:
-            sock.sendall(head)
-            self._sendfile(sock, fd, 0, variant.size)
+            out.sendall(head)
+            self._sendfile(out, fd, 0, variant.size)
         return keep
 
     def _send_identity(
-        self, sock: socket.socket, request: Request, entity: Entity, fd: int, keep: bool
+        self, out: _Connection, request: Request, entity: Entity, fd: int, keep: bool
     ) -> bool:
         """Answer with the entity itself (ranges apply); ``fd`` when not cached."""
         method = request.method
@@ -507,7 +563,7 @@ class Handler:
         if precondition is Precondition.NOT_MODIFIED:
             # RFC 9110 §15.4.5: the validators and caching fields, no content; RFC 9110
             # §8.6 allows the Content-Length the 200 would have had.
-            sock.sendall(
+            out.sendall(
                 b"HTTP/1.1 304 Not Modified\r\n"
                 + self._dates.prefix(keep, request.version)
                 + entity.validator_fields
@@ -515,7 +571,7 @@ class Handler:
             )
             return keep
         if precondition is Precondition.FAILED:
-            return self._send_error(sock, request, 412, "Precondition Failed", keep)
+            return self._send_error(out, request, 412, "Precondition Failed", keep)
         byte_range = (
             evaluate_range(method, headers, size, entity.etag, entity.last_modified)
             if "range" in headers
@@ -529,7 +585,7 @@ class Handler:
             extra = b"Content-Range: %s\r\n" % byte_range.content_range(size).encode()
         else:
             return self._send_error(
-                sock,
+                out,
                 request,
                 416,
                 "Range Not Satisfiable",
@@ -547,32 +603,39 @@ class Handler:
         )
         body = entity.body
         if method == "HEAD":
-            sock.sendall(head)
+            out.sendall(head)
         elif body is not None:
             # One send: head and body in separate writes stall on Nagle + delayed ACK.
-            sock.sendall(head + (body if length == size else body[start : start + length]))
+            out.sendall(head + (body if length == size else body[start : start + length]))
         else:
-            sock.sendall(head)
-            self._sendfile(sock, fd, start, length)
+            out.sendall(head)
+            self._sendfile(out, fd, start, length)
         return keep
 
-    def _sendfile(self, sock: socket.socket, fd: int, offset: int, count: int) -> None:
-        """Zero-copy send; the socket is non-blocking underneath in every model."""
-        out = sock.fileno()
+    def _sendfile(self, out: _Connection, fd: int, offset: int, count: int) -> None:
+        """Zero-copy send; the socket is non-blocking underneath in every model.
+
+        The connection's deadline is lifted meanwhile: a large download may take long,
+        and each wait for the client to read is bounded on its own by send_timeout.
+        """
+        sock = out.sock
+        fileno = sock.fileno()
         timeout = self._config.send_timeout
+        out.deadline = 0.0
         while count > 0:
             try:
-                sent = os.sendfile(out, fd, offset, min(count, SENDFILE_CHUNK))
+                sent = os.sendfile(fileno, fd, offset, min(count, SENDFILE_CHUNK))
             except BlockingIOError:
                 self._io.wait_writable(sock, timeout)
                 continue
             if sent == 0:
                 raise _CloseConnection  # the file shrank under us: close, never hang
+            out.sent += sent
             offset += sent
             count -= sent
 
     def _send_redirect(
-        self, sock: socket.socket, request: Request, redirect: Redirect, keep: bool
+        self, out: _Connection, request: Request, redirect: Redirect, keep: bool
     ) -> bool:
         location = redirect.location
         escaped = html.escape(location, quote=True)
@@ -586,12 +649,12 @@ class Handler:
             ("Content-Type", "text/html; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        self._send(sock, request, redirect.status, headers, body)
+        self._send(out, request, redirect.status, headers, body)
         return keep
 
     def _send_error(
         self,
-        sock: socket.socket,
+        out: _Connection,
         request: Request | None,
         status: int,
         detail: str,
@@ -608,18 +671,18 @@ class Handler:
             ("Cache-Control", "no-cache"),
             ("Content-Length", str(len(body))),
         ]
-        self._send(sock, request, status, headers, body)
+        self._send(out, request, status, headers, body)
         return keep_alive
 
     @staticmethod
     def _send(
-        sock: socket.socket, request: Request | None, status: int, headers: Headers, body: bytes
+        out: _Connection, request: Request | None, status: int, headers: Headers, body: bytes
     ) -> None:
         head = _response_head(status, headers)
         if request is not None and request.method == "HEAD":
-            sock.sendall(head)
+            out.sendall(head)
         else:
-            sock.sendall(head + body)
+            out.sendall(head + body)
 
     @staticmethod
     def _linger(sock: socket.socket) -> None:

@@ -28,6 +28,7 @@ T = TypeVar("T")
 # Errors of accept() that mean "out of descriptors or memory": back off and retry.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_BACKOFF = 1.0
+_ACCEPT_BATCH = 64
 
 
 class GeventChannel:
@@ -108,46 +109,58 @@ def serve_until(
     """
     handler = make_handler(GeventIo())
     pool = gevent.pool.Pool(config.max_connections)
-    gsock = gevent.socket.socket(fileno=listener.detach())
-    acceptor = gevent.spawn(_accept_loop, gsock, pool, handler)
+    listener.setblocking(False)
+    acceptor = gevent.spawn(_accept_loop, listener, pool, handler)
     helpers = [gevent.spawn(watch, stop) for watch in watchers]
     try:
         stop.wait()
     finally:
         acceptor.kill()
-        gsock.close()
+        listener.close()
         gevent.killall(helpers)
         _drain(config, pool, handler)
 
 
 def _accept_loop(
-    gsock: gevent.socket.socket, pool: gevent.pool.Pool, handler: ConnectionHandler
+    listener: socket.socket, pool: gevent.pool.Pool, handler: ConnectionHandler
 ) -> None:
+    """Accept in batches: after a connection storm the backlog drains at once."""
+    hub = gevent.get_hub()
+    readable = hub.loop.io(listener.fileno(), 1)  # one watcher, reused for every wait
     backoff = 0.0
     warned = False
     while True:
-        # A client is waiting. At max_connections, close the longest-idle keep-alive
-        # connection; when every connection is busy, wait: new clients queue in the
-        # listen backlog instead of being accepted and starved (or dropped).
-        gevent.socket.wait_read(gsock.fileno())
-        if pool.full():
-            handler.reclaim_idle()
-        pool.wait_available()
-        try:
-            client, peer = gsock.accept()
-        except OSError as exc:
-            if exc.errno not in _RESOURCE_ERRORS:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                    continue
-                raise
-            if not warned:
-                print(f"sitepeek: accept failed ({exc.strerror}); backing off", file=sys.stderr)
-                warned = True
-            backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
-            gevent.sleep(backoff)
-            continue
-        backoff = 0.0
-        pool.spawn(handler.serve, client, peer)
+        hub.wait(readable)
+        for index in range(_ACCEPT_BATCH):
+            # A client is waiting. At max_connections, close the longest-idle
+            # keep-alive connection; when every connection is busy, wait: new clients
+            # queue in the listen backlog instead of being accepted and starved.
+            if pool.full():
+                if index:
+                    break  # reclaim only for a client known to be waiting
+                while pool.full():
+                    # A connection may turn idle a moment later: try again meanwhile.
+                    handler.reclaim_idle()
+                    pool.wait_available(timeout=0.05)
+            try:
+                client, peer = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    continue  # ECONNABORTED, EPROTO, EINTR: that client is gone
+                if not warned:
+                    print(
+                        f"sitepeek: accept failed ({exc.strerror}); backing off",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    warned = True
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
+                gevent.sleep(backoff)
+                break
+            backoff = 0.0
+            pool.spawn(handler.serve, gevent.socket.socket(fileno=client.detach()), peer)
 
 
 def _drain(config: Config, pool: gevent.pool.Pool, handler: ConnectionHandler) -> None:

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_BACKOFF = 1.0
+_ACCEPT_BATCH = 64
 # Threads mostly wait on sockets; a small stack keeps 1,000 of them cheap.
 _THREAD_STACK = 512 * 1024
 
@@ -129,29 +130,37 @@ class ThreadWorkers:
                 ready = {key.fileobj for key, _ in selector.select()}
                 if wake in ready:
                     _drain_wakeups(wake)
-                if listener not in ready or not self._take_slot(handler, stopping):
+                if listener not in ready:
                     continue
-                try:
-                    client, peer = listener.accept()
-                except BlockingIOError:
-                    self._slots.release()
-                    continue
-                except OSError as exc:
-                    self._slots.release()
-                    if exc.errno not in _RESOURCE_ERRORS:
-                        continue
-                    if not warned:
-                        print(
-                            f"sitepeek: accept failed ({exc.strerror}); backing off",
-                            file=sys.stderr,
-                        )
-                        warned = True
-                    backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
-                    time.sleep(backoff)
-                    continue
-                backoff = 0.0
-                client.setblocking(True)
-                self._start(handler, client, peer)
+                # Accept in batches: after a connection storm the backlog drains at once.
+                for index in range(_ACCEPT_BATCH):
+                    # Reclaim only for a client known to be waiting (the first).
+                    if index and not self._slots.acquire(blocking=False):
+                        break
+                    if not index and not self._take_slot(handler, stopping):
+                        break
+                    try:
+                        client, peer = listener.accept()
+                    except BlockingIOError:
+                        self._slots.release()
+                        break
+                    except OSError as exc:
+                        self._slots.release()
+                        if exc.errno not in _RESOURCE_ERRORS:
+                            continue
+                        if not warned:
+                            print(
+                                f"sitepeek: accept failed ({exc.strerror}); backing off",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                            warned = True
+                        backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
+                        time.sleep(backoff)
+                        break
+                    backoff = 0.0
+                    client.setblocking(True)
+                    self._start(handler, client, peer)
 
     def _take_slot(self, handler: ConnectionHandler, stopping: threading.Event) -> bool:
         """A connection slot for the client that is waiting; False when stopping.
@@ -159,10 +168,11 @@ class ThreadWorkers:
         At max_connections, close the longest-idle keep-alive connection; when every
         connection is busy, wait for a slot while the client waits in the backlog.
         """
-        if self._slots.acquire(blocking=False):
-            return True
-        handler.reclaim_idle()
         while not stopping.is_set():
+            if self._slots.acquire(blocking=False):
+                return True
+            # A connection may turn idle a moment later: try again while waiting.
+            handler.reclaim_idle()
             if self._slots.acquire(timeout=0.05):
                 return True
         return False
