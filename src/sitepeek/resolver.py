@@ -2,6 +2,43 @@
 
 Pure path logic plus ``os.stat``/``os.lstat``/``os.path.realpath``: no HTTP framing, no
 file reads. The handler turns each :data:`Resolution` into a status and headers.
+
+Clean URLs (``clean_urls=True``, the default) mirror Netlify and Cloudflare Pages where
+they agree: ``/about`` serves ``about.html`` when nothing named ``about`` exists, and a
+page wins over a directory of the same name. Where the two hosts disagree we follow
+Cloudflare for ``/about/`` (a directory with an index serves it; Netlify redirects to the
+page) and Netlify, GitHub Pages and Vercel for ``/about.html`` (served as is, so the
+links of a site built for a host without pretty URLs keep working; Cloudflare redirects
+it, which ``redirect_html=True`` reproduces). For each state of the directory:
+
+=================  ===============  ================  ===============
+state              ``/about``       ``/about/``       ``/about.html``
+=================  ===============  ================  ===============
+nothing            404              404               404
+about.html         about.html       308 ``/about``    about.html [1]_
+about              about            404               404
+about, about.html  about            404               about.html
+about/index.html   301 ``/about/``  about/index.html  404
++ about.html       about.html       about/index.html  about.html [1]_
+about/ (no index)  301 ``/about/``  listing [2]_      404
++ about.html       about.html       308 ``/about``    about.html [1]_
+=================  ===============  ================  ===============
+
+.. [1] With ``redirect_html=True``: 308 to ``/about``, which serves about.html. The
+   redirect is made only when the target resolves to this very file, so it can never
+   loop; likewise ``/about/index.html`` -> 308 ``/about/``.
+.. [2] ``Listing`` when ``listing=True`` (the default), else 404.
+
+Every redirect's target resolves to a non-redirect (a test follows them for every
+state). With ``clean_urls=False`` the ``about.html`` rows behave as their rows without
+it, except ``/about.html`` itself. The directory redirect keeps its historic 301 (nginx,
+Apache, GitHub Pages); the clean-URL canonicalisations use 308 as Cloudflare Pages does.
+An existing file costs what it did before: the clean-URL lookups run only on misses,
+on directories and, with ``redirect_html``, on ``.html`` files.
+
+``spa_eligible``, ``strip_base`` and ``normalise_base`` are pure helpers the handler
+applies around :meth:`Resolver.resolve`; ``media_type_weight`` is the ``Accept`` parser
+they and :mod:`sitepeek.listing` share.
 """
 
 from __future__ import annotations
@@ -19,10 +56,15 @@ __all__ = [
     "BadPath",
     "File",
     "Forbidden",
+    "Listing",
     "NotFound",
     "Redirect",
     "Resolution",
     "Resolver",
+    "media_type_weight",
+    "normalise_base",
+    "spa_eligible",
+    "strip_base",
 ]
 
 # RFC 3986 §2.1: pct-encoded = "%" HEXDIG HEXDIG; any other "%" is malformed.
@@ -39,8 +81,22 @@ _SAFE_QUERY = re.compile(r"[\x21\x22\x24-\x7e]*")
 _ABSOLUTE_PATH_LOCATION = re.compile(r"/(?![/\\])[\x21\x22\x24-\x7e]*")
 # RFC 3986 §3.3 pchar minus pct-encoded, minus ALPHA / DIGIT (which quote keeps anyway).
 _PCHAR_SAFE = "!$&'()*+,;=:@-._~"
+# A base path segment: RFC 3986 §3.3 segment-nz without pct-encoded, so the literal
+# prefix test of strip_base matches what browsers send (they never encode these).
+_BASE_SEGMENT = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@\-._~]+")
+# RFC 9110 §5.6.2 token (the type and subtype of a media range, §12.5.1), §12.4.2 qvalue.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+_OWS = " \t"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _WELL_KNOWN = ".well-known"  # RFC 8615: the one dot-directory a site may publish
+# sitepeek's own URLs (livereload.PREFIX is "/" + this + "/"); never a page of the site.
+_INTERNAL_SEGMENT = "__sitepeek__"
+_HTML_SUFFIX = ".html"
+# The directory redirect keeps the 301 of nginx, Apache and GitHub Pages; clean-URL
+# canonicalisations use Cloudflare Pages' 308.
+_DIRECTORY_REDIRECT = 301
+_CLEAN_URL_REDIRECT = 308
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +113,24 @@ class File:
 
 
 @dataclass(frozen=True, slots=True)
+class Listing:
+    """A directory without an index file, to be listed (``listing=True``).
+
+    ``fs_path`` is the directory's absolute real path, for :func:`sitepeek.listing.scan`;
+    ``url_path`` is its canonical URL path, percent-encoded, with a trailing "/" ("/"
+    for the root).
+    """
+
+    fs_path: str
+    url_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Redirect:
     """Send the client to ``location``, an absolute path on this server."""
 
     location: str
-    status: int = 301
+    status: int = _DIRECTORY_REDIRECT
 
     def __post_init__(self) -> None:
         if not _ABSOLUTE_PATH_LOCATION.fullmatch(self.location):
@@ -87,7 +156,7 @@ class BadPath:
     reason: str
 
 
-Resolution: TypeAlias = File | Redirect | NotFound | Forbidden | BadPath
+Resolution: TypeAlias = File | Listing | Redirect | NotFound | Forbidden | BadPath
 
 
 class _UrlPath(NamedTuple):
@@ -100,12 +169,23 @@ class _UrlPath(NamedTuple):
 class Resolver:
     """Resolve URL paths against one document root."""
 
-    __slots__ = ("_index_names", "_root", "_root_prefix")
+    __slots__ = (
+        "_clean_urls",
+        "_index_names",
+        "_listing",
+        "_redirect_html",
+        "_root",
+        "_root_prefix",
+    )
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         index_names: tuple[str, ...] = ("index.html", "index.htm"),
+        *,
+        clean_urls: bool = True,
+        listing: bool = True,
+        redirect_html: bool = False,
     ) -> None:
         real_root = os.path.realpath(os.fspath(root))
         if not os.path.isdir(real_root):
@@ -117,6 +197,9 @@ class Resolver:
         # Containment compares whole components: "/srv/site2" is not inside "/srv/site".
         self._root_prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
         self._index_names = tuple(index_names)
+        self._clean_urls = clean_urls
+        self._listing = listing
+        self._redirect_html = redirect_html
 
     @property
     def root(self) -> str:
@@ -128,21 +211,62 @@ class Resolver:
         url = _parse(raw_path)
         if isinstance(url, BadPath | NotFound):
             return url
+        return self._resolve(url, query)
+
+    def resolve_file(self, relative: str) -> File | None:
+        """Resolve a root-relative file name from the configuration (``--spa FILE``,
+        ``404.html``): a regular file inside the root, or None.
+
+        ``relative`` is a file-system name, not a URL: no percent-decoding. Leading "/",
+        empty and "." segments are ignored; "..", dotfiles (except a top-level
+        ``.well-known``), NUL and backslashes give None, as do a missing, unreadable or
+        non-regular file and a symlink leaving the root.
+        """
+        if "\x00" in relative or "\\" in relative:
+            return None
+        segments: list[str] = []
+        for segment in relative.split("/"):
+            if segment in ("", "."):
+                continue
+            if segment == ".." or _is_hidden(len(segments), segment):
+                return None
+            segments.append(segment)
+        if not segments:
+            return None
+        try:
+            found = self._walk(tuple(segments))
+        except (OSError, ValueError):
+            return None
+        if found is None or not stat.S_ISREG(found[1].st_mode):
+            return None
+        return File(*found)
+
+    def _resolve(self, url: _UrlPath, query: str | None) -> Resolution:
         try:
             found = self._walk(url.segments)
+        except FileNotFoundError:
+            return self._clean_url(url, query)
         except PermissionError:
             return Forbidden()
-        except (OSError, ValueError):  # ENOENT, ENOTDIR, ENAMETOOLONG, ELOOP, ...
+        except (OSError, ValueError):  # ENOTDIR, ENAMETOOLONG, ELOOP, ...
             return NotFound()
         if found is None:
             return NotFound()
         real, st = found
         if stat.S_ISDIR(st.st_mode):
             if not url.trailing_slash:
+                # A page wins over a directory of the same name (Netlify and Cloudflare).
+                page = self._html_sibling(url.segments)
+                if isinstance(page, File):
+                    return page
                 # Relative links in the index resolve against the directory only with "/".
                 return Redirect(_location(url.segments, query))
-            return self._directory(real)
+            return self._directory(real, url, query)
         if stat.S_ISREG(st.st_mode) and not url.trailing_slash:
+            if self._redirect_html:
+                canonical = self._canonical_redirect(url, real, query)
+                if canonical is not None:
+                    return canonical
             return File(real, st)
         # FIFOs (which would hang the reader), sockets, devices, and "file/".
         return NotFound()
@@ -166,13 +290,18 @@ class Resolver:
                 st = os.stat(path)
         return path, st
 
-    def _directory(self, real_dir: str) -> Resolution:
-        """Serve the first index file of a directory."""
+    def _directory(self, real_dir: str, url: _UrlPath, query: str | None) -> Resolution:
+        """Serve the first index file of a directory; else its page, listing or 404."""
         for name in self._index_names:
             found = self._index_file(os.path.join(real_dir, name))
             if found is not None:
                 return found
-        # Directory listings will return Listing(real_dir) here.
+        # "/about/" names the page about.html when the directory has no index: both
+        # Netlify and Cloudflare Pages redirect there, and "/about" serves the page.
+        if isinstance(self._html_sibling(url.segments), File):
+            return Redirect(_location(url.segments, query, slash=False), _CLEAN_URL_REDIRECT)
+        if self._listing:
+            return Listing(real_dir, _location(url.segments, None))
         return NotFound()
 
     def _index_file(self, path: str) -> File | Forbidden | None:
@@ -191,6 +320,52 @@ class Resolver:
         except (OSError, ValueError):
             return None
         return File(path, st) if stat.S_ISREG(st.st_mode) else None
+
+    def _clean_url(self, url: _UrlPath, query: str | None) -> Resolution:
+        """Nothing is named like the last segment: "/about" may mean about.html."""
+        page = self._html_sibling(url.segments)
+        if not isinstance(page, File):
+            return page
+        if url.trailing_slash:
+            return Redirect(_location(url.segments, query, slash=False), _CLEAN_URL_REDIRECT)
+        return page
+
+    def _html_sibling(self, segments: tuple[str, ...]) -> File | NotFound | Forbidden:
+        """The page "<last segment>.html" next to the last segment, if clean URLs apply.
+
+        The one place that decides whether "/about" is about.html: the redirects to
+        "/about" are made only when this finds the page, which is what keeps them from
+        looping.
+        """
+        if not self._clean_urls or not segments or segments[-1].endswith(_HTML_SUFFIX):
+            return NotFound()
+        try:
+            found = self._walk((*segments[:-1], segments[-1] + _HTML_SUFFIX))
+        except PermissionError:
+            return Forbidden()
+        except (OSError, ValueError):
+            return NotFound()
+        if found is None or not stat.S_ISREG(found[1].st_mode):
+            return NotFound()
+        return File(*found)
+
+    def _canonical_redirect(self, url: _UrlPath, real: str, query: str | None) -> Redirect | None:
+        """Cloudflare's "/about.html" -> "/about" and "/about/index.html" -> "/about/".
+
+        Only when the shorter URL resolves to this very file, so the target is never a
+        redirect and a name that means something else ("about" is a file) is left alone.
+        """
+        parent, name = url.segments[:-1], url.segments[-1]
+        stem = name.removesuffix(_HTML_SUFFIX)
+        if name in self._index_names:
+            target, slash = _UrlPath(parent, trailing_slash=True), True
+        elif stem != name and not stem.endswith(_HTML_SUFFIX):
+            target, slash = _UrlPath((*parent, stem), trailing_slash=False), False
+        else:
+            return None
+        if self._resolve(target, None) != File(real):
+            return None
+        return Redirect(_location(target.segments, query, slash=slash), _CLEAN_URL_REDIRECT)
 
     def _contains(self, real_path: str) -> bool:
         """Is ``real_path`` the root or below it (the prefix ends with a separator)?"""
@@ -263,9 +438,134 @@ def _is_hidden(index: int, segment: str) -> bool:
     return segment.startswith(".") and not (index == 0 and segment == _WELL_KNOWN)
 
 
-def _location(segments: tuple[str, ...], query: str | None) -> str:
-    """Build the redirect target: the normalised directory path with a trailing "/"."""
-    location = "/" + "".join(quote(segment, safe=_PCHAR_SAFE) + "/" for segment in segments)
+def _location(segments: tuple[str, ...], query: str | None, *, slash: bool = True) -> str:
+    """Build a redirect target from normalised segments, by default with a trailing "/"."""
+    location = "/" + "/".join(quote(segment, safe=_PCHAR_SAFE) for segment in segments)
+    if slash and segments:
+        location += "/"
     if query is not None and _SAFE_QUERY.fullmatch(query):
         location += "?" + query
     return location
+
+
+# --------------------------------------------------------------------------- SPA fallback
+
+
+def spa_eligible(raw_path: str, method: str, accept: str) -> bool:
+    """May a miss at ``raw_path`` be answered with the single-page app's HTML file?
+
+    Only for a GET or HEAD whose ``Accept`` allows text/html (an empty field counts as
+    "*/*"), and a path that looks like an app route: a valid path whose last segment
+    has no file extension (``/app.js`` must stay a 404 a developer can see), with no
+    dot-segments or dotfiles (which covers ``/.well-known/``), and outside sitepeek's
+    own ``/__sitepeek__/``.
+    """
+    if method not in ("GET", "HEAD") or media_type_weight(accept, "text/html") == 0:
+        return False
+    return _is_app_route(raw_path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_app_route(raw_path: str) -> bool:
+    url = _parse(raw_path)
+    if not isinstance(url, _UrlPath):
+        return False  # malformed, hidden, or a decoded separator
+    if url.segments and url.segments[0].lower() == _INTERNAL_SEGMENT:
+        return False
+    last = ""
+    for raw_segment in raw_path[1:].split("/"):
+        segment = _decode_segment(raw_segment)
+        if isinstance(segment, BadPath) or segment.startswith("."):
+            return False  # ".", "..", dotfiles, .well-known
+        last = segment
+    return "." not in last
+
+
+def media_type_weight(accept: str, media_type: str) -> int:
+    """How much an ``Accept`` field wants ``media_type``, in thousandths (0..1000).
+
+    RFC 9110 §12.5.1: the most specific matching range decides (``text/html`` over
+    ``text/*`` over ``*/*``); an absent or blank field, or one in which no element
+    parses, counts as ``*/*``. Media-type parameters are not compared: of several
+    ranges equally specific (``text/html;level=1;q=0, text/html``), the highest weight
+    wins, since a parameter refuses only one flavour. Elements with a malformed
+    range or qvalue are ignored, as if absent. Never raises.
+    """
+    wanted_type, _, wanted_subtype = media_type.lower().partition("/")
+    best: dict[int, int] = {}  # specificity (2 exact, 1 type/*, 0 */*) -> weight
+    parsed_any = False
+    for element in accept.split(","):  # a quoted comma only spoils its own element
+        parsed = _media_range(element)
+        if parsed is None:
+            continue
+        parsed_any = True
+        range_type, range_subtype, weight = parsed
+        if range_type == "*":
+            specificity = 0
+        elif range_type != wanted_type:
+            continue
+        elif range_subtype == "*":
+            specificity = 1
+        elif range_subtype == wanted_subtype:
+            specificity = 2
+        else:
+            continue
+        best[specificity] = max(weight, best.get(specificity, 0))
+    if not parsed_any:
+        return 1000
+    return best[max(best)] if best else 0
+
+
+def _media_range(element: str) -> tuple[str, str, int] | None:
+    """Parse one ``media-range [ weight ]`` (RFC 9110 §12.5.1, §12.4.2), or None."""
+    media_range, *parameters = element.split(";")
+    range_type, slash, range_subtype = media_range.strip(_OWS).partition("/")
+    if not (slash and _TOKEN.fullmatch(range_type) and _TOKEN.fullmatch(range_subtype)):
+        return None
+    if range_type == "*" and range_subtype != "*":
+        return None
+    weight = 1000
+    for parameter in parameters:
+        name, _, value = parameter.strip(_OWS).partition("=")
+        if name.lower() == "q":  # parameters after the weight are extensions: ignored
+            if not _QVALUE.fullmatch(value):
+                return None
+            whole, _, fraction = value.partition(".")
+            weight = int(whole) * 1000 + int((fraction + "000")[:3])
+            break
+    return range_type.lower(), range_subtype.lower(), weight
+
+
+# --------------------------------------------------------------------------- base path
+
+
+def normalise_base(base: str) -> str:
+    """The canonical form of a ``--base`` path: "repo", "/repo", "/repo/" -> "/repo/".
+
+    "" and "/" give "/" (no base). Raises ValueError for empty, "." or ".." segments,
+    sitepeek's own ``__sitepeek__``, and any character outside an RFC 3986 path
+    segment (space, "%", "?", "#", "\\", non-ASCII...): a base is matched literally.
+    """
+    inner = base.strip("/")
+    if not inner:
+        return "/"
+    segments = inner.split("/")
+    for segment in segments:
+        if segment in (".", "..") or not _BASE_SEGMENT.fullmatch(segment):
+            raise ValueError(f"not a valid base path: {base!r}")
+    if segments[0].lower() == _INTERNAL_SEGMENT:
+        raise ValueError(f"base path collides with sitepeek's own URLs: {base!r}")
+    return "/" + "/".join(segments) + "/"
+
+
+def strip_base(raw_path: str, base: str) -> str | None:
+    """The path below ``base`` (as :func:`normalise_base` returns it): "/repo/x" -> "/x".
+
+    None for every path outside the base, "/repo" included (the handler redirects it,
+    and "/", to the base). A base of "/" returns ``raw_path`` unchanged.
+    """
+    if base == "/":
+        return raw_path
+    if raw_path.startswith(base):
+        return raw_path[len(base) - 1 :]
+    return None
