@@ -232,7 +232,11 @@ class Handler:
             if request is None:
                 return False
             self.requests += 1
-            if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
+            if (
+                request.path == livereload.SOCKET_PATH
+                and self._broadcaster is not None
+                and "websocket" in request.header("upgrade").lower()
+            ):
                 conn.deadline = 0.0
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
@@ -374,7 +378,10 @@ class Handler:
                 allowed_origins={f"http://{host}", f"https://{host}"},
             )
         except websocket.HandshakeError as exc:
-            self._send_error(conn, request, exc.status, exc.reason, False, exc.headers)
+            extra = list(exc.headers)
+            if exc.status == 426:
+                extra.append(("Upgrade", "websocket"))  # RFC 9110 §15.5.22
+            self._send_error(conn, request, exc.status, exc.reason, False, extra)
             return
         conn.sendall(websocket.handshake_response(accept))
         conn.websocket = True

@@ -8,6 +8,7 @@ HTML requests while a burst is in flight so a reload never shows a half-written 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -151,6 +152,10 @@ def serve_websocket(
         pass
     finally:
         broadcaster.unsubscribe(channel)
+        # Wake the reader task (an OS thread in the threads model would otherwise
+        # keep waiting in recv, and the kernel would keep the connection open).
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _read_frames(sock: socket.socket, parser: FrameParser, channel: Channel) -> None:
