@@ -24,10 +24,18 @@ from hypothesis import strategies as st
 
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
+    END_OF_BODY,
+    BadGateway,
+    BodyData,
+    EndOfBody,
+    EndOfMessage,
+    Framing,
     Limits,
     ProtocolError,
     Request,
     RequestParser,
+    ResponseHead,
+    ResponseParser,
     reason_phrase,
     response_head,
 )
@@ -727,3 +735,345 @@ def test_generated_pipeline_yields_every_request_in_order(
     assert len(outcome.requests) == len(pipeline)
     for request, generated in zip(outcome.requests, pipeline, strict=True):
         assert_matches(request, generated)
+
+
+# -- request bodies, read instead of discarded (the proxy's side) ---------------------
+def read_bodies(
+    pieces: Iterable[bytes], *, eof: bool = False, parser: RequestParser | None = None
+) -> list[tuple[Request, bytes]]:
+    """Feed ``pieces``; read every request's body with next_body_chunk."""
+    parser = parser or RequestParser()
+    out: list[tuple[Request, bytes]] = []
+    current: tuple[Request, bytearray] | None = None
+    queue = list(pieces) + ([b""] if eof else [])
+    for _ in range(MAX_STEPS * 10):
+        if current is None:
+            request = parser.next_request()
+            if request is not None:
+                current = (request, bytearray())
+                continue
+        else:
+            piece = parser.next_body_chunk()
+            if isinstance(piece, EndOfBody):
+                out.append((current[0], bytes(current[1])))
+                current = None
+                continue
+            if piece is not None:
+                assert piece, "a body chunk is never empty"
+                current[1].extend(piece)
+                continue
+        if not queue:
+            return out
+        parser.feed(queue.pop(0))
+    raise AssertionError("the parser never settled")
+
+
+CHUNKED_BODY = (
+    b"5;ext=1\r\nhello\r\n"
+    b"1\r\n \r\n"
+    b"05\r\nworld\r\n"
+    b"0\r\nX-Trailer: dropped\r\nX-Other: too\r\n\r\n"
+)
+BODY_CASES = [
+    pytest.param(post("Content-Length: 11", body=b"hello world"), b"hello world", id="length"),
+    pytest.param(post(CHUNKED, body=CHUNKED_BODY), b"hello world", id="chunked-trailers"),
+    pytest.param(post(CHUNKED, body=b"0\r\n\r\n"), b"", id="chunked-empty"),
+    pytest.param(post("Content-Length: 0"), b"", id="length-zero"),
+    pytest.param(get("/"), b"", id="no-body"),
+]
+
+
+@pytest.mark.parametrize(("data", "body"), BODY_CASES)
+@pytest.mark.parametrize("mode", ["whole", "bytewise", "trailing"])
+def test_next_body_chunk_reads_the_body(data: bytes, body: bytes, mode: str) -> None:
+    pieces = bytewise(data + NEXT) if mode == "bytewise" else [data + NEXT]
+    if mode == "whole":
+        pieces = [data]
+    results = read_bodies(pieces)
+    assert results[0][1] == body
+    assert results[0][0].path == ("/upload" if data.startswith(b"POST") else "/")
+    if mode != "whole":
+        # The framing stayed in step: the pipelined request after the body is intact.
+        assert len(results) == 2
+        assert results[1][0].headers == {"host": "next.example"}
+        assert results[1][1] == b""
+
+
+def test_next_body_chunk_hands_over_what_each_feed_brought() -> None:
+    parser = RequestParser()
+    parser.feed(post("Content-Length: 10", body=b"abc"))
+    request = parser.next_request()
+    assert request is not None and request.has_body
+    assert parser.next_body_chunk() == b"abc"
+    assert parser.next_body_chunk() is None
+    parser.feed(b"defghij" + NEXT)
+    assert parser.next_body_chunk() == b"defghij"  # never past the body's end
+    assert parser.next_body_chunk() is END_OF_BODY
+    assert parser.next_body_chunk() is END_OF_BODY  # idempotent at the end
+    following = parser.next_request()
+    assert following is not None and following.path == "/next"
+
+
+def test_a_partly_read_body_is_discarded_by_next_request() -> None:
+    parser = RequestParser()
+    parser.feed(post(CHUNKED, body=CHUNKED_BODY) + NEXT)
+    assert parser.next_request() is not None
+    assert parser.next_body_chunk() == b"hello"
+    following = parser.next_request()
+    assert following is not None and following.path == "/next"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        pytest.param(post("Content-Length: 10", body=b"abc"), 400, id="length-cut"),
+        pytest.param(post(CHUNKED, body=b"5\r\nhel"), 400, id="chunk-cut"),
+        pytest.param(post(CHUNKED, body=b"zz\r\n"), 400, id="bad-chunk-size"),
+        pytest.param(post(CHUNKED, body=b"2\r\nhiX\r\n"), 400, id="no-crlf-after-chunk"),
+    ],
+)
+def test_next_body_chunk_errors(data: bytes, status: int) -> None:
+    for pieces in ([data], bytewise(data)):
+        with pytest.raises(ProtocolError) as info:
+            read_bodies(pieces, eof=True)
+        assert info.value.status == status
+
+
+def test_body_limit_is_chosen_per_path() -> None:
+    big = 5 * 1024 * 1024
+
+    def limit(path: str) -> int:
+        return big if path.startswith("/api") else DEFAULT_LIMITS.max_body
+
+    length = f"Content-Length: {2 * 1024 * 1024}"
+    proxied = head("POST /api/upload HTTP/1.1", "Host: x", length)
+    parser = RequestParser(body_limit=limit)
+    parser.feed(proxied)
+    request = parser.next_request()
+    assert request is not None and request.has_body
+    static = head("POST /upload HTTP/1.1", "Host: x", length)
+    parser = RequestParser(body_limit=limit)
+    parser.feed(static)
+    with pytest.raises(ProtocolError) as info:
+        parser.next_request()
+    assert info.value.status == 413
+    # Chunked: the per-request limit applies as the sizes arrive.
+    parser = RequestParser(body_limit=lambda path: 10)
+    parser.feed(head("POST /api HTTP/1.1", "Host: x", CHUNKED) + b"8\r\n12345678\r\n8\r\n")
+    assert parser.next_request() is not None
+    assert parser.next_body_chunk() == b"12345678"
+    with pytest.raises(ProtocolError) as info:
+        parser.next_body_chunk()
+    assert info.value.status == 413
+
+
+# -- ResponseParser --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parsed:
+    heads: tuple[tuple[int, Framing], ...]
+    body: bytes
+    ended: bool
+    error: str | None
+
+
+def parse_response(
+    pieces: Iterable[bytes], method: str = "GET", *, eof: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Parsed, list[ResponseHead], ResponseParser]:
+    parser = ResponseParser(method, limits)
+    heads: list[ResponseHead] = []
+    body = bytearray()
+    ended = False
+    try:
+        for piece in [*pieces, *([b""] if eof else [])]:
+            parser.feed(piece)
+            for _ in range(MAX_STEPS):
+                event = parser.next_event()
+                if event is None:
+                    break
+                assert not ended, "nothing follows EndOfMessage"
+                if isinstance(event, ResponseHead):
+                    heads.append(event)
+                elif isinstance(event, BodyData):
+                    assert event.data
+                    body += event.data
+                else:
+                    assert isinstance(event, EndOfMessage)
+                    ended = True
+    except BadGateway as exc:
+        assert exc.status == 502
+        error: str | None = exc.reason
+    else:
+        error = None
+    summary = tuple((h.status, h.framing) for h in heads)
+    return Parsed(summary, bytes(body), ended, error), heads, parser
+
+
+OK_LINE = "HTTP/1.1 200 OK"
+
+
+def rhead(status_line: str, *fields: str) -> bytes:
+    return head(status_line, *fields)
+
+
+L, C, N, X = Framing.LENGTH, Framing.CHUNKED, Framing.NONE, Framing.CLOSE
+RESPONSE_CASES: list[tuple[str, str, bytes, bool, Parsed]] = [
+    ("length", "GET", rhead(OK_LINE, "Content-Length: 5") + b"hello", False,
+     Parsed(((200, L),), b"hello", True, None)),
+    ("length-zero", "GET", rhead(OK_LINE, "Content-Length: 0"), False,
+     Parsed(((200, L),), b"", True, None)),
+    ("length-identical-list", "GET", rhead(OK_LINE, "Content-Length: 2, 2") + b"hi", False,
+     Parsed(((200, L),), b"hi", True, None)),
+    ("chunked", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + CHUNKED_BODY, False,
+     Parsed(((200, C),), b"hello world", True, None)),
+    ("chunked-case", "GET", rhead(OK_LINE, "transfer-encoding: Chunked") + b"0\r\n\r\n",
+     False, Parsed(((200, C),), b"", True, None)),
+    ("close-delimited", "GET", rhead(OK_LINE) + b"until the end", True,
+     Parsed(((200, X),), b"until the end", True, None)),
+    ("close-delimited-open", "GET", rhead(OK_LINE) + b"so far", False,
+     Parsed(((200, X),), b"so far", False, None)),
+    ("http10-close", "GET", rhead("HTTP/1.0 200 OK") + b"old", True,
+     Parsed(((200, X),), b"old", True, None)),
+    ("head-has-no-body", "HEAD", rhead(OK_LINE, "Content-Length: 100"), False,
+     Parsed(((200, N),), b"", True, None)),
+    ("head-chunked-no-body", "HEAD", rhead(OK_LINE, "Transfer-Encoding: chunked"), False,
+     Parsed(((200, N),), b"", True, None)),
+    ("204", "GET", rhead("HTTP/1.1 204 No Content", "Content-Length: 7"), False,
+     Parsed(((204, N),), b"", True, None)),
+    ("304", "GET", rhead("HTTP/1.1 304 Not Modified", "Content-Length: 42"), False,
+     Parsed(((304, N),), b"", True, None)),
+    ("100-then-200", "POST", rhead("HTTP/1.1 100 Continue")
+     + rhead(OK_LINE, "Content-Length: 2") + b"ok", False,
+     Parsed(((100, N), (200, L)), b"ok", True, None)),
+    ("103-then-200", "GET", rhead("HTTP/1.1 103 Early Hints", "Link: </a.css>")
+     + rhead(OK_LINE, "Content-Length: 0"), False,
+     Parsed(((103, N), (200, L)), b"", True, None)),
+    ("no-reason", "GET", rhead("HTTP/1.1 200", "Content-Length: 1") + b"x", False,
+     Parsed(((200, L),), b"x", True, None)),
+    ("empty-reason", "GET", rhead("HTTP/1.1 200 ", "Content-Length: 1") + b"x", False,
+     Parsed(((200, L),), b"x", True, None)),
+    ("bare-lf", "GET", b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx", False,
+     Parsed(((200, L),), b"x", True, None)),
+    ("obs-fold-replaced", "GET", rhead(OK_LINE, "X-A: one", " two", "Content-Length: 0"),
+     False, Parsed(((200, L),), b"", True, None)),
+    # Errors: every one is a 502.
+    ("cl-and-te", "GET", rhead(OK_LINE, "Content-Length: 5", "Transfer-Encoding: chunked"),
+     False, Parsed((), b"", False, "Both Transfer-Encoding and Content-Length in response")),
+    ("cl-invalid", "GET", rhead(OK_LINE, "Content-Length: five"), False,
+     Parsed((), b"", False, "Invalid Content-Length in response")),
+    ("cl-negative", "GET", rhead(OK_LINE, "Content-Length: -1"), False,
+     Parsed((), b"", False, "Invalid Content-Length in response")),
+    ("cl-conflicting", "GET", rhead(OK_LINE, "Content-Length: 5", "Content-Length: 6"), False,
+     Parsed((), b"", False, "Invalid Content-Length in response")),
+    ("te-gzip", "GET", rhead(OK_LINE, "Transfer-Encoding: gzip, chunked"), False,
+     Parsed((), b"", False, "Unsupported transfer coding in response")),
+    ("te-in-http10", "GET", rhead("HTTP/1.0 200 OK", "Transfer-Encoding: chunked"), False,
+     Parsed((), b"", False, "Transfer-Encoding in an HTTP/1.0 response")),
+    ("garbage", "GET", b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False,
+     Parsed((), b"", False, "Malformed status line")),
+    ("http2", "GET", rhead("HTTP/2.0 200 OK"), False,
+     Parsed((), b"", False, "Unsupported HTTP version in response")),
+    ("two-digit-status", "GET", rhead("HTTP/1.1 99 Odd"), False,
+     Parsed((), b"", False, "Malformed status line")),
+    ("status-below-100", "GET", rhead("HTTP/1.1 099 Odd"), False,
+     Parsed((), b"", False, "Invalid status code")),
+    ("no-colon", "GET", rhead(OK_LINE, "Content-Length 5"), False,
+     Parsed((), b"", False, "Malformed response header field")),
+    ("space-before-colon", "GET", rhead(OK_LINE, "Content-Length : 5"), False,
+     Parsed((), b"", False, "Malformed response header field")),
+    ("ctl-in-value", "GET", rhead(OK_LINE, "X-A: a\x01b"), False,
+     Parsed((), b"", False, "Invalid character in response header value")),
+    ("fold-first", "GET", rhead(OK_LINE, " folded"), False,
+     Parsed((), b"", False, "Line folding before the first header field")),
+    ("closed-before-anything", "GET", b"", True,
+     Parsed((), b"", False, "The backend closed the connection without a response")),
+    ("closed-in-head", "GET", b"HTTP/1.1 200 OK\r\nContent-", True,
+     Parsed((), b"", False, "The backend closed the connection inside the response head")),
+    ("closed-in-length-body", "GET", rhead(OK_LINE, "Content-Length: 9") + b"abc", True,
+     Parsed(((200, L),), b"abc", False,
+            "The backend closed the connection inside the response body")),
+    ("closed-in-chunk", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + b"5\r\nab",
+     True, Parsed(((200, C),), b"ab", False,
+                  "The backend closed the connection inside the response body")),
+    ("bad-chunk-size", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + b"x\r\n", False,
+     Parsed(((200, C),), b"", False, "Invalid chunk size in response")),
+    ("no-crlf-after-chunk", "GET",
+     rhead(OK_LINE, "Transfer-Encoding: chunked") + b"1\r\naXY", False,
+     Parsed(((200, C),), b"a", False, "Missing CRLF after chunk data in response")),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "data", "eof", "expected"),
+    [pytest.param(m, d, e, x, id=i) for i, m, d, e, x in RESPONSE_CASES],
+)
+@pytest.mark.parametrize("mode", ["whole", "bytewise"])
+def test_response_parser_table(
+    method: str, data: bytes, eof: bool, expected: Parsed, mode: str
+) -> None:
+    pieces = bytewise(data) if mode == "bytewise" else ([data] if data else [])
+    parsed, _, _ = parse_response(pieces, method, eof=eof)
+    assert parsed == expected
+
+
+def test_response_head_keeps_case_order_and_repetition() -> None:
+    data = rhead(
+        OK_LINE, "Set-Cookie: a=1", "X-Custom: One", "set-cookie: b=2", "X-A: one",
+        " two", "Content-Length: 0",
+    )
+    for pieces in ([data], bytewise(data)):
+        _, heads, _ = parse_response(pieces)
+        (response,) = heads
+        assert response.headers == (
+            ("Set-Cookie", "a=1"), ("X-Custom", "One"), ("set-cookie", "b=2"),
+            ("X-A", "one two"), ("Content-Length", "0"),
+        )
+        assert response.header("SET-COOKIE") == "a=1, b=2"
+        assert response.header("missing") is None
+        assert (response.version, response.reason, response.content_length) == ("1.1", "OK", 0)
+
+
+def test_response_parser_101_hands_over_the_rest() -> None:
+    data = rhead("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket",
+                 "Connection: Upgrade") + b"\x81\x02hi"
+    parser = ResponseParser("GET")
+    parser.feed(data)
+    event = parser.next_event()
+    assert isinstance(event, ResponseHead) and event.status == 101 and event.informational
+    assert parser.next_event() is None
+    assert parser.take_buffered() == b"\x81\x02hi"
+
+
+def test_response_parser_ignores_bytes_after_the_message() -> None:
+    parser = ResponseParser("GET")
+    parser.feed(rhead(OK_LINE, "Content-Length: 1") + b"xEXTRA")
+    events = [parser.next_event() for _ in range(4)]
+    assert events[1] == BodyData(b"x")
+    assert events[2] == EndOfMessage()
+    assert events[3] is None
+
+
+def test_response_parser_limits() -> None:
+    small = Limits(max_request_line=20, max_header_bytes=40, max_header_fields=2)
+    cases = [
+        (rhead("HTTP/1.1 200 " + "O" * 10), "Status line too long"),
+        (rhead(OK_LINE, "X-A: " + "a" * 36), "Response header fields too large"),
+        (rhead(OK_LINE, "A: 1", "B: 2", "C: 3"), "Too many response header fields"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X" * 200, "Response head too large"),
+    ]
+    for data, reason in cases:
+        for pieces in ([data], bytewise(data)):
+            # Where the input is cut never changes the answer.
+            assert parse_response(pieces, limits=small)[0].error == reason
+
+
+def test_response_head_validates_itself() -> None:
+    with pytest.raises(ValueError, match="status"):
+        ResponseHead(42, "", "1.1", (), Framing.NONE)
+    with pytest.raises(ValueError, match="content_length"):
+        ResponseHead(200, "", "1.1", (), Framing.LENGTH)
+
+
+def test_gateway_statuses_have_reasons() -> None:
+    assert reason_phrase(502) == "Bad Gateway"
+    assert reason_phrase(504) == "Gateway Timeout"

@@ -5,24 +5,39 @@ Bytes go in with :meth:`RequestParser.feed`, requests come out of
 edge case can be tested by feeding bytes. A malformed message raises
 :class:`ProtocolError`, which carries the status code to answer with.
 
-Request bodies are never handed to the application (a static server has no use for
-them) but they are always consumed with the framing the message declares, so a
-pipelined connection never falls out of step (RFC 9112 §6).
+A request body is discarded by default (a static server has no use for it), but it is
+always consumed with the framing the message declares, so a pipelined connection never
+falls out of step (RFC 9112 §6). A caller that wants the body (the proxy) reads it with
+:meth:`RequestParser.next_body_chunk` before asking for the next request.
+
+:class:`ResponseParser` is the other side, for the proxy's backend connection: bytes
+go in, :class:`ResponseHead`, :class:`BodyData` and :class:`EndOfMessage` events come
+out, and a malformed response raises :class:`BadGateway` (a ProtocolError with 502).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "END_OF_BODY",
+    "BadGateway",
+    "BodyData",
+    "EndOfBody",
+    "EndOfMessage",
+    "Framing",
     "Limits",
     "ProtocolError",
     "Request",
     "RequestParser",
+    "ResponseEvent",
+    "ResponseHead",
+    "ResponseParser",
     "reason_phrase",
     "response_head",
 ]
@@ -37,6 +52,25 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class BadGateway(ProtocolError):
+    """The backend sent something that is not a valid HTTP/1.1 response (502)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(502, reason)
+
+
+class EndOfBody:
+    """The request body is complete (see :meth:`RequestParser.next_body_chunk`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_BODY"
+
+
+END_OF_BODY: Final = EndOfBody()
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Resource limits for one request; each has its own status code."""
@@ -44,7 +78,8 @@ class Limits:
     max_request_line: int = 8 * 1024  # 414 URI Too Long
     max_header_bytes: int = 64 * 1024  # 431 Request Header Fields Too Large
     max_header_fields: int = 100  # 431
-    max_body: int = 1024 * 1024  # 413 Content Too Large: bodies are discarded, not stored
+    # 413 Content Too Large; RequestParser's body_limit can raise it per request (proxy).
+    max_body: int = 1024 * 1024
     max_chunk_line: int = 1024  # chunk-size line with extensions; 400 beyond
 
 
@@ -105,10 +140,20 @@ class _State(Enum):
 
 
 class RequestParser:
-    """Incremental parser for the requests of one connection (pipelining included)."""
+    """Incremental parser for the requests of one connection (pipelining included).
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    ``body_limit``, when given, maps a request's raw path to the largest body accepted
+    for it (instead of ``limits.max_body``): the handler allows large uploads to be
+    streamed to a proxied backend while static paths keep the small limit. It is
+    asked at head time, because a too-large Content-Length is a 413 right away.
+    """
+
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, *, body_limit: Callable[[str], int] | None = None
+    ) -> None:
         self._limits = limits
+        self._body_limit_for = body_limit
+        self._body_limit = limits.max_body  # for the body being read
         self._buffer = bytearray()
         self._state = _State.HEAD
         self._remaining = 0  # body bytes still to discard (length or current chunk)
@@ -146,13 +191,27 @@ class RequestParser:
     def next_request(self) -> Request | None:
         """The next complete request head, or None when more data is needed.
 
-        The body of the previous request is discarded first. Raises ProtocolError.
+        What is left of the previous request's body is discarded first. Raises
+        ProtocolError.
         """
         if self._state is _State.UPGRADED:
             return None
-        if self._state is not _State.HEAD and not self._discard_body():
+        if self._state is not _State.HEAD and self._read_body(deliver=False) is None:
             return None
         return self._parse_head()
+
+    def next_body_chunk(self) -> bytes | EndOfBody | None:
+        """The next piece of the current request's body (opt-in; call after next_request).
+
+        Returns decoded body bytes (never empty; chunked framing removed, trailers
+        dropped), None when more input is needed (feed, then ask again), or
+        :data:`END_OF_BODY` once the body is complete -- at once for a request without
+        a body. Limits and errors are those of discarding (413, 400 on a truncated
+        body). A body not read to the end is discarded by the next next_request().
+        """
+        if self._state is _State.HEAD or self._state is _State.UPGRADED:
+            return END_OF_BODY
+        return self._read_body(deliver=True)
 
     # -- head ----------------------------------------------------------------------
     def _parse_head(self) -> Request | None:
@@ -232,7 +291,10 @@ class RequestParser:
         elif version == "1.1" and "host" not in headers:
             raise ProtocolError(400, "Missing Host header")
         keep_alive = _keep_alive(version, headers.get("connection", ""))
-        has_body = self._start_body(version, headers)
+        limit = self._limits.max_body
+        if self._body_limit_for is not None:
+            limit = self._body_limit_for(path)
+        has_body = self._start_body(version, headers, limit)
         # RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
         expects = version == "1.1" and headers.get("expect", "").lower() == "100-continue"
         return Request(
@@ -248,7 +310,7 @@ class RequestParser:
         )
 
     # -- body framing (RFC 9112 §6.3) ------------------------------------------------
-    def _start_body(self, version: str, headers: dict[str, str]) -> bool:
+    def _start_body(self, version: str, headers: dict[str, str], limit: int) -> bool:
         transfer_encoding = headers.get("transfer-encoding")
         content_length = headers.get("content-length")
         if transfer_encoding is not None:
@@ -264,79 +326,104 @@ class RequestParser:
                 raise ProtocolError(501, "Unsupported transfer coding")
             self._state = _State.BODY_CHUNK_SIZE
             self._body_seen = 0
+            self._body_limit = limit
             return True
         if content_length is not None:
             length = _parse_content_length(content_length)
-            if length > self._limits.max_body:
+            if length > limit:
                 raise ProtocolError(413, "Content Too Large")
             if length:
                 self._state = _State.BODY_LENGTH
                 self._remaining = length
+                self._body_limit = limit
                 return True
         return False
 
-    def _discard_body(self) -> bool:
-        """Consume body bytes; True once the whole body is gone."""
+    def _read_body(self, deliver: bool) -> bytes | EndOfBody | None:
+        """Consume body bytes: the next data (when ``deliver``), None, or END_OF_BODY.
+
+        Without ``deliver`` the data is dropped as it arrives and only None (more
+        input needed) or END_OF_BODY come back.
+        """
         buf = self._buffer
         while True:
             state = self._state
             if state is _State.BODY_LENGTH or state is _State.BODY_CHUNK_DATA:
                 taken = min(self._remaining, len(buf))
+                data = bytes(buf[:taken]) if deliver and taken else b""
                 del buf[:taken]
                 self._remaining -= taken
+                if not self._remaining:
+                    self._state = (
+                        _State.HEAD if state is _State.BODY_LENGTH else _State.BODY_CHUNK_CRLF
+                    )
+                if data:
+                    return data
                 if self._remaining:
-                    return self._need_more()
-                self._state = _State.HEAD if state is _State.BODY_LENGTH else _State.BODY_CHUNK_CRLF
+                    self._need_more()
+                    return None
                 if self._state is _State.HEAD:
-                    return True
+                    return END_OF_BODY
             elif state is _State.BODY_CHUNK_SIZE:
                 line = self._take_line(self._limits.max_chunk_line)
                 if line is None:
-                    return self._need_more()
+                    self._need_more()
+                    return None
                 match = _CHUNK_SIZE.fullmatch(line)
                 if match is None:
                     raise ProtocolError(400, "Invalid chunk size")
                 size = int(match.group(1), 16)
                 self._body_seen += size
-                if self._body_seen > self._limits.max_body:
+                if self._body_seen > self._body_limit:
                     raise ProtocolError(413, "Content Too Large")
                 self._remaining = size
                 self._state = _State.BODY_CHUNK_DATA if size else _State.BODY_TRAILERS
             elif state is _State.BODY_CHUNK_CRLF:
                 if len(buf) < 2:
-                    return self._need_more()
+                    self._need_more()
+                    return None
                 if buf[:2] != b"\r\n":
                     raise ProtocolError(400, "Missing CRLF after chunk data")
                 del buf[:2]
                 self._state = _State.BODY_CHUNK_SIZE
             elif state is _State.BODY_TRAILERS:
+                # RFC 9112 §7.1.2: trailer fields are dropped, never merged into the head.
                 line = self._take_line(self._limits.max_header_bytes)
                 if line is None:
-                    return self._need_more()
+                    self._need_more()
+                    return None
                 if not line:
                     self._state = _State.HEAD
-                    return True
+                    return END_OF_BODY
             else:  # pragma: no cover - HEAD/UPGRADED never reach here
-                return True
+                return END_OF_BODY
 
-    def _need_more(self) -> bool:
+    def _need_more(self) -> None:
+        """Wait for more input, unless the peer has closed: then the body is cut short."""
         if self._eof:
             raise ProtocolError(400, "Connection closed inside a request body")
-        return False
 
     def _take_line(self, limit: int) -> bytes | None:
-        buf = self._buffer
-        index = buf.find(b"\r\n")
-        if index < 0:
-            # A trailing CR may be the start of the CRLF, not part of the line.
-            if len(buf) - (1 if buf.endswith(b"\r") else 0) > limit:
-                raise ProtocolError(400, "Line too long in chunked body")
-            return None
-        if index > limit:
-            raise ProtocolError(400, "Line too long in chunked body")
-        line = bytes(buf[:index])
-        del buf[: index + 2]
-        return line
+        return _take_line(self._buffer, limit, _chunk_line_error)
+
+
+def _chunk_line_error() -> ProtocolError:
+    return ProtocolError(400, "Line too long in chunked body")
+
+
+def _take_line(buf: bytearray, limit: int, too_long: Callable[[], ProtocolError]) -> bytes | None:
+    """Remove and return the CRLF-terminated line at the start of ``buf`` (None: partial)."""
+    index = buf.find(b"\r\n")
+    if index < 0:
+        # A trailing CR may be the start of the CRLF, not part of the line.
+        if len(buf) - (1 if buf.endswith(b"\r") else 0) > limit:
+            raise too_long()
+        return None
+    if index > limit:
+        raise too_long()
+    line = bytes(buf[:index])
+    del buf[: index + 2]
+    return line
 
 
 def _find_head_end(buf: bytearray, start: int = 0) -> int:
@@ -448,6 +535,323 @@ def is_known_method(method: str) -> bool:
     return method in _STANDARD_METHODS
 
 
+# -- responses from a backend (the proxy's side) ---------------------------------------
+class Framing(Enum):
+    """How a response's body is delimited (RFC 9112 §6.3)."""
+
+    NONE = "none"  # HEAD request, 1xx, 204, 304: no body, whatever the fields say
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked
+    CLOSE = "close"  # neither: the body ends when the backend closes the connection
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A response's status line and fields, as the backend sent them.
+
+    ``headers`` keeps order, repetition and the case of names (a proxy relays them;
+    Set-Cookie must never be combined). A 1xx head is followed by another head; after
+    a 101 the connection speaks another protocol (see ResponseParser.take_buffered).
+    """
+
+    status: int
+    reason: str
+    version: str  # "1.1" or "1.0"
+    headers: tuple[tuple[str, str], ...]
+    framing: Framing
+    content_length: int | None = None  # with Framing.LENGTH
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"status out of range: {self.status}")
+        if (self.framing is Framing.LENGTH) != (self.content_length is not None):
+            raise ValueError("content_length goes with Framing.LENGTH only")
+
+    @property
+    def informational(self) -> bool:
+        return self.status < 200
+
+    def header(self, name: str) -> str | None:
+        """Every field named ``name`` (any case), combined with ", "; None if absent."""
+        key = name.lower()
+        values = [value for field, value in self.headers if field.lower() == key]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class BodyData:
+    """A piece of the response body, framing removed (never empty)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The response is complete (trailer fields, if any, are dropped)."""
+
+
+ResponseEvent = ResponseHead | BodyData | EndOfMessage
+
+# RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. A
+# missing SP before an empty reason is common enough to accept.
+_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: (.*))?")
+# RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
+_REASON_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class _Body(Enum):
+    HEAD = 1
+    LENGTH = 2
+    CHUNK_SIZE = 3
+    CHUNK_DATA = 4
+    CHUNK_CRLF = 5
+    TRAILERS = 6
+    CLOSE = 7
+    END = 8  # EndOfMessage is the next event
+    DONE = 9
+    UPGRADED = 10
+
+
+def _bad_chunk_line() -> ProtocolError:
+    return BadGateway("Line too long in chunked response body")
+
+
+class ResponseParser:
+    """Incremental parser for the one response a backend sends (sans-I/O).
+
+    ``request_method`` decides whether a body may follow (none for HEAD, RFC 9112
+    §6.3 item 1). Feed bytes with :meth:`feed` (``b""`` when the backend closed),
+    take events with :meth:`next_event` until it returns None (more input needed) or
+    EndOfMessage. Anything malformed raises :class:`BadGateway`. The limits are the
+    request parser's: ``max_request_line`` bounds the status line; ``max_body`` is
+    not used, as response bodies are streamed through.
+    """
+
+    def __init__(self, request_method: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._head_only = request_method == "HEAD"
+        self._limits = limits
+        self._buffer = bytearray()
+        self._state = _Body.HEAD
+        self._remaining = 0
+        self._head_scanned = 0
+        self._received = False
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the backend; ``b""`` means it closed the connection."""
+        if data:
+            self._buffer += data
+            self._received = True
+        else:
+            self._eof = True
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    def take_buffered(self) -> bytes:
+        """After a 101 head: the bytes the backend sent in the new protocol so far."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._state = _Body.UPGRADED
+        return data
+
+    def next_event(self) -> ResponseEvent | None:
+        """The next event, or None when more input is needed (or the response is over)."""
+        state = self._state
+        if state is _Body.HEAD:
+            return self._next_head()
+        if state is _Body.END:
+            self._state = _Body.DONE
+            return EndOfMessage()
+        if state is _Body.DONE or state is _Body.UPGRADED:
+            return None
+        if state is _Body.CLOSE:
+            if self._buffer:
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                return BodyData(data)
+            if self._eof:
+                self._state = _Body.DONE
+                return EndOfMessage()
+            return None
+        return self._next_body()
+
+    # -- head ----------------------------------------------------------------------
+    def _next_head(self) -> ResponseHead | None:
+        buf = self._buffer
+        limits = self._limits
+        end = _find_head_end(buf, self._head_scanned)
+        bound = limits.max_request_line + limits.max_header_bytes + 4
+        if end < 0:
+            self._head_scanned = max(0, len(buf) - 2)
+            if len(buf) > bound:
+                raise BadGateway("Response head too large")
+            if self._eof:
+                if not buf and not self._received:
+                    raise BadGateway("The backend closed the connection without a response")
+                raise BadGateway("The backend closed the connection inside the response head")
+            return None
+        self._head_scanned = 0
+        if end > bound:
+            raise BadGateway("Response head too large")
+        head = bytes(buf[:end])
+        del buf[:end]
+        response = self._build_head(head)
+        if response.status == 101:
+            self._state = _Body.UPGRADED
+        elif response.informational:
+            self._state = _Body.HEAD  # the final response follows (RFC 9110 §15.2)
+        elif response.framing is Framing.NONE or response.content_length == 0:
+            self._state = _Body.END
+        elif response.framing is Framing.LENGTH:
+            self._state = _Body.LENGTH
+            self._remaining = response.content_length or 0
+        elif response.framing is Framing.CHUNKED:
+            self._state = _Body.CHUNK_SIZE
+        else:
+            self._state = _Body.CLOSE
+        return response
+
+    def _build_head(self, head: bytes) -> ResponseHead:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+        while lines and not lines[-1]:
+            lines.pop()
+        status_line = lines[0] if lines else b""
+        if len(status_line) > self._limits.max_request_line:
+            raise BadGateway("Status line too long")
+        match = _STATUS_LINE.fullmatch(status_line)
+        if match is None:
+            raise BadGateway("Malformed status line")
+        major, minor, code, reason = match.groups()
+        if major != b"1":
+            raise BadGateway("Unsupported HTTP version in response")
+        if reason is not None and _REASON_INVALID.search(reason):
+            raise BadGateway("Invalid character in reason phrase")
+        if sum(len(line) + 2 for line in lines[1:]) > self._limits.max_header_bytes:
+            raise BadGateway("Response header fields too large")
+        headers = _parse_response_fields(lines[1:], self._limits.max_header_fields)
+        version = "1.1" if minor != b"0" else "1.0"
+        status = int(code)
+        if status < 100:
+            raise BadGateway("Invalid status code")
+        framing, length = self._framing(status, version, headers)
+        return ResponseHead(
+            status=status,
+            reason=(reason or b"").decode("latin-1"),
+            version=version,
+            headers=headers,
+            framing=framing,
+            content_length=length,
+        )
+
+    def _framing(
+        self, status: int, version: str, headers: tuple[tuple[str, str], ...]
+    ) -> tuple[Framing, int | None]:
+        """RFC 9112 §6.3, in its order."""
+        if self._head_only or status < 200 or status in (204, 304):
+            return Framing.NONE, None
+        transfer_encoding = _combined(headers, "transfer-encoding")
+        content_length = _combined(headers, "content-length")
+        if transfer_encoding is not None:
+            # Item 3 lets TE override CL, but a proxy relaying such a message is how
+            # smuggling happens: reject, as we do for requests.
+            if content_length is not None:
+                raise BadGateway("Both Transfer-Encoding and Content-Length in response")
+            if version == "1.0":
+                raise BadGateway("Transfer-Encoding in an HTTP/1.0 response")  # §6.1
+            codings = [c.strip().lower() for c in transfer_encoding.split(",")]
+            if codings != ["chunked"]:
+                raise BadGateway("Unsupported transfer coding in response")
+            return Framing.CHUNKED, None
+        if content_length is not None:
+            try:
+                return Framing.LENGTH, _parse_content_length(content_length)
+            except ProtocolError:
+                raise BadGateway("Invalid Content-Length in response") from None
+        return Framing.CLOSE, None  # item 8: read until the connection closes
+
+    # -- body ----------------------------------------------------------------------
+    def _next_body(self) -> BodyData | EndOfMessage | None:
+        buf = self._buffer
+        while True:
+            state = self._state
+            if state is _Body.LENGTH or state is _Body.CHUNK_DATA:
+                taken = min(self._remaining, len(buf))
+                if taken:
+                    data = bytes(buf[:taken])
+                    del buf[:taken]
+                    self._remaining -= taken
+                    if not self._remaining:
+                        self._state = _Body.END if state is _Body.LENGTH else _Body.CHUNK_CRLF
+                    return BodyData(data)
+                self._need_more()
+                return None
+            if state is _Body.CHUNK_SIZE:
+                line = _take_line(buf, self._limits.max_chunk_line, _bad_chunk_line)
+                if line is None:
+                    self._need_more()
+                    return None
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    raise BadGateway("Invalid chunk size in response")
+                self._remaining = int(match.group(1), 16)
+                self._state = _Body.CHUNK_DATA if self._remaining else _Body.TRAILERS
+            elif state is _Body.CHUNK_CRLF:
+                if len(buf) < 2:
+                    self._need_more()
+                    return None
+                if buf[:2] != b"\r\n":
+                    raise BadGateway("Missing CRLF after chunk data in response")
+                del buf[:2]
+                self._state = _Body.CHUNK_SIZE
+            elif state is _Body.TRAILERS:
+                line = _take_line(buf, self._limits.max_header_bytes, _bad_chunk_line)
+                if line is None:
+                    self._need_more()
+                    return None
+                if not line:
+                    self._state = _Body.DONE
+                    return EndOfMessage()
+            else:  # pragma: no cover - the other states never reach here
+                return None
+
+    def _need_more(self) -> None:
+        """Wait for more input, unless the backend has closed: then the body is cut short."""
+        if self._eof:
+            raise BadGateway("The backend closed the connection inside the response body")
+
+
+def _parse_response_fields(lines: list[bytes], max_fields: int) -> tuple[tuple[str, str], ...]:
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            # RFC 9112 §5.2: a proxy must reject obs-fold or replace it with SP: replace.
+            if not fields:
+                raise BadGateway("Line folding before the first header field")
+            name, value = fields[-1]
+            folded = line.strip(b" \t")
+            if _FIELD_VALUE_INVALID.search(folded):
+                raise BadGateway("Invalid character in response header value")
+            fields[-1] = (name, f"{value} {folded.decode('latin-1')}".strip())
+            continue
+        raw_name, colon, raw_value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(raw_name):
+            raise BadGateway("Malformed response header field")
+        raw_value = raw_value.strip(b" \t")
+        if _FIELD_VALUE_INVALID.search(raw_value):
+            raise BadGateway("Invalid character in response header value")
+        fields.append((raw_name.decode("ascii"), raw_value.decode("latin-1")))
+        if len(fields) > max_fields:
+            raise BadGateway("Too many response header fields")
+    return tuple(fields)
+
+
+def _combined(headers: Iterable[tuple[str, str]], key: str) -> str | None:
+    values = [value for name, value in headers if name.lower() == key]
+    return ", ".join(values) if values else None
+
+
 # -- responses -------------------------------------------------------------------------
 _REASONS = {
     101: "Switching Protocols",
@@ -476,6 +880,7 @@ _REASONS = {
     501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 
