@@ -216,6 +216,8 @@ class RequestParser:
     # -- head ----------------------------------------------------------------------
     def _parse_head(self) -> Request | None:
         buf = self._buffer
+        if not buf:
+            return None  # the common case between requests: nothing to look at
         # RFC 9112 §2.2: ignore empty lines received before the request-line.
         start = 0
         while buf.startswith(b"\r\n", start) or buf.startswith(b"\n", start):
@@ -234,8 +236,16 @@ class RequestParser:
                 raise ProtocolError(400, "Incomplete request")
             return None
         self._head_scanned = 0
-        self._check_head_size(buf, end)
         head = bytes(buf[:end])
+        limits = self._limits
+        if end <= min(limits.max_request_line, limits.max_header_bytes):
+            # A head this small is within every size limit, and the fast path accepts
+            # only a valid method: _check_head_size could not object to it.
+            parsed = _parse_common_head(head, limits.max_header_fields)
+            if parsed is not None:
+                del buf[:end]
+                return self._finish_request(*parsed)
+        self._check_head_size(buf, end)
         del buf[:end]
         return self._build_request(head)
 
@@ -283,7 +293,11 @@ class RequestParser:
         header_lines = lines[1:]
         if len(header_lines) > self._limits.max_header_fields:
             raise ProtocolError(431, "Too Many Header Fields")
-        headers = _parse_fields(header_lines)
+        return self._finish_request(method, target, version, _parse_fields(header_lines))
+
+    def _finish_request(
+        self, method: str, target: str, version: str, headers: dict[str, str]
+    ) -> Request:
         path, query, host = _split_target(method, target)
         if host is not None:
             # RFC 9112 §3.2.2: absolute-form wins over the Host field.
@@ -443,6 +457,62 @@ def _find_head_end(buf: bytearray, start: int = 0) -> int:
     return -1
 
 
+# The shape of nearly every real request line: an uppercase method, an origin-form
+# target, HTTP/1.0 or 1.1, CRLF. Anything else takes the general path below.
+_COMMON_REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])\r\n")
+# Field lines already validated, mapped to (lowercase name, value). Clients repeat the
+# same lines (Host, User-Agent, Accept…) on every request, so most lookups hit.
+_FIELD_LINES: dict[bytes, tuple[str, str]] = {}
+_FIELD_LINES_MAX = 4096
+
+
+def _parse_common_head(
+    head: bytes, max_fields: int
+) -> tuple[str, str, str, dict[str, str]] | None:
+    """Fast path for a well-formed CRLF head without repeated fields; None otherwise.
+
+    It accepts exactly what the general path accepts (every field line passes the
+    same checks) and hands every unusual head to it, so errors are reported there.
+    """
+    match = _COMMON_REQUEST_LINE.match(head)
+    if match is None or not head.endswith(b"\r\n\r\n"):
+        return None
+    lines = head[match.end() : -4].split(b"\r\n") if len(head) > match.end() + 2 else []
+    if len(lines) > max_fields:
+        return None
+    headers: dict[str, str] = {}
+    cache = _FIELD_LINES
+    for line in lines:
+        entry = cache.get(line)
+        if entry is None:
+            if b"\n" in line or b"\r" in line:
+                return None
+            entry = _parse_field_line(line)
+            if len(cache) < _FIELD_LINES_MAX:
+                cache[line] = entry
+        name, value = entry
+        if name in headers:
+            return None  # combining and the Host rules live in the general path
+        headers[name] = value
+    method, target, minor = match.groups()
+    return method.decode(), target.decode(), ("1.1" if minor == b"1" else "1.0"), headers
+
+
+def _parse_field_line(line: bytes) -> tuple[str, str]:
+    """One field line's lowercase name and value (RFC 9112 §5); raises ProtocolError."""
+    if line[:1] in (b" ", b"\t"):
+        # RFC 9112 §5.2: obs-fold is rejected with 400.
+        raise ProtocolError(400, "Obsolete line folding")
+    name, colon, value = line.partition(b":")
+    # RFC 9112 §5.1: no whitespace between field name and colon.
+    if not colon or not _TOKEN.fullmatch(name):
+        raise ProtocolError(400, "Malformed header field")
+    value = value.strip(b" \t")
+    if _FIELD_VALUE_INVALID.search(value):
+        raise ProtocolError(400, "Invalid character in header value")
+    return name.decode("ascii").lower(), value.decode("latin-1")
+
+
 def _parse_request_line(line: bytes) -> tuple[str, str, str]:
     if b"\r" in line:
         raise ProtocolError(400, "Bare CR in request line")
@@ -466,18 +536,7 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
 def _parse_fields(lines: Iterable[bytes]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            # RFC 9112 §5.2: obs-fold is rejected with 400.
-            raise ProtocolError(400, "Obsolete line folding")
-        name, colon, value = line.partition(b":")
-        # RFC 9112 §5.1: no whitespace between field name and colon.
-        if not colon or not _TOKEN.fullmatch(name):
-            raise ProtocolError(400, "Malformed header field")
-        value = value.strip(b" \t")
-        if _FIELD_VALUE_INVALID.search(value):
-            raise ProtocolError(400, "Invalid character in header value")
-        key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
+        key, text = _parse_field_line(line)
         if key in headers:
             if key == "host":
                 raise ProtocolError(400, "Multiple Host headers")  # RFC 9112 §3.2
