@@ -1,217 +1,233 @@
 """Command line: ``sitepeek [OPTIONS]`` serves the current directory,
-``sitepeek serve [DIR] [OPTIONS]`` serves DIR.
+``sitepeek serve [DIR] [OPTIONS]`` serves DIR, ``sitepeek config [DIR] [OPTIONS]``
+prints the effective settings, ``sitepeek completion SHELL`` prints a completion script.
 
-Validation lives in click parameter types, so a bad flag is a ``Usage:`` line and
-exit status 2; a server that cannot start is one ``Error:`` line and exit status 1.
+Every option comes from one table, :data:`sitepeek.config.OPTIONS`; this module turns
+each entry into a click option on the group, ``serve`` and ``config`` (so options may
+come before or after the subcommand). Validation lives in a click parameter type that
+calls the table's parser, so a bad flag is a ``Usage:`` line and exit status 2. A bad
+config file or ``SITEPEEK_*`` variable is one ``Error:`` line naming it, also exit
+status 2; a server that cannot start is one ``Error:`` line and exit status 1.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
+from click.shell_completion import CompletionItem, get_completion_class
 
 from sitepeek import __version__
-from sitepeek.config import WORKER_NAMES, Config
+from sitepeek.config import (
+    OPTIONS,
+    Choice,
+    ConfigError,
+    ExistingPath,
+    Kind,
+    Option,
+    Settings,
+    resolve,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_WORKERS_HELP = (
-    "Concurrency model. greenlets: one process, a greenlet per connection (default; "
-    "fastest, lightest). threads: one process, an OS thread per connection (no gevent; "
-    "pick it when debugging or profiling). processes: pre-forked greenlet workers "
-    "(pick it to use every core)."
-)
-
-# Every serving option is declared once and applied to both the group and `serve`.
-_SERVE_OPTIONS = (
-    click.option(
-        "--host",
-        default="127.0.0.1",
-        show_default=True,
-        help="Address to listen on; 0.0.0.0 exposes the site to your network.",
-    ),
-    click.option(
-        "--port",
-        "-p",
-        type=click.IntRange(0, 65535),
-        default=8000,
-        show_default=True,
-        help="Port to listen on; 0 picks any free port. A busy port moves on to the next.",
-    ),
-    click.option(
-        "--strict-port",
-        is_flag=True,
-        help="Fail instead of moving on when the port is busy.",
-    ),
-    click.option(
-        "--workers",
-        type=click.Choice(WORKER_NAMES),
-        default="greenlets",
-        show_default=True,
-        help=_WORKERS_HELP,
-    ),
-    click.option(
-        "--processes",
-        type=click.IntRange(min=1),
-        default=None,
-        metavar="N",
-        help="Worker processes with --workers processes  [default: one per CPU]",
-    ),
-    click.option(
-        "--keepalive-timeout",
-        type=click.FloatRange(min=0.1),
-        default=5.0,
-        show_default=True,
-        metavar="SECONDS",
-        help="Close a keep-alive connection idle this long.",
-    ),
-    click.option(
-        "--header-timeout",
-        type=click.FloatRange(min=0.1),
-        default=10.0,
-        show_default=True,
-        metavar="SECONDS",
-        help="Answer 408 when a started request head takes longer.",
-    ),
-    click.option(
-        "--compress/--no-compress",
-        default=True,
-        show_default=True,
-        help="Compress text responses (gzip; brotli and zstd with their extras).",
-    ),
-    click.option(
-        "--reload/--no-reload",
-        default=True,
-        show_default=True,
-        help="Reload open browser tabs when a file changes (CSS is swapped in place).",
-    ),
-    click.option(
-        "--reload-delay",
-        type=click.IntRange(min=0),
-        default=30,
-        show_default=True,
-        metavar="MS",
-        help="Quiet period that ends a burst of changes before a reload.",
-    ),
-    click.option(
-        "--watch",
-        type=click.Path(exists=True, path_type=Path),
-        multiple=True,
-        metavar="PATH",
-        help="Also watch PATH for changes (repeatable).",
-    ),
-    click.option(
-        "--ignore",
-        multiple=True,
-        metavar="GLOB",
-        help="Ignore changes to files matching GLOB (repeatable), besides .git/, "
-        "node_modules/ and editor swap files.",
-    ),
-    click.option(
-        "--poll",
-        is_flag=True,
-        help="Poll for changes instead of OS events (Docker, WSL, network drives).",
-    ),
-    click.option(
-        "--max-connections",
-        type=click.IntRange(min=1),
-        default=1000,
-        show_default=True,
-        help="Connections served at once per process; more wait in the listen queue.",
-    ),
-)
-_OPTION_NAMES = (
-    "host",
-    "port",
-    "strict_port",
-    "workers",
-    "processes",
-    "max_connections",
-    "keepalive_timeout",
-    "header_timeout",
-    "compress",
-    "reload",
-    "reload_delay",
-    "watch",
-    "ignore",
-    "poll",
-)
+PROG_NAME = "sitepeek"
+COMPLETE_VAR = "_SITEPEEK_COMPLETE"
+SHELLS = ("bash", "zsh", "fish")
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 
-def _serve_options(func: F) -> F:
-    for option in reversed(_SERVE_OPTIONS):
-        func = option(func)
+class KindType(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3 on
+    """A click type that parses with an option's :class:`~sitepeek.config.Kind`: the
+    command line, the environment and config files accept exactly the same values."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.name = kind.metavar.strip("[]").lower()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default, already parsed
+        try:
+            return self.kind.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        if isinstance(self.kind, Choice):
+            return [CompletionItem(c) for c in self.kind.choices if c.startswith(incomplete)]
+        if isinstance(self.kind, ExistingPath):
+            return [CompletionItem(incomplete, type="file")]  # the shell completes paths
+        return []
+
+
+class ConfigFileError(click.ClickException):
+    """A config file or environment variable is invalid: ``Error: ...``, exit status 2."""
+
+    exit_code = 2
+
+
+def click_option(option: Option) -> Callable[[F], F]:
+    """The click option for one entry of the table."""
+    names = [option.flag] + ([option.short] if option.short else [])
+    if option.is_switch:
+        if option.negatable:
+            names[0] += f"/--no-{option.key}"
+            return click.option(
+                *names, option.name, default=option.default, show_default=True, help=option.help
+            )
+        return click.option(*names, option.name, is_flag=True, default=False, help=option.help)
+    show_default: bool | str = option.default not in (None, ())
+    extra: dict[str, Any] = {}
+    if option.bare_value is not None:  # --open or --open /docs/
+        extra = {"is_flag": False, "flag_value": option.bare_value}
+    elif option.default is None and option.default_text:
+        show_default = option.default_text
+    return click.option(
+        *names,
+        option.name,
+        type=KindType(option.kind),
+        default=option.default,
+        multiple=option.multiple,
+        metavar=option.kind.metavar,
+        show_default=show_default,
+        help=option.help,
+        **extra,
+    )
+
+
+def serving_options(func: F) -> F:
+    """Every option of the table, in table order in --help."""
+    for option in reversed(OPTIONS):
+        func = click_option(option)(func)
     return func
 
 
-@click.group(
-    invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+version_option = click.version_option(__version__, "--version", "-V", prog_name=PROG_NAME)
+print_config_option = click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the effective settings and where each came from, then exit.",
 )
-@_serve_options
-@click.version_option(__version__, "--version", "-V", prog_name="sitepeek")
-@click.pass_context
-def cli(ctx: click.Context, /, **options: Any) -> None:
-    """Preview a static site: a fast, correct HTTP/1.1 server.
-
-    Plain `sitepeek` serves the current directory; `sitepeek serve DIR` serves DIR.
-    """
-    ctx.obj = options
-    if ctx.invoked_subcommand is None:
-        _run(Path("."), options)
-
-
-@cli.command()
-@click.argument(
+directory_argument = click.argument(
     "directory",
     type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path),
     default=".",
 )
-@_serve_options
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT_SETTINGS)
+@serving_options
+@print_config_option
+@version_option
 @click.pass_context
-def serve(ctx: click.Context, /, directory: Path, **options: Any) -> None:
+def cli(ctx: click.Context, /, **_: Any) -> None:
+    """Preview a static site: a fast, correct HTTP/1.1 server with live reload.
+
+    Plain `sitepeek` serves the current directory; `sitepeek serve DIR` serves DIR.
+    Options may come before or after the command. Each option can also be set in
+    sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the current directory), or
+    as SITEPEEK_<OPTION> in the environment; `sitepeek config` shows what is in effect.
+    """
+    if ctx.invoked_subcommand is None:
+        _run(ctx, Path("."))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@directory_argument
+@serving_options
+@print_config_option
+@version_option
+@click.pass_context
+def serve(ctx: click.Context, /, directory: Path, **_: Any) -> None:
     """Serve DIRECTORY (default: the current directory)."""
-    parent = ctx.parent
-    group_options: dict[str, Any] = (ctx.obj or {}) if parent else {}
-    for name in _OPTION_NAMES:
-        # An option given before `serve` applies unless repeated after it.
-        source = ctx.get_parameter_source(name)
-        if (
-            source is click.core.ParameterSource.DEFAULT
-            and parent is not None
-            and parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-        ):
-            options[name] = group_options[name]
-    _run(directory, options)
+    _run(ctx, directory)
 
 
-def _run(directory: Path, options: dict[str, Any]) -> None:
-    from sitepeek.server import StartupError, serve
+@cli.command("config", context_settings=CONTEXT_SETTINGS)
+@directory_argument
+@serving_options
+@version_option
+@click.pass_context
+def show_config(ctx: click.Context, /, directory: Path, **_: Any) -> None:
+    """Print the settings `sitepeek serve DIRECTORY` would use, and where each came from.
 
+    The output is TOML: it can be pasted into sitepeek.toml.
+    """
+    _run(ctx, directory, print_only=True)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL.
+
+    \b
+    bash: eval "$(sitepeek completion bash)"   (in ~/.bashrc)
+    zsh:  eval "$(sitepeek completion zsh)"    (in ~/.zshrc)
+    fish: sitepeek completion fish > ~/.config/fish/completions/sitepeek.fish
+    """
+    click.echo(completion_script(shell), nl=False)
+
+
+def completion_script(shell: str) -> str:
+    """The script from click's completion machinery; it calls back into sitepeek."""
+    completion_class = get_completion_class(shell)
+    if completion_class is None:  # pragma: no cover - SHELLS are click's own
+        raise click.BadParameter(f"no completion for {shell}")
+    source = completion_class(cli, {}, PROG_NAME, COMPLETE_VAR).source()
+    return source if source.endswith("\n") else source + "\n"
+
+
+def _lineage(ctx: click.Context) -> Iterator[click.Context]:
+    """The group's context first, then the subcommand's."""
+    chain = []
+    current: click.Context | None = ctx
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    return reversed(chain)
+
+
+def command_line_values(ctx: click.Context) -> dict[str, Any]:
+    """The options given on the command line; after the subcommand wins over before."""
+    given: dict[str, Any] = {}
+    for context in _lineage(ctx):
+        for option in OPTIONS:
+            if (
+                option.name in context.params
+                and context.get_parameter_source(option.name) is ParameterSource.COMMANDLINE
+            ):
+                given[option.name] = context.params[option.name]
+    return given
+
+
+def settings_for(ctx: click.Context) -> Settings:
+    """Command line > environment > config file > defaults."""
     try:
-        config = Config(
-            root=directory.resolve(),
-            host=options["host"],
-            port=options["port"],
-            strict_port=options["strict_port"],
-            workers=options["workers"],
-            processes=options["processes"] or 0,
-            max_connections=options["max_connections"],
-            keepalive_timeout=options["keepalive_timeout"],
-            header_timeout=options["header_timeout"],
-            compress=options["compress"],
-            reload=options["reload"],
-            reload_delay=options["reload_delay"] / 1000,
-            watch=tuple(path.resolve() for path in options["watch"]),
-            ignore=tuple(options["ignore"]),
-            poll=options["poll"],
-        )
+        return resolve(command_line_values(ctx))
+    except ConfigError as exc:
+        raise ConfigFileError(str(exc)) from None
+
+
+def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
+    settings = settings_for(ctx)
+    try:
+        config = settings.config(directory.resolve())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if print_only or any(context.params.get("print_config") for context in _lineage(ctx)):
+        click.echo(settings.describe(config.root))
+        return
+
+    from sitepeek.server import StartupError, serve
+
     try:
         serve(config)
     except StartupError as exc:
@@ -223,4 +239,4 @@ def _run(directory: Path, options: dict[str, Any]) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="sitepeek")
+    cli(prog_name=PROG_NAME)

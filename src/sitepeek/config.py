@@ -1,14 +1,39 @@
-"""The one configuration object that flows from the CLI through the server."""
+"""The one configuration object that flows from the CLI through the server, and the
+table of options it is built from.
+
+Every option is declared once, in :data:`OPTIONS`: its name, the kind of value it takes
+(which parses and validates it), its default and its help. ``cli`` turns the table into
+click options; this module reads the same names from ``SITEPEEK_*`` environment
+variables and from ``sitepeek.toml`` or ``[tool.sitepeek]`` in ``pyproject.toml``, and
+says where each effective value came from. Precedence: command line > environment >
+config file > default.
+
+Standard library only.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import os
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 WorkerName = Literal["greenlets", "threads", "processes"]
 WORKER_NAMES: tuple[str, ...] = get_args(WorkerName)
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+
+ENV_PREFIX = "SITEPEEK_"
+PROJECT_FILE = "sitepeek.toml"
+PYPROJECT_FILE = "pyproject.toml"
+PYPROJECT_LABEL = "pyproject.toml [tool.sitepeek]"
+DEFAULT_SOURCE = "default"
+COMMAND_LINE_SOURCE = "command line"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +63,13 @@ class Config:
     watch: tuple[Path, ...] = ()
     ignore: tuple[str, ...] = ()
     poll: bool = False
+    # URL path to open in the default browser once serving; None: don't.
+    open: str | None = None
+    # Print a QR code of the network URL under the banner.
+    qr: bool = False
+    # Request log: errors (status >= 500) only, and the line format.
+    quiet: bool = False
+    log_format: LogFormat = "text"
 
     def __post_init__(self) -> None:
         if not self.root.is_dir():
@@ -55,7 +87,550 @@ class Config:
                 raise ValueError(f"watched path {path} does not exist")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.open is not None and not self.open.startswith("/"):
+            raise ValueError(f"--open path {self.open!r} must start with /")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"unknown log format {self.log_format!r}")
 
     @property
     def process_count(self) -> int:
         return self.processes or os.cpu_count() or 1
+
+
+# -- kinds of values: parse text (command line, environment) and TOML values -----------
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class Kind:
+    """How the values of one option are parsed, validated and written back.
+
+    ``parse`` takes text (a command-line argument or an environment variable) and
+    ``from_toml`` a value from a config file; both raise ValueError with a message that
+    reads well after "Invalid value for '--port': ", "sitepeek.toml: key 'port': " or
+    "environment variable SITEPEEK_PORT: ".
+    """
+
+    metavar = "TEXT"
+    expected = "a string"
+
+    def parse(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def from_env(self, text: str) -> Any:
+        return self.parse(text)
+
+    def from_toml(self, value: object) -> Any:
+        if isinstance(value, str):
+            return self.parse(value)
+        raise ValueError(f"expected {self.expected}, got {_toml_type(value)}")
+
+    def to_toml(self, value: Any) -> str:
+        return json.dumps(str(value), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    metavar: str = "TEXT"
+
+    def parse(self, text: str) -> str:
+        return text
+
+
+@dataclass(frozen=True)
+class Integer(Kind):
+    minimum: int | None = None
+    maximum: int | None = None
+    metavar: str = "N"
+    expected = "an integer"
+
+    def parse(self, text: str) -> int:
+        try:
+            number = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        return self._check(number)
+
+    def from_toml(self, value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self._check(value)
+        return int(super().from_toml(value))
+
+    def to_toml(self, value: Any) -> str:
+        return str(value)
+
+    def _check(self, number: int) -> int:
+        if self.minimum is not None and self.maximum is not None:
+            if not self.minimum <= number <= self.maximum:
+                raise ValueError(f"{number} is not in the range {self.minimum}-{self.maximum}")
+        elif self.minimum is not None and number < self.minimum:
+            raise ValueError(f"{number} is less than the minimum of {self.minimum}")
+        return number
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    minimum: float = 0.0
+    metavar: str = "SECONDS"
+    expected = "a number"
+
+    def parse(self, text: str) -> float:
+        try:
+            number = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        return self._check(number)
+
+    def from_toml(self, value: object) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return self._check(float(value))
+        return float(super().from_toml(value))
+
+    def to_toml(self, value: Any) -> str:
+        return repr(float(value))
+
+    def _check(self, number: float) -> float:
+        if not math.isfinite(number):
+            raise ValueError(f"{number} is not a finite number")
+        if number < self.minimum:
+            raise ValueError(f"{number:g} is less than the minimum of {self.minimum:g}")
+        return number
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    choices: tuple[str, ...] = ()
+    metavar: str = "NAME"
+
+    def parse(self, text: str) -> str:
+        if text not in self.choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
+        return text
+
+
+@dataclass(frozen=True)
+class Switch(Kind):
+    """On or off: a flag on the command line, 1/0 true/false yes/no on/off elsewhere."""
+
+    metavar: str = "BOOLEAN"
+    expected = "true or false"
+
+    def parse(self, text: str) -> bool:
+        word = text.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError(f"{text!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+    def from_toml(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {_toml_type(value)}")
+
+    def to_toml(self, value: Any) -> str:
+        return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class ExistingPath(Kind):
+    """A file or directory that must exist; relative to the current directory."""
+
+    metavar: str = "PATH"
+
+    def parse(self, text: str) -> Path:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ValueError(f"path {text!r} does not exist")
+        return path
+
+
+@dataclass(frozen=True)
+class UrlPath(Kind):
+    """A path on the served site, such as ``/docs/``; in files and the environment
+    also a boolean (true: ``/``, false: none)."""
+
+    metavar: str = "[PATH]"
+    expected = "a path such as /docs/, or true or false"
+
+    def parse(self, text: str) -> str:
+        if not text.startswith("/"):
+            raise ValueError(
+                f"{text!r} is not a URL path: start it with / (or write --open=/ or put "
+                "--open last to open the site's root)"
+            )
+        return text
+
+    def from_env(self, text: str) -> str | None:
+        word = text.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return "/" if word in _TRUE else None
+        return self.parse(text)
+
+    def from_toml(self, value: object) -> str | None:
+        if isinstance(value, bool):
+            return "/" if value else None
+        return str(super().from_toml(value))
+
+
+def _toml_type(value: object) -> str:
+    """How a TOML value reads in an error message: its type, and the value if short."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return f"{names.get(type(value), 'a date or time')} ({value!r})"
+
+
+# -- the table --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting, as the command line, the environment and config files know it."""
+
+    name: str  # the Config field; key in files with _ or -, SITEPEEK_NAME in the env
+    kind: Kind
+    default: Any
+    help: str
+    short: str | None = None  # a one-letter alias such as -p
+    multiple: bool = False  # repeatable flag; a list in files, comma-separated in the env
+    negatable: bool = False  # a switch with a --no- form
+    bare_value: str | None = None  # the value of the flag given without one (--open)
+    default_text: str | None = None  # how the default reads where it is not a value
+    to_config: Callable[[Any], Any] = field(default=lambda value: value)
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        return isinstance(self.kind, Switch)
+
+
+def _resolved_paths(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    return tuple(path.resolve() for path in paths)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "host",
+        Text("ADDR"),
+        "127.0.0.1",
+        "Address to listen on; 0.0.0.0 (or ::) exposes the site to your network.",
+    ),
+    Option(
+        "port",
+        Integer(0, 65535),
+        8000,
+        "Port to listen on; 0 picks any free port. A busy port moves on to the next.",
+        short="-p",
+    ),
+    Option("strict_port", Switch(), False, "Fail instead of moving on when the port is busy."),
+    Option(
+        "workers",
+        Choice(WORKER_NAMES, metavar="[" + "|".join(WORKER_NAMES) + "]"),
+        "greenlets",
+        "Concurrency model. greenlets: one process, a greenlet per connection (default; "
+        "fastest, lightest). threads: one process, an OS thread per connection (no "
+        "gevent; pick it when debugging or profiling). processes: pre-forked greenlet "
+        "workers (pick it to use every core).",
+    ),
+    Option(
+        "processes",
+        Integer(1),
+        None,
+        "Worker processes with --workers processes.",
+        default_text="one per CPU",
+        to_config=lambda value: value or 0,
+    ),
+    Option(
+        "max_connections",
+        Integer(1),
+        1000,
+        "Connections served at once per process; more wait in the listen queue.",
+    ),
+    Option(
+        "keepalive_timeout",
+        Number(0.1),
+        5.0,
+        "Close a keep-alive connection idle this long.",
+    ),
+    Option(
+        "header_timeout",
+        Number(0.1),
+        10.0,
+        "Answer 408 when a started request head takes longer.",
+    ),
+    Option(
+        "compress",
+        Switch(),
+        True,
+        "Compress text responses (gzip; brotli and zstd with their extras).",
+        negatable=True,
+    ),
+    Option(
+        "reload",
+        Switch(),
+        True,
+        "Reload open browser tabs when a file changes (CSS is swapped in place).",
+        negatable=True,
+    ),
+    Option(
+        "reload_delay",
+        Integer(0, metavar="MS"),
+        30,
+        "Quiet period that ends a burst of changes before a reload.",
+        to_config=lambda ms: ms / 1000,
+    ),
+    Option(
+        "watch",
+        ExistingPath(),
+        (),
+        "Also watch PATH for changes (repeatable).",
+        multiple=True,
+        to_config=_resolved_paths,
+    ),
+    Option(
+        "ignore",
+        Text("GLOB"),
+        (),
+        "Ignore changes to files matching GLOB (repeatable), besides .git/, node_modules/ "
+        "and editor swap files.",
+        multiple=True,
+    ),
+    Option(
+        "poll",
+        Switch(),
+        False,
+        "Poll for changes instead of OS events (Docker, WSL, network drives).",
+    ),
+    Option(
+        "open",
+        UrlPath(),
+        None,
+        "Open the default browser at the served URL (plus PATH) once the server is up.",
+        bare_value="/",
+        default_text="no",
+    ),
+    Option(
+        "qr",
+        Switch(),
+        False,
+        "Print a QR code of the network URL, to open the site on a phone "
+        "(needs the qr extra: pip install 'sitepeek[qr]').",
+    ),
+    Option(
+        "quiet",
+        Switch(),
+        False,
+        "Log only failed requests (status 500 and up), besides start and stop.",
+        short="-q",
+    ),
+    Option(
+        "log_format",
+        Choice(LOG_FORMATS, metavar="[" + "|".join(LOG_FORMATS) + "]"),
+        "text",
+        "Request log format: text for people, json for tools (one object per line).",
+    ),
+)
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+# -- where values come from -------------------------------------------------------------
+class ConfigError(Exception):
+    """A config file or an environment variable is invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """The effective value of one option and where it came from."""
+
+    option: Option
+    value: Any
+    source: str  # "default", "command line", "SITEPEEK_PORT", "sitepeek.toml", ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """The config file in use, with its values already validated."""
+
+    path: Path
+    label: str  # "sitepeek.toml" or "pyproject.toml [tool.sitepeek]"
+    values: dict[str, Any]
+    shadows: str | None = None  # a [tool.sitepeek] table ignored because sitepeek.toml wins
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every option's effective value, and the file that was read."""
+
+    values: tuple[Setting, ...]
+    file: ConfigFile | None
+    directory: Path  # where config files were looked for
+
+    def config(self, root: Path) -> Config:
+        """The Config to serve ``root`` with; raises ValueError on an inconsistency."""
+        kwargs = {s.option.name: s.option.to_config(s.value) for s in self.values}
+        return Config(root=root, **kwargs)
+
+    def describe(self, root: Path) -> str:
+        """The effective settings as TOML, each with its source as a comment."""
+        lines = [f"# sitepeek settings for serving {root}"]
+        if self.file is None:
+            lines.append(
+                f"# config file: none ({PROJECT_FILE} or {PYPROJECT_LABEL} in {self.directory})"
+            )
+        else:
+            lines.append(f"# config file: {self.file.path}")
+            if self.file.shadows:
+                lines.append(f"# ({self.file.shadows} is ignored: {PROJECT_FILE} wins)")
+        lines.append("# precedence: command line > SITEPEEK_* environment > file > default")
+        rows = [(_toml_line(s), s.source) for s in self.values]
+        width = max(len(text) for text, _ in rows)
+        lines += [f"{text.ljust(width)}  # {source}" for text, source in rows]
+        return "\n".join(lines)
+
+
+def _toml_line(setting: Setting) -> str:
+    option, value = setting.option, setting.value
+    if value is None:
+        return f"# {option.key}: {option.default_text or 'unset'}"
+    if option.multiple:
+        items = ", ".join(option.kind.to_toml(item) for item in value)
+        return f"{option.key} = [{items}]"
+    return f"{option.key} = {option.kind.to_toml(value)}"
+
+
+def resolve(
+    command_line: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    directory: Path | None = None,
+) -> Settings:
+    """Each option's value: command line > environment > config file > default.
+
+    ``command_line`` holds only the options given on the command line, already parsed.
+    Raises ConfigError for an unknown key or a bad value in a file or the environment.
+    """
+    directory = Path.cwd() if directory is None else directory
+    env_values = read_environment(os.environ if environ is None else environ)
+    config_file = find_config_file(directory)
+    file_values = config_file.values if config_file else {}
+    settings = []
+    for option in OPTIONS:
+        if option.name in command_line:
+            value, source = command_line[option.name], COMMAND_LINE_SOURCE
+            if option.multiple:
+                value = tuple(value)
+        elif option.name in env_values:
+            value, source = env_values[option.name], option.env
+        elif option.name in file_values:
+            assert config_file is not None
+            value, source = file_values[option.name], config_file.label
+        else:
+            value, source = option.default, DEFAULT_SOURCE
+        settings.append(Setting(option, value, source))
+    return Settings(tuple(settings), config_file, directory)
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Options set by ``SITEPEEK_*`` variables; an empty variable counts as unset."""
+    values: dict[str, Any] = {}
+    for variable, text in environ.items():
+        if not variable.startswith(ENV_PREFIX) or not text:
+            continue
+        option = OPTIONS_BY_NAME.get(variable[len(ENV_PREFIX) :].lower())
+        if option is None or variable != option.env:
+            hint = _did_you_mean(variable, [o.env for o in OPTIONS])
+            raise ConfigError(f"unknown environment variable {variable}{hint}")
+        try:
+            if option.multiple:
+                values[option.name] = tuple(
+                    option.kind.from_env(item.strip()) for item in text.split(",") if item.strip()
+                )
+            else:
+                values[option.name] = option.kind.from_env(text)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {variable}: {exc}") from None
+    return values
+
+
+def find_config_file(directory: Path) -> ConfigFile | None:
+    """``sitepeek.toml``, else ``[tool.sitepeek]`` in ``pyproject.toml``, in ``directory``.
+
+    When both exist, sitepeek.toml wins and the pyproject table is ignored entirely.
+    """
+    project = directory / PROJECT_FILE
+    pyproject = directory / PYPROJECT_FILE
+    if project.is_file():
+        shadows = None
+        try:
+            if _pyproject_table(pyproject) is not None:
+                shadows = PYPROJECT_LABEL
+        except ConfigError:
+            pass  # not ours to complain about: it is not read
+        values = _file_values(_read_toml(project, PROJECT_FILE), PROJECT_FILE)
+        return ConfigFile(project, PROJECT_FILE, values, shadows)
+    table = _pyproject_table(pyproject)
+    if table is None:
+        return None
+    return ConfigFile(pyproject, PYPROJECT_LABEL, _file_values(table, PYPROJECT_LABEL))
+
+
+def _pyproject_table(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    tool = _read_toml(path, PYPROJECT_FILE).get("tool", {})
+    table = tool.get("sitepeek") if isinstance(tool, dict) else None
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"{PYPROJECT_LABEL}: expected a table, got {_toml_type(table)}")
+    return table
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+
+
+def _file_values(table: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Validate a config table; keys may use dashes or underscores."""
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, raw in table.items():
+        option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
+        if option is None or key not in (option.name, option.key):
+            hint = _did_you_mean(key, [o.key for o in OPTIONS])
+            raise ConfigError(f"{label}: unknown key {key!r}{hint}")
+        if option.name in spelled:
+            raise ConfigError(f"{label}: {spelled[option.name]!r} and {key!r} are the same key")
+        spelled[option.name] = key
+        try:
+            values[option.name] = _from_toml(option, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: key {key!r}: {exc}") from None
+    return values
+
+
+def _from_toml(option: Option, raw: object) -> Any:
+    if not option.multiple:
+        return option.kind.from_toml(raw)
+    items = raw if isinstance(raw, list) else [raw]
+    return tuple(option.kind.from_toml(item) for item in items)
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

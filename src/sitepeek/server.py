@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import resource
+import signal
 import socket
 import sys
+import time
+import urllib.parse
 from typing import TYPE_CHECKING, TextIO
 
-from sitepeek import __version__, workers
-from sitepeek.changes import ChangeFeed, Pending, Settled
+from sitepeek import __version__, console, workers
+from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled
 from sitepeek.config import Config
 from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler, Io
@@ -36,17 +39,45 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         print(f"Port {config.port} is in use, using {port} instead.", file=out)
     model_class = workers.load(config.workers)
     feed = ChangeFeed()
+    # For the summary: the handlers of this process (none here with --workers processes:
+    # they live in the workers) and the reloads the watcher announced.
+    handlers: list[Handler] = []
+    reloads = 0
 
     def make_handler(io: Io) -> ConnectionHandler:
-        return Handler(config, io, feed)
+        handler = Handler(config, io, feed)
+        handlers.append(handler)
+        return handler
 
+    def count_reload(event: ChangeEvent) -> None:
+        nonlocal reloads
+        if isinstance(event, Settled):
+            reloads += 1
+
+    feed.subscribe(count_reload)
     model = model_class(config, make_handler, feed)
     watcher = _start_watcher(config, feed, out) if config.reload else None
+    started = time.monotonic()
+
+    def ready() -> None:
+        nonlocal started
+        started = time.monotonic()
+        print_banner(config, port, out)
+        if config.open is not None:
+            path = urllib.parse.quote(config.open.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
+            console.open_browser(url_for(config.host, port) + path)
+
     try:
-        model.run(listener, ready=lambda: print_banner(config, port, out))
+        model.run(listener, ready=ready)
     finally:
+        # Stopping is under way: a second Ctrl-C or SIGTERM must not turn a clean
+        # exit into a kill (Python restores default handlers while it finalizes).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         if watcher is not None:
             watcher.stop()
+    requests = sum(handler.requests for handler in handlers) if handlers else None
+    print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
 
 
 def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
@@ -141,13 +172,34 @@ def url_for(host: str, port: int) -> str:
 
 
 def print_banner(config: Config, port: int, out: TextIO) -> None:
+    """The start-up banner (and QR code), printed once the server is ready."""
     root = str(config.root).encode("utf-8", "backslashreplace").decode("utf-8")
-    lines = [
-        f"sitepeek {__version__} serving {root}",
-        f"  Local:   {url_for(config.host, port)}",
-        f"  Workers: {config.workers}"
-        + (f" ({config.process_count})" if config.workers == "processes" else ""),
-        "  Reload:  " + ("on, watching for changes" if config.reload else "off"),
-        "  Press Ctrl-C to stop.",
-    ]
-    print("\n".join(lines), file=out, flush=True)
+    wildcard = config.host in ("", "0.0.0.0", "::")
+    if wildcard or console.is_loopback(config.host):
+        local: str | None = url_for(config.host, port)
+        network = tuple(url_for(a, port) for a in console.network_addresses(config.host))
+    else:  # one address of this machine, reachable from the network
+        local, network = None, (url_for(config.host, port),)
+    workers: str = config.workers
+    if workers == "processes":
+        workers += f" ({config.process_count})"
+    banner = console.Banner(
+        version=__version__,
+        root=root,
+        local_url=local,
+        network_urls=network,
+        exposed=wildcard or local is None,
+        workers=workers,
+        reload="on, watching for changes" if config.reload else "off",
+    )
+    text = banner.render(console.Style(console.color_enabled(out)))
+    if config.qr:
+        text += "\n\n" + console.qr_block(network[0] if network else None, out)
+    print(text, file=out, flush=True)
+
+
+def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: int | None) -> None:
+    """One line when the server stops; ``None`` counts are unknown and left out."""
+    # On a terminal, write over the "^C" its driver echoed.
+    start = "\r" if console.is_terminal(out) else ""
+    print(start + console.summary(uptime_s, requests, reloads), file=out, flush=True)
