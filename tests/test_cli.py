@@ -96,6 +96,20 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["-q"], {"quiet": True}),
     (["--quiet"], {"quiet": True}),
     (["--log-format", "json"], {"log_format": "json"}),
+    (["--spa"], {"spa": "index.html"}),
+    (["--spa", "app.html"], {"spa": "app.html"}),
+    (["--no-clean-urls"], {"clean_urls": False}),
+    (["--no-listing"], {"listing": False}),
+    (["--no-rules"], {"rules": False}),
+    (["--base", "repo"], {"base": "/repo/"}),
+    (["--base", "/docs/v2"], {"base": "/docs/v2/"}),
+    (["--cors"], {"cors": True}),
+    (
+        ["--header", "X-Frame-Options: DENY", "--header", "X-A:b"],
+        {"header": (("X-Frame-Options", "DENY"), ("X-A", "b"))},
+    ),
+    (["--proxy", "/api=http://127.0.0.1:3000"], {"proxy": ("/api=http://127.0.0.1:3000",)}),
+    (["--allowed-host", "dev.test"], {"allowed_host": ("dev.test",)}),
 ]
 
 
@@ -111,6 +125,8 @@ def test_every_option_reaches_the_config(
 ) -> None:
     if where == "before" and args == ["--open"]:
         args = ["--open=/"]  # a bare --open would take "serve" for its PATH (see below)
+    if where == "before" and args == ["--spa"]:
+        args = ["--spa=index.html"]  # likewise
     argv = ["serve", str(site), *args] if where == "after" else [*args, "serve", str(site)]
     result = invoke(*argv)
     assert result.exit_code == 0, result.output
@@ -165,6 +181,12 @@ USAGE_ERRORS = [
     (["--open", "docs"], "'docs' is not a URL path: start it with /"),
     (["--open", "serve"], "'serve' is not a URL path: start it with / (or write --open=/ or put"),
     (["--log-format", "xml"], "'xml' is not one of text, json"),
+    (["--header", "Bad"], "'Bad' is not a header field: write 'Name: value'"),
+    (["--header", "Content-Length: 5"], "Content-Length is set by sitepeek itself"),
+    (["--proxy", "/api=https://x"], "https:// backends are not supported"),
+    (["--proxy", "api"], "expected PREFIX=URL, for example /api=http://127.0.0.1:8000"),
+    (["--base", "/a%20b/"], "not a valid base path: '/a%20b/'"),
+    (["--spa=../x"], "'../x' is not a file name inside the site"),
     (["--no-such-option"], "--no-such-option"),  # click words it differently by version
     (["serve", "--bogus"], "--bogus"),
     (["completion", "tcsh"], "Invalid value for '{bash|zsh|fish}': 'tcsh' is not one of"),

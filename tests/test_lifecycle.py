@@ -69,7 +69,7 @@ def test_stop_with_idle_and_inflight_connections_is_quick_and_clean(
     H11Client(idle).request("GET", "/")  # now an idle keep-alive connection
     slow = server.connect()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    slow.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert slow.recv(1024).startswith(b"HTTP/1.1 200")  # in flight, never read further
     started = time.monotonic()
     code = server.stop(sig)
@@ -176,7 +176,7 @@ def test_thousand_idle_keep_alive_connections(big_site: Path, model: str) -> Non
     try:
         for _ in range(1000):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             sockets.append(sock)
         for sock in sockets:
             head = sock.recv(4096)
@@ -186,7 +186,7 @@ def test_thousand_idle_keep_alive_connections(big_site: Path, model: str) -> Non
         with server.connect() as sock:
             assert H11Client(sock).request("GET", "/").status == 200
         for sock in sockets[500:550]:  # and the other held ones are still usable
-            sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     finally:
         for sock in sockets:
@@ -220,10 +220,10 @@ def test_busy_connections_past_the_limit_wait_in_the_backlog(big_site: Path, mod
     busy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         # A download in flight (we stop reading): busy, so not reclaimable.
-        busy.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        busy.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert busy.recv(100).startswith(b"HTTP/1.1 200")
         waiting = server.connect()
-        waiting.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         waiting.settimeout(0.3)
         with pytest.raises(TimeoutError):
             waiting.recv(1)  # queued, not dropped

@@ -171,8 +171,12 @@ def test_directory_with_slash_serves_its_index(server: Server, target: str, file
     assert_exact_length(response)
 
 
-def test_directory_without_index_is_404(server: Server) -> None:
-    assert_error_page(request(server, "GET", "/noindex/"), 404)
+def test_directory_without_index_is_listed(server: Server) -> None:
+    # Listings are on by default (--no-listing: 404; see test_production.py).
+    response = request(server, "GET", "/noindex/")
+    assert response.status == 200
+    assert response.header("content-type") == "text/html; charset=utf-8"
+    assert b'href="file.txt"' in response.body
 
 
 def test_missing_file_is_404(server: Server) -> None:
@@ -419,7 +423,7 @@ def test_options_is_204_with_allow(server: Server, target: str) -> None:
         assert client.request("GET", "/small.txt").status == 200
 
 
-SMUGGLED = b"GET /data.json HTTP/1.1\r\nHost: x\r\n\r\n"
+SMUGGLED = b"GET /data.json HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @pytest.mark.parametrize(
@@ -611,11 +615,11 @@ def test_header_section_over_64k_is_431(server: Server) -> None:
         b"\x00\x01\x02garbage\xff\xfe\r\n\r\n",
         b"hello world\r\n\r\n",
         b"GET\r\n\r\n",
-        b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\nHost: localhost\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Name: x\r\nHost: x\r\n\r\n",
-        b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\nHost: localhost\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ],
 )
 def test_garbage_is_400_and_close(server: Server, data: bytes) -> None:
@@ -717,7 +721,7 @@ def test_stalled_request_line_gets_408_and_close(server: Server, quick_timeouts:
 
 def test_stalled_header_section_gets_408(server: Server, quick_timeouts: Server) -> None:
     with connect(quick_timeouts) as sock:
-        sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\n")
         raw = recv_until_closed(sock)
     assert raw.startswith(b"HTTP/1.1 408 "), raw[:100]
 
@@ -1127,7 +1131,9 @@ def test_new_directory_index_is_served(server: Server) -> None:
     directory = server.root / unique_name("")
     try:
         directory.mkdir()
-        assert_error_page(request(server, "GET", f"/{directory.name}/"), 404)
+        listed = request(server, "GET", f"/{directory.name}/")
+        assert listed.status == 200
+        assert b"index.html" not in listed.body  # an empty listing
         (directory / "index.html").write_text("<p>new</p>\n")
         assert request(server, "GET", f"/{directory.name}/").body == as_served(b"<p>new</p>\n")
         redirect = request(server, "GET", f"/{directory.name}")

@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ class Config:
     watch: tuple[Path, ...] = ()
     ignore: tuple[str, ...] = ()
     poll: bool = False
+    # Production-like behaviour (issue "preview what production will serve").
+    spa: str | None = None  # the SPA fallback file, relative to the root
+    clean_urls: bool = True
+    listing: bool = True
+    rules: bool = True  # _redirects and _headers
+    base: str = "/"
+    cors: bool = False
+    header: tuple[tuple[str, str], ...] = ()
+    proxy: tuple[str, ...] = ()
+    allowed_host: tuple[str, ...] = ()
     # URL path to open in the default browser once serving; None: don't.
     open: str | None = None
     # Print a QR code of the network URL under the banner.
@@ -273,6 +284,87 @@ class UrlPath(Kind):
         return str(super().from_toml(value))
 
 
+# RFC 9110 §5.1 token, and a field value without controls (RFC 9110 §5.5).
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Header fields sitepeek frames itself: a user value would corrupt the response.
+_FRAMING_FIELDS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+     "trailer", "proxy-connection"}
+)
+
+
+@dataclass(frozen=True)
+class HeaderLine(Kind):
+    """A response header field, "Name: value"."""
+
+    metavar: str = "'NAME: VALUE'"
+
+    def parse(self, text: str) -> tuple[str, str]:
+        name, colon, value = text.partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"{text!r} is not a header field: write 'Name: value'")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"{text!r} has a control character in its value")
+        if name.lower() in _FRAMING_FIELDS:
+            raise ValueError(f"{name} is set by sitepeek itself and cannot be added")
+        return name, value
+
+    def to_toml(self, value: Any) -> str:
+        return json.dumps(f"{value[0]}: {value[1]}")
+
+
+@dataclass(frozen=True)
+class ProxySpec(Kind):
+    """PREFIX=URL, such as /api=http://127.0.0.1:8000."""
+
+    metavar: str = "PREFIX=URL"
+
+    def parse(self, text: str) -> str:
+        from sitepeek.proxy import parse_route  # validation only; stdlib-only module
+
+        parse_route(text)  # raises ValueError naming the problem
+        return text
+
+
+@dataclass(frozen=True)
+class BasePath(Kind):
+    """The sub-path a site is built for, normalised to "/repo/"."""
+
+    metavar: str = "PATH"
+
+    def parse(self, text: str) -> str:
+        from sitepeek.resolver import normalise_base
+
+        return normalise_base(text)
+
+
+@dataclass(frozen=True)
+class SiteFile(Kind):
+    """A file in the site, named relative to its root (``index.html``)."""
+
+    metavar: str = "[FILE]"
+
+    def parse(self, text: str) -> str:
+        name = text.strip().lstrip("/")
+        parts = name.split("/")
+        if not name or any(part in ("", ".", "..") for part in parts) or "\x00" in name:
+            raise ValueError(f"{text!r} is not a file name inside the site")
+        return name
+
+    def from_env(self, text: str) -> str | None:
+        word = text.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return "index.html" if word in _TRUE else None
+        return self.parse(text)
+
+    def from_toml(self, value: object) -> str | None:
+        if isinstance(value, bool):
+            return "index.html" if value else None
+        return str(super().from_toml(value))
+
+
 def _toml_type(value: object) -> str:
     """How a TOML value reads in an error message: its type, and the value if short."""
     if isinstance(value, dict):
@@ -412,6 +504,72 @@ OPTIONS: tuple[Option, ...] = (
         Switch(),
         False,
         "Poll for changes instead of OS events (Docker, WSL, network drives).",
+    ),
+    Option(
+        "spa",
+        SiteFile(),
+        None,
+        "Single-page app: answer HTML requests for unknown extension-less paths with FILE "
+        "(status 200), as Netlify's /* /index.html 200 does.",
+        bare_value="index.html",
+        default_text="off",
+    ),
+    Option(
+        "clean_urls",
+        Switch(),
+        True,
+        "Serve /about from about.html when no about file or directory exists.",
+        negatable=True,
+    ),
+    Option(
+        "listing",
+        Switch(),
+        True,
+        "List the files of a directory that has no index.html.",
+        negatable=True,
+    ),
+    Option(
+        "rules",
+        Switch(),
+        True,
+        "Apply the site's _redirects and _headers files (Netlify/Cloudflare Pages format).",
+        negatable=True,
+    ),
+    Option(
+        "base",
+        BasePath(),
+        "/",
+        "Serve the site under this sub-path, as GitHub Pages project sites are (/repo/).",
+    ),
+    Option(
+        "cors",
+        Switch(),
+        False,
+        "Allow cross-origin GET/HEAD from any origin (Access-Control-Allow-Origin: *, "
+        "OPTIONS preflight; no credentials).",
+    ),
+    Option(
+        "header",
+        HeaderLine(),
+        (),
+        "Add a header field to every response (repeatable).",
+        multiple=True,
+    ),
+    Option(
+        "proxy",
+        ProxySpec(),
+        (),
+        "Forward requests under PREFIX to a local backend, e.g. /api=http://127.0.0.1:3000 "
+        "(repeatable).",
+        multiple=True,
+    ),
+    Option(
+        "allowed_host",
+        Text("NAME"),
+        (),
+        "Also answer requests for this Host name when bound to loopback (repeatable; "
+        "*.example.test allowed). Other names get 421: DNS rebinding protection.",
+        multiple=True,
     ),
     Option(
         "open",

@@ -21,12 +21,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sitepeek import __version__, compression, entities, inject, livereload, websocket
+from sitepeek import (
+    __version__,
+    compression,
+    entities,
+    inject,
+    listing,
+    livereload,
+    proxy,
+    websocket,
+)
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 from sitepeek.entities import Entity
-from sitepeek.http11 import ProtocolError, Request, RequestParser, is_known_method, reason_phrase
+from sitepeek.hosts import HostPolicy
+from sitepeek.http11 import (
+    DEFAULT_LIMITS,
+    ProtocolError,
+    Request,
+    RequestParser,
+    is_known_method,
+    reason_phrase,
+)
 from sitepeek.http11 import response_head as _response_head
+from sitepeek.log import io_scheduler, make_request_log
 from sitepeek.representation import (
     ByteRange,
     Precondition,
@@ -34,7 +52,19 @@ from sitepeek.representation import (
     evaluate_range,
     http_date,
 )
-from sitepeek.resolver import BadPath, File, Forbidden, Redirect, Resolver
+from sitepeek.resolver import (
+    BadPath,
+    File,
+    Forbidden,
+    Listing,
+    NotFound,
+    Redirect,
+    Resolution,
+    Resolver,
+    spa_eligible,
+    strip_base,
+)
+from sitepeek.rules import RuleMatch, RuleSet, RulesFile
 from sitepeek.workers.base import Io
 
 SERVER = f"sitepeek/{__version__}"
@@ -49,6 +79,14 @@ INLINE_COMPRESSION = 256 * 1024
 # Codings we can serve: produced on the fly (compression.AVAILABLE) or from a
 # precompressed sidecar file; server preference order.
 _KNOWN_CODINGS = ("br", "zstd", "gzip")
+# A proxied request body is streamed to the backend, never stored: allow uploads.
+PROXY_BODY_LIMIT = 1 << 40
+# The rules files configure the server; like Netlify and Cloudflare, never serve them.
+_RULE_FILES = frozenset({"/_redirects", "/_headers"})
+_MISDIRECTED = (
+    "This server answers to localhost names only (DNS rebinding protection). "
+    "To use another name, start sitepeek with --allowed-host NAME."
+)
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 256 * 1024
 
@@ -75,6 +113,9 @@ class _Connection:
     expired: bool = False
     status: int = 0  # of the response being sent (for the request log)
     sent: int = 0
+    extra: bytes = b""  # header lines added to this response (_headers, --header, CORS)
+    parser: RequestParser | None = None
+    peer: object = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
@@ -121,7 +162,17 @@ class Handler:
     def __init__(self, config: Config, io: Io, feed: ChangeFeed | None = None) -> None:
         self._config = config
         self._io = io
-        self._resolver = Resolver(config.root)
+        self._resolver = Resolver(config.root, clean_urls=config.clean_urls, listing=config.listing)
+        self._hosts = HostPolicy(config.host, config.allowed_host)
+        self._routes = tuple(proxy.parse_route(spec) for spec in config.proxy)
+        self._base = config.base
+        self._rules = RulesFile(config.root) if config.rules else None
+        self._rules_seen: RuleSet | None = None
+        static = list(config.header)
+        if config.cors:
+            static.append(("Access-Control-Allow-Origin", "*"))
+        self._static_extra = _header_bytes(static)
+        self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         self._dates = _DateCache()
         self._entities = entities.EntityCache()
         self._variants = compression.VariantCache()
@@ -184,8 +235,10 @@ class Handler:
         return True
 
     def close(self) -> None:
-        """Release what outlives connections (spooled compressed files)."""
+        """Release what outlives connections (spooled compressed files, the log)."""
         self._variants.close()
+        if self._log is not None:
+            self._log.close()
 
     @property
     def active_connections(self) -> int:
@@ -194,7 +247,7 @@ class Handler:
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes; never raises."""
-        conn = _Connection(sock, idle_since=time.monotonic())
+        conn = _Connection(sock, idle_since=time.monotonic(), peer=peer)
         with self._lock:
             self._connections.add(conn)
         linger = False
@@ -218,7 +271,7 @@ class Handler:
 
     def _serve_requests(self, conn: _Connection) -> bool:
         """Answer requests until the connection should close; True to linger."""
-        parser = RequestParser()
+        parser = conn.parser = RequestParser(body_limit=self._body_limit)
         while True:
             try:
                 request = self._read_request(conn, parser)
@@ -241,9 +294,14 @@ class Handler:
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
             conn.status = conn.sent = 0
-            conn.deadline = time.monotonic() + self._config.send_timeout
+            started = time.monotonic()
+            conn.deadline = started + self._config.send_timeout
             keep_alive = self._respond(conn, request)
-            conn.idle_since = time.monotonic()
+            conn.idle_since = now = time.monotonic()
+            if self._log is not None:
+                self._log.record(
+                    request.method, request.target, conn.status, conn.sent, now - started
+                )
             if not keep_alive or self.stopping:
                 return not keep_alive
 
@@ -289,6 +347,12 @@ class Handler:
                 raise TimeoutError
             parser.feed(data)
 
+    def _body_limit(self, path: str) -> int:
+        """Proxied requests may carry large bodies; ours are only ever discarded."""
+        if self._routes and proxy.match(self._routes, path) is not None:
+            return PROXY_BODY_LIMIT
+        return DEFAULT_LIMITS.max_body
+
     def _reap(self) -> None:
         """Enforce connection deadlines: one periodic sweep instead of a timer per call.
 
@@ -301,9 +365,7 @@ class Handler:
         while not self._reaper_stop.wait(interval):
             now = time.monotonic()
             with self._lock:
-                expired = [
-                    c for c in self._connections if c.deadline and now > c.deadline
-                ]
+                expired = [c for c in self._connections if c.deadline and now > c.deadline]
             for conn in expired:
                 if conn.expired:
                     continue
@@ -316,35 +378,166 @@ class Handler:
     def _respond(self, out: _Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
+        out.extra = self._static_extra
+        host = request.headers.get("host")
+        if host is not None and not self._hosts.allows(host):
+            # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends
+            # "Host: evil.example". Answer as the host this server is not.
+            return self._send_error(out, request, 421, _MISDIRECTED, False)
+        path = request.path
+        if self._routes:
+            route = proxy.match(self._routes, path)
+            if route is not None and out.parser is not None:
+                return (
+                    proxy.forward(out.sock, request, out.parser, route, self._io, out.peer)
+                    and not self.stopping
+                )
         if request.has_body and request.expects_continue:
             # We answer without reading the body the client holds back (RFC 9110
             # §10.1.1), so the connection cannot be reused.
             keep_alive = False
-        method = request.method
-        if method not in ("GET", "HEAD"):
-            return self._respond_other_method(out, request, keep_alive)
         try:
-            if request.path.startswith(livereload.PREFIX):
+            if path.startswith(livereload.PREFIX):
+                if request.method not in ("GET", "HEAD"):
+                    return self._respond_other_method(out, request, keep_alive)
                 return self._respond_internal(out, request, keep_alive)
-            if self._broadcaster is not None and _may_be_html(request.path):
+            site_path = path
+            if self._base != "/":
+                inner = strip_base(path, self._base)
+                if inner is None:
+                    return self._outside_base(out, request, keep_alive)
+                site_path = inner
+            if self._rules is not None:
+                rules = self._current_rules()
+                headers = rules.headers_for(site_path)
+                if headers:
+                    out.extra += _header_bytes(headers)
+            if request.method not in ("GET", "HEAD"):
+                return self._respond_other_method(out, request, keep_alive)
+            if self._broadcaster is not None and _may_be_html(site_path):
                 # A burst of changes is being written: wait (bounded) for it to settle,
                 # so a page never shows a half-written build.
                 self._broadcaster.wait_until_settled()
-            resolution = self._resolver.resolve(request.path, request.query)
-            if isinstance(resolution, File):
-                return self._send_file(out, request, resolution, keep_alive)
-            if isinstance(resolution, Redirect):
-                return self._send_redirect(out, request, resolution, keep_alive)
-            if isinstance(resolution, Forbidden):
-                return self._send_error(out, request, 403, "Forbidden", keep_alive)
-            if isinstance(resolution, BadPath):
-                return self._send_error(out, request, 400, resolution.reason, keep_alive)
-            return self._send_error(out, request, 404, "Not Found", keep_alive)
+            return self._respond_site(out, request, site_path, keep_alive)
         except (OSError, _CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(out, request, 500, "Internal Server Error", False)
+
+    def _respond_site(self, out: _Connection, request: Request, path: str, keep: bool) -> bool:
+        """GET/HEAD for a path of the site (below the base path)."""
+        if self._rules is not None and path in _RULE_FILES:
+            return self._send_error(out, request, 404, "Not Found", keep)
+        resolved: list[Resolution] = []
+
+        def resolution() -> Resolution:
+            if not resolved:
+                resolved.append(self._resolver.resolve(path, request.query))
+            return resolved[0]
+
+        if self._rules is not None:
+            match = self._current_rules().match_redirect(
+                path,
+                request.query,
+                file_exists=lambda: not isinstance(resolution(), NotFound | BadPath),
+            )
+            if match is not None:
+                return self._apply_rule(out, request, match, keep)
+        found = resolution()
+        if isinstance(found, NotFound):
+            return self._not_found(out, request, path, keep)
+        return self._send_resolution(out, request, found, keep)
+
+    def _send_resolution(
+        self, out: _Connection, request: Request, found: Resolution, keep: bool, status: int = 200
+    ) -> bool:
+        if isinstance(found, File):
+            return self._send_file(out, request, found, keep, status)
+        if isinstance(found, Redirect):
+            location = self._site_url(found.location)
+            return self._send_location(out, request, found.status, location, keep)
+        if isinstance(found, Listing):
+            return self._send_listing(out, request, found, keep)
+        if isinstance(found, Forbidden):
+            return self._send_error(out, request, 403, "Forbidden", keep)
+        if isinstance(found, BadPath):
+            return self._send_error(out, request, 400, found.reason, keep)
+        return self._send_error(out, request, 404, "Not Found", keep)
+
+    def _not_found(self, out: _Connection, request: Request, path: str, keep: bool) -> bool:
+        """SPA fallback, then the site's own 404.html, then ours."""
+        if self._config.spa is not None and spa_eligible(
+            path, request.method, request.header("accept", "*/*")
+        ):
+            app = self._resolver.resolve_file(self._config.spa)
+            if app is not None:
+                return self._send_file(out, request, app, keep)
+        page = self._resolver.resolve_file("404.html")
+        if page is not None:
+            return self._send_file(out, request, page, keep, status=404)
+        return self._send_error(out, request, 404, "Not Found", keep)
+
+    def _apply_rule(self, out: _Connection, request: Request, match: RuleMatch, keep: bool) -> bool:
+        """A _redirects rule: redirect, rewrite (200) or custom 404."""
+        if match.is_redirect:
+            target = match.target
+            if target.startswith("/"):
+                target = self._site_url(target)
+            return self._send_location(out, request, match.status, target, keep)
+        target_path, _, _ = match.target.partition("?")
+        found = self._resolver.resolve(target_path)
+        if isinstance(found, Redirect) and match.status == 200:
+            # A rewrite to a directory without its slash: serve its index instead.
+            found = self._resolver.resolve(target_path.rstrip("/") + "/")
+        if isinstance(found, File | Listing):
+            return self._send_resolution(out, request, found, keep, match.status)
+        return self._not_found(out, request, target_path, keep)
+
+    def _outside_base(self, out: _Connection, request: Request, keep: bool) -> bool:
+        """With --base /repo/: "/" and "/repo" redirect to "/repo/"; the rest is 404."""
+        if request.path in ("/", self._base[:-1]):
+            location = self._base + (f"?{request.query}" if request.query else "")
+            return self._send_location(out, request, 302, location, keep)
+        return self._send_error(
+            out, request, 404, f"Not Found: this site is served under {self._base}", keep
+        )
+
+    def _site_url(self, location: str) -> str:
+        """A path of the site as a URL path of this server (under the base path)."""
+        return self._base[:-1] + location if self._base != "/" else location
+
+    def _current_rules(self) -> RuleSet:
+        assert self._rules is not None
+        rules = self._rules.current()
+        if rules is not self._rules_seen:
+            self._rules_seen = rules
+            for warning in rules.warnings:
+                print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
+        return rules
+
+    def _send_listing(self, out: _Connection, request: Request, found: Listing, keep: bool) -> bool:
+        entries = listing.scan(found.fs_path, self._resolver.root)
+        if entries is None:
+            return self._send_error(out, request, 403, "Forbidden", keep)
+        url_path = self._site_url(found.url_path)
+        if listing.wants_json(request.header("accept")):
+            body = listing.render_json(url_path, entries)
+            ctype = "application/json"
+        else:
+            body = listing.render_html(url_path, entries)
+            if self._snippet is not None:
+                body = inject.inject(body, self._snippet)
+            ctype = "text/html; charset=utf-8"
+        headers = self._base_headers(keep, request)
+        headers += [
+            ("Content-Type", ctype),
+            ("Cache-Control", "no-cache"),
+            ("Vary", "Accept"),
+            ("Content-Length", str(len(body))),
+        ]
+        self._send(out, request, 200, headers, body)
+        return keep
 
     def _respond_internal(self, out: _Connection, request: Request, keep: bool) -> bool:
         """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
@@ -394,7 +587,15 @@ class Handler:
         if request.method == "OPTIONS":
             headers = self._base_headers(keep, request)
             headers.append(("Allow", ALLOW))  # RFC 9110 §8.6: no Content-Length in a 204
-            out.sendall(_response_head(204, headers))
+            if self._config.cors and "access-control-request-method" in request.headers:
+                # A CORS preflight (Fetch standard §3.2.2): GET and HEAD only, any
+                # origin, the request headers the page asked for, no credentials.
+                headers.append(("Access-Control-Allow-Methods", ALLOW))
+                asked = request.header("access-control-request-headers")
+                if asked:
+                    headers.append(("Access-Control-Allow-Headers", asked))
+                headers.append(("Access-Control-Max-Age", "600"))
+            self._send(out, request, 204, headers, b"")
             return keep
         if is_known_method(request.method):
             return self._send_error(
@@ -410,10 +611,16 @@ class Handler:
             headers.append(("Connection", "keep-alive"))
         return headers
 
-    def _send_file(self, out: _Connection, request: Request, file: File, keep: bool) -> bool:
+    def _send_file(
+        self, out: _Connection, request: Request, file: File, keep: bool, status: int = 200
+    ) -> bool:
+        """Send a file: as the resource itself (200/206/304), or as the body of another
+        status (a custom 404 page), which takes no conditionals, ranges or coding."""
         if file.stat is not None:
             cached = self._entities.get(file.fs_path, file.stat)
             if cached is not None:
+                if status != 200:
+                    return self._send_page(out, request, cached, -1, keep, status)
                 return self._send_entity(out, request, cached, -1, keep, file.fs_path)
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
@@ -441,6 +648,8 @@ class Handler:
                     [("Retry-After", "1")],
                 )
             self._entities.put(file.fs_path, entity)
+            if status != 200:
+                return self._send_page(out, request, entity, fd, keep, status)
             return self._send_entity(out, request, entity, fd, keep, file.fs_path)
         finally:
             os.close(fd)
@@ -451,6 +660,32 @@ class Handler:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return self._send_error(out, request, 403, "Forbidden", keep)
         return self._send_error(out, request, 404, "Not Found", keep)
+
+    def _send_page(
+        self, out: _Connection, request: Request, entity: Entity, fd: int, keep: bool, status: int
+    ) -> bool:
+        head = b"".join(
+            (
+                f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode(),
+                self._prefix(out, keep, request.version),
+                b"Content-Type: %s\r\nCache-Control: no-cache\r\n"
+                % entity.content_type.encode("latin-1"),
+                b"Content-Length: %d\r\n\r\n" % entity.size,
+            )
+        )
+        if request.method == "HEAD":
+            out.sendall(head)
+        elif entity.body is not None:
+            out.sendall(head + entity.body)
+        else:
+            out.sendall(head)
+            self._sendfile(out, fd, 0, entity.size)
+        return keep
+
+    def _prefix(self, out: _Connection, keep: bool, version: str) -> bytes:
+        """Date, Server, Connection and this request's extra header lines."""
+        prefix = self._dates.prefix(keep, version)
+        return prefix + out.extra if out.extra else prefix
 
     def _send_entity(
         self,
@@ -535,7 +770,7 @@ class Handler:
         if precondition is Precondition.NOT_MODIFIED:
             out.sendall(
                 b"HTTP/1.1 304 Not Modified\r\n"
-                + self._dates.prefix(keep, request.version)
+                + self._prefix(out, keep, request.version)
                 + fields[1]
                 + b"Content-Length: %d\r\n\r\n" % variant.size
             )
@@ -545,7 +780,7 @@ class Handler:
         head = b"".join(
             (
                 b"HTTP/1.1 200 OK\r\n",
-                self._dates.prefix(keep, request.version),
+                self._prefix(out, keep, request.version),
                 fields[0],
                 b"Content-Length: %d\r\n\r\n" % variant.size,
             )
@@ -572,7 +807,7 @@ class Handler:
             # §8.6 allows the Content-Length the 200 would have had.
             out.sendall(
                 b"HTTP/1.1 304 Not Modified\r\n"
-                + self._dates.prefix(keep, request.version)
+                + self._prefix(out, keep, request.version)
                 + entity.validator_fields
                 + b"Content-Length: %d\r\n\r\n" % size
             )
@@ -602,7 +837,7 @@ class Handler:
         head = b"".join(
             (
                 status_line,
-                self._dates.prefix(keep, request.version),
+                self._prefix(out, keep, request.version),
                 entity.fields,
                 extra,
                 b"Content-Length: %d\r\n\r\n" % length,
@@ -641,10 +876,9 @@ class Handler:
             offset += sent
             count -= sent
 
-    def _send_redirect(
-        self, out: _Connection, request: Request, redirect: Redirect, keep: bool
+    def _send_location(
+        self, out: _Connection, request: Request, status: int, location: str, keep: bool
     ) -> bool:
-        location = redirect.location
         escaped = html.escape(location, quote=True)
         body = (
             f'<!doctype html><meta charset="utf-8"><title>Moved</title>'
@@ -656,7 +890,7 @@ class Handler:
             ("Content-Type", "text/html; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        self._send(out, request, redirect.status, headers, body)
+        self._send(out, request, status, headers, body)
         return keep
 
     def _send_error(
@@ -686,6 +920,8 @@ class Handler:
         out: _Connection, request: Request | None, status: int, headers: Headers, body: bytes
     ) -> None:
         head = _response_head(status, headers)
+        if out.extra:
+            head = head[:-2] + out.extra + b"\r\n"
         if request is not None and request.method == "HEAD":
             out.sendall(head)
         else:
@@ -706,6 +942,10 @@ class Handler:
                 drained += len(data)
         except OSError:
             pass
+
+
+def _header_bytes(headers: Sequence[tuple[str, str]]) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
 
 
 def _inline(work: Callable[[], T]) -> T:
