@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import html
 import os
 import socket
@@ -114,12 +115,16 @@ class _Connection:
     status: int = 0  # of the response being sent (for the request log)
     sent: int = 0
     extra: bytes = b""  # header lines added to this response (_headers, --header, CORS)
+    # Their lowercase names: they replace sitepeek's own fields of the same name.
+    overrides: frozenset[str] = frozenset()
     parser: RequestParser | None = None
     peer: object = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
             self.status = int(data[9:12])  # "HTTP/1.1 200 ..."
+            if self.overrides:
+                data = _without_overridden(data, self.overrides)
         self.sent += len(data)
         self.sock.sendall(data)
 
@@ -159,8 +164,18 @@ class _DateCache:
 class Handler:
     """Serves the HTTP/1.1 connections of one process, whatever the worker model."""
 
-    def __init__(self, config: Config, io: Io, feed: ChangeFeed | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        io: Io,
+        feed: ChangeFeed | None = None,
+        claim: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``claim(key)`` is True for the first caller of a key across the server's
+        processes: a notice (a malformed _redirects line) is printed once, not once
+        per worker."""
         self._config = config
+        self._claim = claim or _claim_in_process()
         self._io = io
         self._resolver = Resolver(config.root, clean_urls=config.clean_urls, listing=config.listing)
         self._hosts = HostPolicy(config.host, config.allowed_host)
@@ -171,7 +186,9 @@ class Handler:
         static = list(config.header)
         if config.cors:
             static.append(("Access-Control-Allow-Origin", "*"))
+        self._static_headers = tuple(static)
         self._static_extra = _header_bytes(static)
+        self._static_overrides = _overridable(static)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         self._dates = _DateCache()
         self._entities = entities.EntityCache()
@@ -379,6 +396,7 @@ class Handler:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
         out.extra = self._static_extra
+        out.overrides = self._static_overrides
         host = request.headers.get("host")
         if host is not None and not self._hosts.allows(host):
             # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends
@@ -388,10 +406,16 @@ class Handler:
         if self._routes:
             route = proxy.match(self._routes, path)
             if route is not None and out.parser is not None:
-                return (
-                    proxy.forward(out.sock, request, out.parser, route, self._io, out.peer)
-                    and not self.stopping
+                keep = proxy.forward(
+                    out.sock,
+                    request,
+                    out.parser,
+                    route,
+                    self._io,
+                    out.peer,
+                    extra_headers=self._static_headers,
                 )
+                return keep and not self.stopping
         if request.has_body and request.expects_continue:
             # We answer without reading the body the client holds back (RFC 9110
             # §10.1.1), so the connection cannot be reused.
@@ -412,6 +436,7 @@ class Handler:
                 headers = rules.headers_for(site_path)
                 if headers:
                     out.extra += _header_bytes(headers)
+                    out.overrides = out.overrides | _overridable(headers)
             if request.method not in ("GET", "HEAD"):
                 return self._respond_other_method(out, request, keep_alive)
             if self._broadcaster is not None and _may_be_html(site_path):
@@ -512,8 +537,9 @@ class Handler:
         rules = self._rules.current()
         if rules is not self._rules_seen:
             self._rules_seen = rules
-            for warning in rules.warnings:
-                print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
+            if rules.warnings and self._claim(_rules_version(self._config.root, rules)):
+                for warning in rules.warnings:
+                    print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
         return rules
 
     def _send_listing(self, out: _Connection, request: Request, found: Listing, keep: bool) -> bool:
@@ -919,6 +945,12 @@ class Handler:
     def _send(
         out: _Connection, request: Request | None, status: int, headers: Headers, body: bytes
     ) -> None:
+        if out.overrides:
+            headers = [
+                (n, v)
+                for n, v in headers
+                if n.lower() not in out.overrides or n in ("Date", "Server", "Content-Length")
+            ]
         head = _response_head(status, headers)
         if out.extra:
             head = head[:-2] + out.extra + b"\r\n"
@@ -942,6 +974,58 @@ class Handler:
                 drained += len(data)
         except OSError:
             pass
+
+
+def _without_overridden(data: bytes, names: frozenset[str]) -> bytes:
+    """Drop the later of two fields named in ``names`` from the head in ``data``.
+
+    The extra fields (_headers, --header) are placed right after Date/Server/Connection,
+    before sitepeek's own Content-Type, Cache-Control and the rest: keeping the first
+    of each name lets them replace ours, as Cloudflare Pages does.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data
+    lines = data[:end].split(b"\r\n")
+    seen: set[str] = set()
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = line.partition(b":")[0].decode("latin-1").lower()
+        if name in names:
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(line)
+    return b"\r\n".join(kept) + data[end:]
+
+
+def _claim_in_process() -> Callable[[str], bool]:
+    claimed: set[str] = set()
+
+    def claim(key: str) -> bool:
+        first = key not in claimed
+        claimed.add(key)
+        return first
+
+    return claim
+
+
+def _rules_version(root: object, rules: RuleSet) -> str:
+    """Identifies one version of the rules files' warnings (what is reported once)."""
+    stamps = []
+    for name in ("_redirects", "_headers"):
+        try:
+            st = os.stat(os.path.join(str(root), name))
+            stamps.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            stamps.append("-")
+    text = "\n".join((*stamps, *rules.warnings))
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _overridable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """Names of added fields that replace ours; Set-Cookie may repeat (RFC 6265 §3)."""
+    return frozenset(name.lower() for name, _ in headers) - {"set-cookie"}
 
 
 def _header_bytes(headers: Sequence[tuple[str, str]]) -> bytes:

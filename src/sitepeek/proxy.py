@@ -231,6 +231,7 @@ def forward(
     connect_timeout: float = 5.0,
     read_timeout: float = 60.0,
     tunnel_timeout: float | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> bool:
     """Forward ``request`` (just returned by ``parser``) to ``route``'s backend.
 
@@ -240,9 +241,13 @@ def forward(
     client, while its body is read); ``tunnel_timeout`` the idle time of a WebSocket
     tunnel (None: until either side closes). Returns whether the client connection
     can be kept alive; never raises for network trouble on either side.
+    ``extra_headers`` (--header, --cors) go on every final response, the backend's
+    and our failure pages alike, replacing the backend's fields of the same name.
     """
     timeouts = _Timeouts(connect_timeout, read_timeout, tunnel_timeout)
-    return _Exchange(sock, request, parser, route, io, peer, timeouts).run()
+    exchange = _Exchange(sock, request, parser, route, io, peer, timeouts)
+    exchange.extra = tuple(extra_headers)
+    return exchange.run()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +284,7 @@ class _Exchange:
         self.body_done = not request.has_body
         self.head_queued = False  # the final response head is ready to go to the client
         self.committed = False  # ... and has gone: a failure can no longer be a page
+        self.extra: tuple[tuple[str, str], ...] = ()
 
     # -- the whole exchange ------------------------------------------------------------
     def run(self) -> bool:
@@ -535,10 +541,13 @@ class _Exchange:
     def _client_head(self, head: ResponseHead, *, chunked: bool, keep_alive: bool) -> bytes:
         status = head.status
         drop = HOP_BY_HOP | {"content-length"} | _tokens(head.header("connection"))
+        extra = self.extra if status >= 200 and status != 101 else ()
+        drop |= {name.lower() for name, _ in extra}
         lines = [f"HTTP/1.1 {status} {head.reason or reason_phrase(status)}\r\n"]
         lines += [
             f"{name}: {value}\r\n" for name, value in head.headers if name.lower() not in drop
         ]
+        lines += [f"{name}: {value}\r\n" for name, value in extra]
         length = _response_length(head)
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
@@ -601,6 +610,9 @@ class _Exchange:
             ("Cache-Control", "no-store"),
             ("Content-Length", str(len(body))),
         ]
+        names = {name.lower() for name, _ in self.extra}
+        headers = [(n, v) for n, v in headers if n.lower() not in names or n == "Content-Length"]
+        headers += self.extra
         if not keep_alive:
             headers.append(("Connection", "close"))
         elif self.request.version == "1.0":

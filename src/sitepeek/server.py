@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, TextIO
@@ -44,8 +47,18 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
     handlers: list[Handler] = []
     reloads = 0
 
+    def claim(key: str) -> bool:
+        """First across every process of this server (O_EXCL is atomic)?"""
+        try:
+            os.close(os.open(os.path.join(notices, key), os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True  # better a repeated notice than a lost one
+        return True
+
     def make_handler(io: Io) -> ConnectionHandler:
-        handler = Handler(config, io, feed)
+        handler = Handler(config, io, feed, claim)
         handlers.append(handler)
         return handler
 
@@ -67,6 +80,8 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
             path = urllib.parse.quote(config.open.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
             console.open_browser(url_for(config.host, port) + path)
 
+    # Where worker processes agree on what was already reported (see ``claim``).
+    notices = tempfile.mkdtemp(prefix="sitepeek-notices-")
     try:
         model.run(listener, ready=ready)
     finally:
@@ -76,6 +91,7 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
             signal.signal(signum, signal.SIG_IGN)
         if watcher is not None:
             watcher.stop()
+        shutil.rmtree(notices, ignore_errors=True)
     requests = sum(handler.requests for handler in handlers) if handlers else None
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
 
