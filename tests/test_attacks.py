@@ -44,6 +44,8 @@ TIMEOUT = 5.0
 HEADER_TIMEOUT = 1.0  # the hostile server's --header-timeout and --keepalive-timeout
 SMALL = b"0123456789" * 100
 WS_PATH = "/__sitepeek__/ws"
+# RFC 3986 pchar characters a server may leave unencoded in a path segment.
+PCHAR = "!$&'()*+,;=:@-._~"
 # Bytes that only files the attacks must never reach contain.
 SECRETS = (b"outside\n", b"[core]", b"hidden\n", b"root:x:0:0")
 
@@ -54,7 +56,7 @@ def build_hostile_site(root: Path) -> Path:
     build_site(root)
     outside = root.parent / (root.name + "-outside")
     # Directories whose names carry what a Location header must never carry raw.
-    for name in ("cr\r\nSet-Cookie: injected=1", "ff\x0cdir", "tab\tdir", "nul-free\x7fdel"):
+    for name in ("cr\r\nSet-Cookie: injected=1", "ff\x0cdir", "tab\tdir", "del\x7fdir"):
         (root / name).mkdir()
     # "/\t/evil.com" and "/\n/evil.com": browsers drop tabs and newlines from URLs
     # (WHATWG URL), so a raw one in a Location would turn it into "//evil.com".
@@ -120,9 +122,8 @@ def _no_tracebacks(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     for name in ("server", "hostile"):
         if name in request.fixturenames:
-            srv = request.getfixturevalue(name)
-            time.sleep(0.01)  # let the stderr pump catch up
-            assert_quiet(srv)
+            # (A line still in the pipe is caught by the fixture's own teardown.)
+            assert_quiet(request.getfixturevalue(name))
 
 
 # -- wire helpers ------------------------------------------------------------------------
@@ -293,7 +294,7 @@ def test_double_slash_targets_do_reach_a_directory_redirect(server: Server) -> N
         ("cr\r\nSet-Cookie: injected=1", ""),
         ("ff\x0cdir", ""),
         ("tab\tdir", ""),
-        ("nul-free\x7fdel", ""),
+        ("del\x7fdir", ""),
         ("\t", "/evil.com"),
         ("\n", "/evil.com"),
         ("\x0c", "/evil.com"),
@@ -301,7 +302,7 @@ def test_double_slash_targets_do_reach_a_directory_redirect(server: Server) -> N
     ids=["crlf", "form-feed", "tab", "del", "tab-slash", "lf-slash", "ff-slash"],
 )
 def test_control_characters_never_reach_a_location(hostile: Server, name: str, rest: str) -> None:
-    target = "/" + quote(name, safe="") + rest
+    target = "/" + quote(name, safe=PCHAR) + rest
     response = get(hostile, target)
     assert response.status == 301, (target, response.status)
     location = response.header("location")
@@ -371,7 +372,7 @@ def test_raw_fragment_or_nul_in_the_target_is_400(server: Server, target: bytes)
         ("/.git%00/config", (400, 404)),
         ("/small.txt%23", (404,)),
         ("/.git/config%23", (404,)),
-        ("/.secret%23/..", (404,)),
+        ("/.secret%23/..", (200, 404)),  # "/.secret#/.." is "/" (index.html)
     ],
 )
 def test_encoded_fragment_or_nul_never_reaches_a_file(
@@ -426,7 +427,10 @@ TRAVERSALS = [
 @pytest.mark.parametrize("pattern", TRAVERSALS)
 def test_traversal_never_leaves_the_root(server: Server, pattern: str) -> None:
     target = pattern.format(out=server.root.name + "-outside")
-    response = one(server, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x.localhost\r\n\r\n")
+    response = one(
+        server,
+        b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x.localhost\r\nConnection: close\r\n\r\n",
+    )
     assert response.status in (400, 403, 404), (target, response.status)
     assert_nothing_leaked(response)
 
@@ -563,7 +567,7 @@ def test_listing_escapes_markup_in_file_names(hostile: Server) -> None:
     page = response.body.decode()
     for name in XSS_NAMES:
         assert html.escape(name, quote=False) in page or html.escape(name) in page, name
-    for raw in ("<img", "<svg", "<script>alert", '"><', "'><"):
+    for raw in ("<img", "<svg", "<script>alert", "onerror=alert(1)>", "onload=alert(2)>"):
         assert raw not in page, raw
     parser = _Links()
     parser.feed(page)
@@ -595,7 +599,7 @@ def test_json_listing_carries_names_exactly(hostile: Server) -> None:
 # redirect's HTML body echoed the path, so "<script>" in a URL ran in the page.
 def test_redirect_body_escapes_a_markup_directory_name(hostile: Server) -> None:
     name = '"><svg onload=alert(1)>'
-    target = "/" + quote(name, safe="")
+    target = "/" + quote(name, safe=PCHAR)
     response = get(hostile, target)
     assert response.status == 301
     location = response.header("location")
@@ -1015,7 +1019,7 @@ def test_loopback_names_are_served(server: Server, host: str) -> None:
     assert response.body == SMALL
 
 
-def _upgrade(srv: Server, host: str, origin: str | None) -> bytes:
+def _upgrade(host: str, origin: str | None) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     fields = {
         "Upgrade": "websocket",
@@ -1057,14 +1061,14 @@ def _first_response(srv: Server, data: bytes) -> tuple[int, bytes]:
 def test_websocket_from_a_foreign_origin_is_403(server: Server, origin: str | None) -> None:
     # Cross-site WebSocket hijacking: the two advisories above, for the reload socket.
     origin = origin.format(port=server.port) if origin is not None else None
-    status, raw = _first_response(server, _upgrade(server, f"127.0.0.1:{server.port}", origin))
+    status, raw = _first_response(server, _upgrade(f"127.0.0.1:{server.port}", origin))
     assert status == 403, raw[:300]
     assert b"Sec-WebSocket-Accept" not in raw
 
 
 def test_websocket_from_the_own_origin_is_accepted(server: Server) -> None:
     host = f"127.0.0.1:{server.port}"
-    status, raw = _first_response(server, _upgrade(server, host, f"http://{host}"))
+    status, raw = _first_response(server, _upgrade(host, f"http://{host}"))
     assert status == 101, raw[:300]
 
 
@@ -1075,7 +1079,7 @@ def test_websocket_through_dns_rebinding_is_refused(server: Server) -> None:
     the browser sends a matching Host and Origin. Only the Host check can refuse it.
     """
     host = f"evil.example:{server.port}"
-    status, raw = _first_response(server, _upgrade(server, host, f"http://{host}"))
+    status, raw = _first_response(server, _upgrade(host, f"http://{host}"))
     assert status in (403, 421), raw[:300]
 
 

@@ -881,7 +881,29 @@ def test_one_stat_per_file_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "stat", counting_stat)
     rules_file.current()
     rules_file.current()
-    assert sorted(calls) == sorted([str(tmp_path / "_redirects"), str(tmp_path / "_headers")] * 2)
+    # The root, and the file that exists; the missing _headers is known to be missing
+    # while the root directory is unchanged.
+    assert sorted(calls) == sorted([str(tmp_path), str(tmp_path / "_redirects")] * 2)
+
+
+def test_no_rules_files_cost_one_stat_of_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules_file = RulesFile(tmp_path)
+    rules_file.current()
+    calls: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        calls.append(os.fspath(path))
+        return real_stat(path)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    rules_file.current()
+    assert calls == [str(tmp_path)]
+    monkeypatch.undo()
+    (tmp_path / "_redirects").write_text("/a /b 302\n")  # changes the root's mtime
+    assert rules_file.current().match_redirect("/a", None) is not None
 
 
 def test_directory_named_like_a_rules_file(tmp_path: Path) -> None:

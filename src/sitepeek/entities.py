@@ -149,7 +149,7 @@ def _build(
     transformed: bool = False,
 ) -> Entity:
     size = st.st_size if body is None else len(body)
-    etag = strong_etag(st.st_size, st.st_mtime_ns, st.st_ino)
+    etag = strong_etag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if transformed:
         etag = etag[:-1] + '-r"'  # not the file's bytes: never the file's tag
     last_modified = int(st.st_mtime)

@@ -71,7 +71,8 @@ from sitepeek.workers.base import Io
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"
 RECV_SIZE = 64 * 1024
-SENDFILE_CHUNK = 1 << 30
+# sendfile() in chunks, so a file rewritten in place is noticed between them.
+SENDFILE_CHUNK = 1 << 20
 # After answering with "Connection: close", read what the client still sends for a
 # moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
 # Bodies up to this size compress inline (a few ms at most); larger ones in the worker
@@ -306,7 +307,9 @@ class Handler:
                 request.path == livereload.SOCKET_PATH
                 and self._broadcaster is not None
                 and "websocket" in request.header("upgrade").lower()
+                and self._hosts.allows(request.header("host"))
             ):
+                # (A foreign Host falls through to _respond, which answers 421.)
                 conn.deadline = 0.0
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
@@ -705,7 +708,7 @@ class Handler:
             out.sendall(head + entity.body)
         else:
             out.sendall(head)
-            self._sendfile(out, fd, 0, entity.size)
+            self._sendfile(out, fd, 0, entity.size, entity.identity)
         return keep
 
     def _prefix(self, out: _Connection, keep: bool, version: str) -> bytes:
@@ -877,22 +880,38 @@ class Handler:
             out.sendall(head + (body if length == size else body[start : start + length]))
         else:
             out.sendall(head)
-            self._sendfile(out, fd, start, length)
+            self._sendfile(out, fd, start, length, entity.identity)
         return keep
 
-    def _sendfile(self, out: _Connection, fd: int, offset: int, count: int) -> None:
+    def _sendfile(
+        self,
+        out: _Connection,
+        fd: int,
+        offset: int,
+        count: int,
+        identity: entities.Identity | None = None,
+    ) -> None:
         """Zero-copy send; the socket is non-blocking underneath in every model.
 
         The connection's deadline is lifted meanwhile: a large download may take long,
         and each wait for the client to read is bounded on its own by send_timeout.
+        With ``identity``, the file is checked between chunks (and just before the
+        last byte): a file rewritten in place mid-response closes the connection, so
+        the client never gets a complete-looking body that mixes two versions.
         """
         sock = out.sock
         fileno = sock.fileno()
         timeout = self._config.send_timeout
         out.deadline = 0.0
         while count > 0:
+            chunk = min(count, SENDFILE_CHUNK)
+            if identity is not None:
+                if entities.identity(os.fstat(fd)) != identity:
+                    raise _CloseConnection
+                if chunk == count and count > 1:
+                    chunk -= 1  # the last byte goes out after one more check
             try:
-                sent = os.sendfile(fileno, fd, offset, min(count, SENDFILE_CHUNK))
+                sent = os.sendfile(fileno, fd, offset, chunk)
             except BlockingIOError:
                 self._io.wait_writable(sock, timeout)
                 continue

@@ -276,6 +276,11 @@ class RequestParser:
             raise ProtocolError(414, "URI Too Long")
         if newline < 0:
             return
+        # The request line is complete: judge it now (an HTTP/0.9 "GET /" would
+        # otherwise wait for a header section that never comes), before the 431 check
+        # in both the complete and the partial case, so the answer does not depend on
+        # how the input was cut.
+        _parse_request_line(bytes(buf[:line_end]))
         if end is not None:
             fields_end = end - (2 if buf[end - 2] == 0x0D else 1)
         else:

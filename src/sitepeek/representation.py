@@ -235,7 +235,7 @@ def should_compress(content_type: str, size: int) -> bool:
     return size >= MIN_COMPRESS_SIZE and is_compressible(content_type)
 
 
-def strong_etag(size: int, mtime_ns: int, ino: int) -> str:
+def strong_etag(size: int, mtime_ns: int, ino: int, ctime_ns: int = 0) -> str:
     """A strong entity-tag (RFC 9110 §8.8.3) for a file's stat result.
 
     ``"<ino>-<mtime_ns>-<size>"`` in hex: it changes whenever any of the three does
@@ -246,7 +246,12 @@ def strong_etag(size: int, mtime_ns: int, ino: int) -> str:
     """
     # Hex digits and "-" are all etagc (%x21 / %x23-7E); only mtime can be negative, and
     # since it sits between the other two fields the string still decodes uniquely.
-    return f'"{ino:x}-{mtime_ns:x}-{size:x}"'
+    # ``ctime_ns`` (when given) catches a same-size rewrite whose mtime was restored
+    # (cp -p, rsync -t, touch -r): the kernel always moves ctime.
+    tag = f"{ino:x}-{mtime_ns:x}-{size:x}"
+    if ctime_ns:
+        tag += f"-{ctime_ns:x}"
+    return f'"{tag}"'
 
 
 _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # date.weekday() order

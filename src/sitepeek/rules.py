@@ -719,7 +719,8 @@ def _read(path: str, name: str) -> _Parsed:
 class RulesFile:
     """The rules of a site root, re-read when ``_redirects`` or ``_headers`` changes.
 
-    :meth:`current` costs one ``os.stat`` per file; it returns the same :class:`RuleSet`
+    :meth:`current` costs one ``os.stat`` of the root, plus one per file present; it
+    returns the same :class:`RuleSet`
     object until a file's (device, inode, mtime_ns, size, type) changes, so a caller can
     print ``warnings`` once per version by comparing identities. Safe to call from
     several threads: the state is replaced in one assignment, and a race at worst
@@ -727,14 +728,36 @@ class RulesFile:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self._redirects_path = os.path.join(os.fspath(root), REDIRECTS_FILE)
-        self._headers_path = os.path.join(os.fspath(root), HEADERS_FILE)
+        self._root = os.fspath(root)
+        self._redirects_path = os.path.join(self._root, REDIRECTS_FILE)
+        self._headers_path = os.path.join(self._root, HEADERS_FILE)
         self._loaded = _Loaded(_NO_FILE, _NO_FILE, RuleSet())
+        self._root_version: tuple[int, int] | None = None
 
     def current(self) -> RuleSet:
         loaded = self._loaded
-        redirects_version = _stat_version(self._redirects_path)
-        headers_version = _stat_version(self._headers_path)
+        # Most sites have neither file. A missing file stays missing while the root
+        # directory is unchanged (creating or renaming an entry changes its mtime), so
+        # one successful stat of the root replaces two failing ones per request.
+        try:
+            root_st = os.stat(self._root)
+            root_version: tuple[int, int] | None = (root_st.st_mtime_ns, root_st.st_ctime_ns)
+        except OSError:
+            root_version = None
+        unchanged_root = root_version is not None and root_version == self._root_version
+        self._root_version = root_version
+        if unchanged_root and loaded.redirects is _NO_FILE and loaded.headers is _NO_FILE:
+            return loaded.rules
+        redirects_version = (
+            None
+            if unchanged_root and loaded.redirects is _NO_FILE
+            else _stat_version(self._redirects_path)
+        )
+        headers_version = (
+            None
+            if unchanged_root and loaded.headers is _NO_FILE
+            else _stat_version(self._headers_path)
+        )
         if (
             redirects_version == loaded.redirects.version
             and headers_version == loaded.headers.version
