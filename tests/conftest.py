@@ -22,7 +22,8 @@ from pathlib import Path
 import h11
 import pytest
 
-from sitepeek.inject import inject, snippet_tag
+from sitepeek.inject import inject
+from sitepeek.livereload import client_tag
 
 WORKER_MODELS = ("greenlets", "threads", "processes")
 URL_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)/")
@@ -130,7 +131,7 @@ def served(path: Path) -> bytes:
 
 
 def as_served(data: bytes, html: bool = True) -> bytes:
-    return inject(data, snippet_tag()) if html else data
+    return inject(data, client_tag()) if html else data
 
 
 def build_site(root: Path) -> Path:

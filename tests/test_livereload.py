@@ -26,9 +26,9 @@ import pytest
 
 from conftest import WORKER_MODELS, H11Client, Server, request, served, start_server
 from sitepeek import __version__
-from sitepeek.livereload import client_script
+from sitepeek.livereload import client_script, client_tag
 
-TAG = b'<script src="/__sitepeek__/reload.js" data-sitepeek></script>'
+TAG = client_tag()  # <script src="/__sitepeek__/reload.js?v=…" data-sitepeek></script>
 CLIENT = "/__sitepeek__/reload.js"
 SOCKET = "/__sitepeek__/ws"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3

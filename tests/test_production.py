@@ -880,7 +880,7 @@ def test_base_internal_urls_stay_at_the_root(base_server: Server) -> None:
     assert response.status == 200
     assert "javascript" in (response.header("content-type") or "")
     page_body = request(base_server, "GET", "/repo/").body
-    assert b'src="/__sitepeek__/reload.js"' in page_body
+    assert b'src="/__sitepeek__/reload.js?v=' in page_body
 
 
 # == Directory listing ==================================================================
@@ -910,7 +910,7 @@ def test_listing_html(default_server: Server) -> None:
     assert b".dotfile" not in response.body and b".dotdir" not in response.body
     assert b"1.5 KB" in response.body
     assert re.search(rb"\d{4}-\d\d-\d\d \d\d:\d\d", response.body)
-    assert b'src="/__sitepeek__/reload.js"' in response.body
+    assert b'src="/__sitepeek__/reload.js?v=' in response.body
 
 
 def test_listing_links_work(default_server: Server) -> None:

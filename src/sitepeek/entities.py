@@ -93,13 +93,20 @@ def load(
     raise FileChanged(path)
 
 
-def from_bytes(name: str, data: bytes, compress: bool = False) -> Entity:
-    """An entity for content that is not a file (sitepeek's own assets)."""
+def from_bytes(
+    name: str, data: bytes, compress: bool = False, immutable: bool = False
+) -> Entity:
+    """An entity for content that is not a file (sitepeek's own assets).
+
+    ``immutable``: served under a URL that changes with the content, so browsers may
+    keep it for good (RFC 8246) instead of revalidating it on every page load.
+    """
     digest = hashlib.blake2b(data, digest_size=8).hexdigest()
     ctype = content_type(name)
     compressible = compress and should_compress(ctype, len(data))
     etag = f'"{digest}"'
-    fields, validator_fields = header_fields(ctype, etag, None, vary=compressible)
+    cache = _IMMUTABLE if immutable else _NO_CACHE
+    fields, validator_fields = header_fields(ctype, etag, None, compressible, None, cache)
     return Entity(
         identity=(0, 0, 0, 0, len(data)),
         size=len(data),
@@ -114,14 +121,23 @@ def from_bytes(name: str, data: bytes, compress: bool = False) -> Entity:
     )
 
 
+_NO_CACHE = "no-cache"  # dev-friendly: the browser revalidates every time
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
 def header_fields(
-    ctype: str, etag: str, last_modified: int | None, vary: bool, coding: str | None = None
+    ctype: str,
+    etag: str,
+    last_modified: int | None,
+    vary: bool,
+    coding: str | None = None,
+    cache_control: str = _NO_CACHE,
 ) -> tuple[bytes, bytes]:
     """The header lines of a 200/206 and of a 304 (RFC 9110 §15.4.5) for one variant."""
     validators = f"ETag: {etag}\r\n"
     if last_modified is not None:
         validators += f"Last-Modified: {http_date(last_modified)}\r\n"
-    validators += "Cache-Control: no-cache\r\n"
+    validators += f"Cache-Control: {cache_control}\r\n"
     if vary:
         validators += "Vary: Accept-Encoding\r\n"
     encoding = f"Content-Encoding: {coding}\r\n" if coding else ""

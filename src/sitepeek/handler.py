@@ -206,9 +206,10 @@ class Handler:
         self._client: Entity | None = None
         if config.reload:
             broadcaster = self._broadcaster = livereload.Broadcaster(io)
-            self._snippet = inject.snippet_tag()
+            script = livereload.client_script()
+            self._snippet = livereload.client_tag(script)
             self._client = entities.from_bytes(
-                livereload.CLIENT_PATH, livereload.client_script(), config.compress
+                livereload.CLIENT_PATH, script, config.compress, immutable=True
             )
             if feed is not None:
                 feed.subscribe(

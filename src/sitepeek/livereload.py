@@ -9,6 +9,7 @@ HTML requests while a burst is in flight so a reload never shows a half-written 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from sitepeek import __version__
+from sitepeek import __version__, inject
 from sitepeek.changes import ChangeEvent, Pending, Settled
 from sitepeek.websocket import (
     FrameParser,
@@ -41,6 +42,18 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 def client_script() -> bytes:
     """The browser side, shipped as package data."""
     return resources.files("sitepeek").joinpath("assets/reload.js").read_bytes()
+
+
+def client_version(script: bytes) -> str:
+    """A short digest of the client: its URL changes whenever the script does."""
+    return hashlib.blake2b(script, digest_size=6).hexdigest()
+
+
+def client_tag(script: bytes | None = None) -> bytes:
+    """The ``<script>`` element injected into HTML. Its URL is versioned, so the
+    script can be cached for good: a reload then costs no request for it."""
+    version = client_version(client_script() if script is None else script)
+    return inject.snippet_tag(f"{CLIENT_PATH}?v={version}")
 
 
 @dataclass(frozen=True, slots=True)
