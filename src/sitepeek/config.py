@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from sitepeek.http11 import FRAMING_FIELDS
+
 WorkerName = Literal["greenlets", "threads", "processes"]
 WORKER_NAMES: tuple[str, ...] = get_args(WorkerName)
 LogFormat = Literal["text", "json"]
@@ -287,11 +289,6 @@ class UrlPath(Kind):
 # RFC 9110 §5.1 token, and a field value without controls (RFC 9110 §5.5).
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Header fields sitepeek frames itself: a user value would corrupt the response.
-_FRAMING_FIELDS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
-     "trailer", "proxy-connection"}
-)
 
 
 @dataclass(frozen=True)
@@ -307,7 +304,7 @@ class HeaderLine(Kind):
             raise ValueError(f"{text!r} is not a header field: write 'Name: value'")
         if not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"{text!r} has a control character in its value")
-        if name.lower() in _FRAMING_FIELDS:
+        if name.lower() in FRAMING_FIELDS:
             raise ValueError(f"{name} is set by sitepeek itself and cannot be added")
         return name, value
 

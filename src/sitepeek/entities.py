@@ -93,9 +93,7 @@ def load(
     raise FileChanged(path)
 
 
-def from_bytes(
-    name: str, data: bytes, compress: bool = False, immutable: bool = False
-) -> Entity:
+def from_bytes(name: str, data: bytes, compress: bool = False, immutable: bool = False) -> Entity:
     """An entity for content that is not a file (sitepeek's own assets).
 
     ``immutable``: served under a URL that changes with the content, so browsers may

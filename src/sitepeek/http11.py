@@ -43,6 +43,23 @@ __all__ = [
 ]
 
 
+# Connection-specific fields (RFC 9110 §7.6.1; Proxy-Connection was never standard but
+# is still sent): they describe one hop, never a resource.
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# What the server frames itself (RFC 9112 §6): a configured header must never set them.
+FRAMING_FIELDS: frozenset[str] = HOP_BY_HOP | {"content-length"}
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol; answer with ``status`` and close the connection."""
 
@@ -471,9 +488,7 @@ _FIELD_LINES: dict[bytes, tuple[str, str]] = {}
 _FIELD_LINES_MAX = 4096
 
 
-def _parse_common_head(
-    head: bytes, max_fields: int
-) -> tuple[str, str, str, dict[str, str]] | None:
+def _parse_common_head(head: bytes, max_fields: int) -> tuple[str, str, str, dict[str, str]] | None:
     """Fast path for a well-formed CRLF head without repeated fields; None otherwise.
 
     It accepts exactly what the general path accepts (every field line passes the

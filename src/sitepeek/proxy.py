@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from sitepeek import __version__
 from sitepeek.http11 import (
+    HOP_BY_HOP,
     BadGateway,
     BodyData,
     EndOfBody,
@@ -72,18 +73,6 @@ from sitepeek.workers.base import Io
 __all__ = ["HOP_BY_HOP", "ProxyRoute", "forward", "match", "parse_route"]
 
 RECV_SIZE = 64 * 1024
-# RFC 9110 §7.6.1, plus Proxy-Connection (never standard, still sent by some clients).
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Request fields rebuilt by forward() rather than copied.
 _REBUILT = frozenset({"content-length", "expect", "x-forwarded-for"})
 _SERVER = f"sitepeek/{__version__}"

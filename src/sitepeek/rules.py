@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote_plus
 
+from sitepeek.http11 import FRAMING_FIELDS
+
 __all__ = [
     "HEADERS_FILE",
     "REDIRECTS_FILE",
@@ -76,18 +78,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # Framing (RFC 9112 §6) and connection-specific fields (RFC 9110 §7.6.1) belong to the
 # server: a rule setting them would corrupt the response.
-_SERVER_OWNED = frozenset(
-    {
-        "connection",
-        "content-length",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+_SERVER_OWNED = FRAMING_FIELDS
 # What a Location may carry unescaped; everything else is percent-encoded (RFC 3986 §2.1).
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 _PRINTABLE_NO_HASH = _PRINTABLE.replace("#", "")

@@ -8,7 +8,9 @@ whether it runs in a greenlet or an OS thread.
 
 from __future__ import annotations
 
+import errno
 import socket
+import sys
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -92,3 +94,38 @@ class WorkerModel(Protocol):
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         """Serve until SIGINT/SIGTERM; call ``ready`` once the signal handlers are set."""
+
+
+# Errors of accept() that mean "out of descriptors or memory": back off and retry.
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_MAX_BACKOFF = 1.0
+
+
+class AcceptBackoff:
+    """What an accept loop does when accept() fails: shared by every worker model.
+
+    Running out of descriptors (EMFILE/ENFILE) or memory is logged once and backed off
+    exponentially up to a second, so the loop never crashes or spins; other errors
+    (ECONNABORTED, EPROTO: that client is already gone) are simply skipped.
+    """
+
+    def __init__(self) -> None:
+        self._delay = 0.0
+        self._warned = False
+
+    def failed(self, exc: OSError) -> float | None:
+        """Seconds to sleep before accepting again, or None to just go on."""
+        if exc.errno not in _RESOURCE_ERRORS:
+            return None
+        if not self._warned:
+            print(
+                f"sitepeek: accept failed ({exc.strerror}); backing off",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._warned = True
+        self._delay = min(_MAX_BACKOFF, self._delay * 2 or 0.01)
+        return self._delay
+
+    def succeeded(self) -> None:
+        self._delay = 0.0

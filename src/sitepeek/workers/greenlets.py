@@ -6,10 +6,8 @@ handler); nothing is monkey-patched, so the threads model stays real threads.
 
 from __future__ import annotations
 
-import errno
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,13 +19,10 @@ import gevent.socket
 
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
-from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory
 
 T = TypeVar("T")
 
-# Errors of accept() that mean "out of descriptors or memory": back off and retry.
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_MAX_BACKOFF = 1.0
 _ACCEPT_BATCH = 64
 
 
@@ -127,8 +122,7 @@ def _accept_loop(
     """Accept in batches: after a connection storm the backlog drains at once."""
     hub = gevent.get_hub()
     readable = hub.loop.io(listener.fileno(), 1)  # one watcher, reused for every wait
-    backoff = 0.0
-    warned = False
+    backoff = AcceptBackoff()
     while True:
         hub.wait(readable)
         for index in range(_ACCEPT_BATCH):
@@ -147,19 +141,12 @@ def _accept_loop(
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno not in _RESOURCE_ERRORS:
-                    continue  # ECONNABORTED, EPROTO, EINTR: that client is gone
-                if not warned:
-                    print(
-                        f"sitepeek: accept failed ({exc.strerror}); backing off",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    warned = True
-                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
-                gevent.sleep(backoff)
+                delay = backoff.failed(exc)
+                if delay is None:
+                    continue
+                gevent.sleep(delay)
                 break
-            backoff = 0.0
+            backoff.succeeded()
             pool.spawn(handler.serve, gevent.socket.socket(fileno=client.detach()), peer)
 
 

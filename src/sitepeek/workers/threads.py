@@ -7,13 +7,11 @@ listen backlog (they are served as soon as a slot frees up, never dropped by us)
 
 from __future__ import annotations
 
-import errno
 import queue
 import select
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,12 +20,10 @@ from typing import TypeVar
 
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
-from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory
 
 T = TypeVar("T")
 
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_MAX_BACKOFF = 1.0
 _ACCEPT_BATCH = 64
 # Threads mostly wait on sockets; a small stack keeps 1,000 of them cheap.
 _THREAD_STACK = 512 * 1024
@@ -123,8 +119,7 @@ class ThreadWorkers:
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
-        backoff = 0.0
-        warned = False
+        backoff = AcceptBackoff()
         with selector:
             while not stopping.is_set():
                 ready = {key.fileobj for key, _ in selector.select()}
@@ -146,19 +141,12 @@ class ThreadWorkers:
                         break
                     except OSError as exc:
                         self._slots.release()
-                        if exc.errno not in _RESOURCE_ERRORS:
+                        delay = backoff.failed(exc)
+                        if delay is None:
                             continue
-                        if not warned:
-                            print(
-                                f"sitepeek: accept failed ({exc.strerror}); backing off",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                            warned = True
-                        backoff = min(_MAX_BACKOFF, backoff * 2 or 0.01)
-                        time.sleep(backoff)
+                        time.sleep(delay)
                         break
-                    backoff = 0.0
+                    backoff.succeeded()
                     client.setblocking(True)
                     self._start(handler, client, peer)
 
