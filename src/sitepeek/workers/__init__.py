@@ -16,13 +16,6 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "processes": ("sitepeek.workers.processes", "ProcessWorkers"),
 }
 
-# One line each for --help: what the model is and when to pick it.
-DESCRIPTIONS: dict[str, str] = {
-    "greenlets": "one process, a greenlet per connection (default: fastest, lightest)",
-    "threads": "one process, an OS thread per connection (no gevent; easiest to debug)",
-    "processes": "pre-forked greenlet workers, one per CPU (use every core)",
-}
-
 
 def load(name: str) -> type[WorkerModel]:
     """The worker model class registered as ``name``; raises KeyError if unknown."""
