@@ -263,6 +263,15 @@ class Variant:
         return variant_etag(identity_etag, suffix)
 
 
+def has_sidecar(fs_path: str, coding: str) -> bool:
+    """Cheap pre-check (no exception when absent, the common case)."""
+    suffix = _SIDECAR_SUFFIXES.get(coding)
+    try:
+        return suffix is not None and os.access(fs_path + suffix, os.F_OK)
+    except ValueError:  # a NUL in the path
+        return False
+
+
 def find_sidecar(fs_path: str, mtime_ns: int, coding: str) -> Variant | None:
     """The precompressed sidecar of ``fs_path`` for ``coding``, if it may be served.
 
@@ -271,6 +280,8 @@ def find_sidecar(fs_path: str, mtime_ns: int, coding: str) -> Variant | None:
     path, and whose mtime is not older than the file's: a stale sidecar would serve old
     content. An empty sidecar is never a valid encoding and is ignored too. Never raises.
     """
+    if not has_sidecar(fs_path, coding):
+        return None
     try:
         candidate = fs_path + sidecar_suffix(coding)
         sidecar_st = os.stat(candidate)

@@ -185,7 +185,7 @@ def _build(
 
 
 class EntityCache:
-    """A bounded LRU of entities with small bodies, keyed by real path."""
+    """A bounded LRU of entities (with their bodies when small), keyed by real path."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entries: int = 4096) -> None:
         self._max_bytes = max_bytes
@@ -205,14 +205,16 @@ class EntityCache:
         return entity
 
     def put(self, path: str, entity: Entity) -> None:
-        if entity.body is None or len(entity.body) > self._max_bytes:
+        """Keep ``entity``; one without a body (a large file) costs only its metadata."""
+        size = len(entity.body) if entity.body is not None else 0
+        if size > self._max_bytes:
             return
         with self._lock:
             old = self._entries.pop(path, None)
             if old is not None and old.body is not None:
                 self._bytes -= len(old.body)
             self._entries[path] = entity
-            self._bytes += len(entity.body)
+            self._bytes += size
             while self._bytes > self._max_bytes or len(self._entries) > self._max_entries:
                 _, evicted = self._entries.popitem(last=False)
                 if evicted.body is not None:

@@ -646,12 +646,18 @@ class Handler:
     ) -> bool:
         """Send a file: as the resource itself (200/206/304), or as the body of another
         status (a custom 404 page), which takes no conditionals, ranges or coding."""
+        cached = None
         if file.stat is not None:
             cached = self._entities.get(file.fs_path, file.stat)
-            if cached is not None:
+            if cached is not None and cached.body is not None:
                 if status != 200:
                     return self._send_page(out, request, cached, -1, keep, status)
                 return self._send_entity(out, request, cached, -1, keep, file.fs_path)
+            if cached is not None and status == 200:
+                # A large file whose compressed variant is ready: no need to open it.
+                variant = self._ready_variant(cached, request, file.fs_path)
+                if variant is not None:
+                    return self._send_variant(out, request, cached, variant, -1, keep)
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
             # opening it must not wait for a writer.
@@ -665,9 +671,12 @@ class Handler:
             if not stat.S_ISREG(st.st_mode):
                 return self._send_error(out, request, 404, "Not Found", keep)
             try:
-                entity, st = entities.load(
-                    file.fs_path, fd, st, self._snippet, self._config.compress
-                )
+                if cached is not None and cached.identity == entities.identity(st):
+                    entity = cached  # metadata of a large file: nothing to read
+                else:
+                    entity, st = entities.load(
+                        file.fs_path, fd, st, self._snippet, self._config.compress
+                    )
             except entities.FileChanged:
                 return self._send_error(
                     out,
@@ -743,6 +752,23 @@ class Handler:
                         if variant_fd >= 0:
                             os.close(variant_fd)
         return self._send_identity(out, request, entity, fd, keep)
+
+    def _ready_variant(
+        self, entity: Entity, request: Request, path: str
+    ) -> compression.Variant | None:
+        """A cached in-memory variant for this request, if negotiation picks one."""
+        if not entity.compressible or "range" in request.headers:
+            return None
+        header = request.header("accept-encoding") or None
+        coding = compression.negotiate(header, _KNOWN_CODINGS)
+        if coding not in compression.AVAILABLE:
+            return None  # identity, or a coding only a sidecar could give: general path
+        if not entity.transformed and compression.has_sidecar(path, coding):
+            return None  # the general path serves the sidecar
+        variant = self._variants.get((entity.identity, entity.etag), coding)
+        if variant is None or variant.body is None or variant.size >= entity.size:
+            return None
+        return variant
 
     def _select_variant(
         self, entity: Entity, fd: int, path: str | None, accept_encoding: str
