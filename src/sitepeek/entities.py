@@ -26,7 +26,7 @@ from sitepeek.representation import content_type, http_date, should_compress, st
 SMALL_BODY = 64 * 1024
 # HTML up to this size is read whole to inject the live reload client.
 MAX_INJECT = 16 * 1024 * 1024
-_READ_ATTEMPTS = 3
+_READ_ATTEMPTS = 10
 
 Identity = tuple[int, int, int, int, int]
 
@@ -38,6 +38,16 @@ class FileChanged(Exception):
 def identity(st: os.stat_result) -> Identity:
     # ctime catches rewrites that restore mtime (cp -p, rsync -t, touch -r).
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def content_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when the bytes of an open file change, and only then.
+
+    Unlike :func:`identity` it leaves out ctime, which also moves when the file is
+    merely unlinked or renamed away (an atomic save of a new version): the open
+    descriptor still reads the old, intact bytes then.
+    """
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +93,9 @@ def load(
         body = None
         if st.st_size <= SMALL_BODY or (inject_into and st.st_size <= MAX_INJECT):
             body = _read_all(fd, st.st_size + 1)
-            if len(body) != st.st_size:
-                st = os.fstat(fd)
+            after = os.fstat(fd)
+            if len(body) != st.st_size or content_identity(after) != content_identity(st):
+                st = after  # rewritten while we read: read the new version again
                 continue
         if inject_into and body is not None and snippet is not None:
             injected = inject.inject(body, snippet)

@@ -73,6 +73,10 @@ ALLOW = "GET, HEAD, OPTIONS"
 RECV_SIZE = 64 * 1024
 # sendfile() in chunks, so a file rewritten in place is noticed between them.
 SENDFILE_CHUNK = 1 << 20
+# Files up to this size are copied (pread + send) rather than sent zero-copy, so an
+# in-place rewrite during a download can never reach the client mixed (see _sendfile).
+COPY_LIMIT = 16 * 1024 * 1024
+COPY_CHUNK = 256 * 1024
 # After answering with "Connection: close", read what the client still sends for a
 # moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
 # Bodies up to this size compress inline (a few ms at most); larger ones in the worker
@@ -678,14 +682,10 @@ class Handler:
                         file.fs_path, fd, st, self._snippet, self._config.compress
                     )
             except entities.FileChanged:
-                return self._send_error(
-                    out,
-                    request,
-                    503,
-                    "The file is being written; try again.",
-                    keep,
-                    [("Retry-After", "1")],
-                )
+                # Rewritten in place faster than we can read one version: closing is
+                # the honest answer (a browser retries an idempotent request on a
+                # closed keep-alive connection); a half-written body never is.
+                raise _CloseConnection from None
             self._entities.put(file.fs_path, entity)
             if status != 200:
                 return self._send_page(out, request, entity, fd, keep, status)
@@ -698,6 +698,16 @@ class Handler:
     ) -> bool:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return self._send_error(out, request, 403, "Forbidden", keep)
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            # Out of descriptors: the file exists; say so, and when to try again.
+            return self._send_error(
+                out,
+                request,
+                503,
+                "The server is busy; try again.",
+                False,
+                [("Retry-After", "1")],
+            )
         return self._send_error(out, request, 404, "Not Found", keep)
 
     def _send_page(
@@ -918,22 +928,32 @@ class Handler:
         count: int,
         identity: entities.Identity | None = None,
     ) -> None:
-        """Zero-copy send; the socket is non-blocking underneath in every model.
+        """Send ``count`` bytes of ``fd`` from ``offset``: zero-copy or copied.
+
+        With ``identity`` (a file of the site), a file rewritten in place during the
+        response closes the connection, so a client never gets a complete-looking body
+        that mixes two versions. sendfile cannot promise that: what it queued is read
+        from the page cache when the client reads it, after any later rewrite. So a
+        file up to COPY_LIMIT is copied (read, check, send), and only larger ones (media,
+        archives) go out with zero-copy sendfile, checked between chunks and before the
+        last byte: a rewrite racing the client's reading of already-queued data can
+        still mix there (README, "Files that change while served").
 
         The connection's deadline is lifted meanwhile: a large download may take long,
         and each wait for the client to read is bounded on its own by send_timeout.
-        With ``identity``, the file is checked between chunks (and just before the
-        last byte): a file rewritten in place mid-response closes the connection, so
-        the client never gets a complete-looking body that mixes two versions.
         """
+        out.deadline = 0.0
+        if identity is not None and count <= COPY_LIMIT:
+            self._send_copy(out, fd, offset, count, identity)
+            return
         sock = out.sock
         fileno = sock.fileno()
         timeout = self._config.send_timeout
-        out.deadline = 0.0
+        expected = identity[1:3] + identity[4:] if identity is not None else None
         while count > 0:
             chunk = min(count, SENDFILE_CHUNK)
-            if identity is not None:
-                if entities.identity(os.fstat(fd)) != identity:
+            if expected is not None:
+                if _content_version(os.fstat(fd)) != expected:
                     raise _CloseConnection
                 if chunk == count and count > 1:
                     chunk -= 1  # the last byte goes out after one more check
@@ -947,6 +967,20 @@ class Handler:
             out.sent += sent
             offset += sent
             count -= sent
+
+    def _send_copy(
+        self, out: _Connection, fd: int, offset: int, count: int, identity: entities.Identity
+    ) -> None:
+        """Read a chunk, check the file is still that version, send it; repeat."""
+        expected = identity[1:3] + identity[4:]
+        while count > 0:
+            data = os.pread(fd, min(count, COPY_CHUNK), offset)
+            if not data or _content_version(os.fstat(fd)) != expected:
+                raise _CloseConnection  # shrank or rewritten: never send a mix
+            out.sock.sendall(data)
+            out.sent += len(data)
+            offset += len(data)
+            count -= len(data)
 
     def _send_location(
         self, out: _Connection, request: Request, status: int, location: str, keep: bool
@@ -1072,6 +1106,11 @@ def _rules_version(root: object, rules: RuleSet) -> str:
 def _overridable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
     """Names of added fields that replace ours; Set-Cookie may repeat (RFC 6265 §3)."""
     return frozenset(name.lower() for name, _ in headers) - {"set-cookie"}
+
+
+def _content_version(st: os.stat_result) -> tuple[int, int, int]:
+    """(ino, mtime_ns, size): the part of an Identity that a rewrite in place changes."""
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _header_bytes(headers: Sequence[tuple[str, str]]) -> bytes:
