@@ -125,13 +125,36 @@ class _Connection:
     parser: RequestParser | None = None
     peer: object = None
 
+    # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
+    # skips gevent's Python-level wrapper when the kernel can take the bytes at once
+    # (nearly always for a small response). None for plain (threads) sockets.
+    raw: socket.socket | None = None
+
     def sendall(self, data: bytes) -> None:
         if not self.status:
             self.status = int(data[9:12])  # "HTTP/1.1 200 ..."
             if self.overrides:
                 data = _without_overridden(data, self.overrides)
         self.sent += len(data)
+        raw = self.raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         self.sock.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        raw = self.raw
+        if raw is not None:
+            try:
+                return raw.recv(size)
+            except BlockingIOError:
+                pass  # nothing yet: gevent's recv waits for it cooperatively
+        return self.sock.recv(size)
 
 
 class _DateCache:
@@ -271,6 +294,9 @@ class Handler:
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes; never raises."""
         conn = _Connection(sock, idle_since=time.monotonic(), peer=peer)
+        wrapped = getattr(sock, "_sock", None)
+        if isinstance(wrapped, socket.socket) and wrapped.gettimeout() == 0.0:
+            conn.raw = wrapped
         with self._lock:
             self._connections.add(conn)
         linger = False
@@ -328,7 +354,10 @@ class Handler:
                     request.method, request.target, conn.status, conn.sent, now - started
                 )
             if not keep_alive or self.stopping:
-                return not keep_alive
+                # Linger only when the client may still be sending (a pipelined request
+                # or a body we did not read): closing with unread data would reset the
+                # connection and could destroy our response (RFC 9112 §9.6).
+                return not keep_alive and (parser.has_partial_request or request.has_body)
 
     def _read_request(self, conn: _Connection, parser: RequestParser) -> Request | None:
         """The next request, None when the peer closed or we are stopping.
@@ -338,7 +367,6 @@ class Handler:
         its whole head must arrive within ``header_timeout`` (a trickle of bytes does
         not extend it).
         """
-        sock = conn.sock
         head_deadline = 0.0
         while True:
             request = parser.next_request()
@@ -359,7 +387,7 @@ class Handler:
                 conn.deadline = head_deadline
             conn.reading = True
             try:
-                data = sock.recv(RECV_SIZE)
+                data = conn.recv(RECV_SIZE)
             except OSError:
                 # gevent wakes a reader whose socket was shut down with an error, not
                 # with EOF; either way an expired wait is a timeout.
