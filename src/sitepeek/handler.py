@@ -71,6 +71,10 @@ from sitepeek.workers.base import Io
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"
 RECV_SIZE = 64 * 1024
+# A file modified less than this long ago may be mid-write: wait for it to settle
+# (at most WRITE_SETTLE_MAX) before reading a version of it.
+WRITE_SETTLE = 0.02  # below the 30 ms reload debounce: a reload never waits here
+WRITE_SETTLE_MAX = 0.5
 # sendfile() in chunks, so a file rewritten in place is noticed between them.
 SENDFILE_CHUNK = 1 << 20
 # Files up to this size are copied (pread + send) rather than sent zero-copy, so an
@@ -702,6 +706,7 @@ class Handler:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return self._send_error(out, request, 404, "Not Found", keep)
+            st = self._settled_stat(fd, st)
             try:
                 if cached is not None and cached.identity == entities.identity(st):
                     entity = cached  # metadata of a large file: nothing to read
@@ -720,6 +725,26 @@ class Handler:
             return self._send_entity(out, request, entity, fd, keep, file.fs_path)
         finally:
             os.close(fd)
+
+    def _settled_stat(self, fd: int, st: os.stat_result) -> os.stat_result:
+        """Wait (briefly, cooperatively) while the file is still being written.
+
+        A file rewritten in place with several writes is torn on disk between them: a
+        version stamped with the first write's mtime is not a version at all. A file
+        modified in the last WRITE_SETTLE seconds is read only once that much time has
+        passed without a change (bounded: a file written continuously is served after
+        WRITE_SETTLE_MAX as it then is, and checked while it is sent).
+        """
+        waited = 0.0
+        while waited < WRITE_SETTLE_MAX:
+            age = time.time() - st.st_mtime_ns / 1e9
+            if not 0 <= age < WRITE_SETTLE:
+                break
+            pause = WRITE_SETTLE - age
+            self._io.signal().wait(pause)
+            waited += pause
+            st = os.fstat(fd)
+        return st
 
     def _send_open_error(
         self, out: _Connection, request: Request, exc: OSError, keep: bool
