@@ -74,6 +74,17 @@ class Server:
         return "".join(self.stderr_lines)
 
 
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (a process model's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def _pump(stream: object, sink: list[str]) -> None:
     for line in stream:  # type: ignore[attr-defined]
         sink.append(line)

@@ -12,22 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_MODELS, H11Client, start_server
-
-
-def _children(pid: int) -> list[int]:
-    result = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            result.append(int(entry))
-    return result
+from conftest import WORKER_MODELS, H11Client, children, start_server
 
 
 def _alive(pid: int) -> bool:
@@ -95,14 +80,14 @@ def test_idle_keep_alive_connection_is_closed_at_once_on_stop(big_site: Path, mo
 def test_killed_process_worker_is_replaced(big_site: Path) -> None:
     server = start_server(big_site, "processes", "--processes", "2")
     try:
-        workers = _children(server.proc.pid)
+        workers = children(server.proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         assert _wait_until(
             lambda: any("started worker" in line for line in server.stderr_lines), 5
         ), server.stderr_text()
         assert f"worker {workers[0]} was killed by SIGKILL" in server.stderr_text()
-        assert len(_children(server.proc.pid)) == 2
+        assert len(children(server.proc.pid)) == 2
         for _ in range(20):  # whichever worker accepts, every request is served
             with server.connect() as sock:
                 assert H11Client(sock).request("GET", "/").status == 200
@@ -112,7 +97,7 @@ def test_killed_process_worker_is_replaced(big_site: Path) -> None:
 
 def test_workers_exit_when_the_supervisor_is_killed(big_site: Path) -> None:
     server = start_server(big_site, "processes", "--processes", "2")
-    workers = _children(server.proc.pid)
+    workers = children(server.proc.pid)
     assert len(workers) == 2
     server.proc.kill()
     server.proc.wait()

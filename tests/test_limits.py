@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -21,28 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import START_TIMEOUT, URL_LINE, WORKER_MODELS, Server, _start_pump, start_server
+from conftest import (
+    START_TIMEOUT,
+    URL_LINE,
+    WORKER_MODELS,
+    Server,
+    _start_pump,
+    children,
+    start_server,
+)
 
 # -- helpers --------------------------------------------------------------------------
 
 
 def process_tree(root: int) -> list[int]:
     """``root`` and its descendants (the process model's workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
-        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            todo.extend(children(pid))
     return tree
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import h11
 import pytest
 
-from conftest import WORKER_MODELS, H11Client, Server, request, served, start_server
+from conftest import WORKER_MODELS, H11Client, Server, children, request, served, start_server
 from sitepeek import __version__
 from sitepeek.livereload import client_script, client_tag
 
@@ -529,26 +529,15 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task")
-    children: list[int] = []
-    for task in tasks.iterdir():
-        try:
-            children += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
-
-
 def server_rss_kib(server: Server) -> int:
     """Resident memory of the server's process tree (supervisor and workers)."""
     pid = server.proc.pid
-    return _rss_kib(pid) + sum(_rss_kib(child) for child in _children(pid))
+    return _rss_kib(pid) + sum(_rss_kib(child) for child in children(pid))
 
 
 def test_200_tabs_cost_little_memory_and_all_reload(live: Server) -> None:
     if live.model == "processes":
-        assert len(_children(live.proc.pid)) == 2
+        assert len(children(live.proc.pid)) == 2
     for client in [connect_ws(live) for _ in range(10)]:  # warm every worker up
         client.close()
     before = server_rss_kib(live)
