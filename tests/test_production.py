@@ -814,6 +814,26 @@ def test_headers_content_type_replaces_the_default(live_server: Server, live_sit
         rules.unlink(missing_ok=True)
 
 
+def test_headers_of_one_request_never_reach_the_next_ones_error(
+    live_server: Server, live_site: Path
+) -> None:
+    """The next request on a keep-alive connection starts clean, an error page too."""
+    rules = live_site / "_headers"
+    try:
+        write(rules, "/first.html\n  Content-Type: application/json\n  X-Only: first\n")
+        with live_server.connect() as sock:
+            client = H11Client(sock)
+            first = client.request("GET", "/first.html")
+            assert first.header("x-only") == "first"
+            client.send_raw(b"BROKEN REQUEST LINE\r\n\r\n")
+            error = client.read_response()
+            assert error.status == 400
+            assert error.header("content-type") == "text/html; charset=utf-8"
+            assert error.header("x-only") is None
+    finally:
+        rules.unlink(missing_ok=True)
+
+
 # == Base path ==========================================================================
 def test_base_serves_the_site_under_it(base_server: Server, general_site: Path) -> None:
     response = request(base_server, "GET", "/repo/")

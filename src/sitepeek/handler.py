@@ -38,6 +38,7 @@ from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
+    FRAMING_FIELDS,
     ProtocolError,
     Request,
     RequestParser,
@@ -326,6 +327,11 @@ class Handler:
         """Answer requests until the connection should close; True to linger."""
         parser = conn.parser = RequestParser(body_limit=self._body_limit)
         while True:
+            # Whatever the previous request added (_headers lines, its status) must not
+            # leak into this one's answer, an error page included.
+            conn.extra = self._static_extra
+            conn.overrides = self._static_overrides
+            conn.status = conn.sent = 0
             try:
                 request = self._read_request(conn, parser)
             except ProtocolError as exc:
@@ -348,7 +354,6 @@ class Handler:
                 conn.deadline = 0.0
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
-            conn.status = conn.sent = 0
             started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
             keep_alive = self._respond(conn, request)
@@ -435,8 +440,6 @@ class Handler:
     def _respond(self, out: _Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
-        out.extra = self._static_extra
-        out.overrides = self._static_overrides
         host = request.headers.get("host")
         if host is not None and not self._hosts.allows(host):
             # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends
@@ -446,6 +449,7 @@ class Handler:
         if self._routes:
             route = proxy.match(self._routes, path)
             if route is not None and out.parser is not None:
+                out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
                 keep = proxy.forward(
                     out.sock,
                     request,
@@ -992,10 +996,9 @@ class Handler:
         last byte: a rewrite racing the client's reading of already-queued data can
         still mix there (README, "Files that change while served").
 
-        The connection's deadline is lifted meanwhile: a large download may take long,
-        and each wait for the client to read is bounded on its own by send_timeout.
+        The connection's deadline is renewed for every chunk: a large download may take
+        long, but a client that stops reading is cut off after send_timeout.
         """
-        out.deadline = 0.0
         if identity is not None and count <= COPY_LIMIT:
             self._send_copy(out, fd, offset, count, identity)
             return
@@ -1010,6 +1013,7 @@ class Handler:
                     raise _CloseConnection
                 if chunk == count and count > 1:
                     chunk -= 1  # the last byte goes out after one more check
+            out.deadline = time.monotonic() + timeout
             try:
                 sent = os.sendfile(fileno, fd, offset, chunk)
             except BlockingIOError:
@@ -1030,6 +1034,7 @@ class Handler:
             data = os.pread(fd, min(count, COPY_CHUNK), offset)
             if not data or _content_version(os.fstat(fd)) != expected:
                 raise _CloseConnection  # shrank or rewritten: never send a mix
+            out.deadline = time.monotonic() + self._config.send_timeout
             out.sock.sendall(data)
             out.sent += len(data)
             offset += len(data)
@@ -1158,7 +1163,7 @@ def _rules_version(root: object, rules: RuleSet) -> str:
 
 def _overridable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
     """Names of added fields that replace ours; Set-Cookie may repeat (RFC 6265 §3)."""
-    return frozenset(name.lower() for name, _ in headers) - {"set-cookie"}
+    return frozenset(name.lower() for name, _ in headers) - {"set-cookie"} - FRAMING_FIELDS
 
 
 def _content_version(st: os.stat_result) -> tuple[int, int, int]:
