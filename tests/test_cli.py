@@ -83,6 +83,7 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--max-connections", "7"], {"max_connections": 7}),
     (["--keepalive-timeout", "1.5"], {"keepalive_timeout": 1.5}),
     (["--header-timeout", "2"], {"header_timeout": 2.0}),
+    (["--send-timeout", "7.5"], {"send_timeout": 7.5}),
     (["--no-compress"], {"compress": False}),
     (["--compress"], {"compress": True}),
     (["--no-reload"], {"reload": False}),

@@ -316,3 +316,33 @@ def test_memory_per_idle_keepalive_connection(small_site: Path, model: str) -> N
         code = server.stop()
     assert code == 0, server.stderr_text()
     assert "Traceback" not in server.stderr_text()
+
+
+@pytest.mark.parametrize("model", WORKER_MODELS)
+def test_a_client_that_stops_reading_is_disconnected(tmp_path: Path, model: str) -> None:
+    """A stalled reader of a large file must not hold its connection forever: once it
+    has accepted nothing for --send-timeout, the server closes the connection."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    server = start_server(tmp_path, model, "--send-timeout", "1")
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.1 200"
+        # Now read nothing. The server sees no progress, gives up after about 1 s and
+        # closes; then everything queued can be drained, and the stream ends short.
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            time.sleep(0.1)  # a stalled client, by definition, waits without reading
+        sock.settimeout(10)
+        received = 0
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            received += len(data)
+        assert received < 8 * 1024 * 1024  # cut short: the connection was closed
+        sock.close()
+    finally:
+        stop_cleanly(server)

@@ -460,6 +460,12 @@ OPTIONS: tuple[Option, ...] = (
         "Answer 408 when a started request head takes longer.",
     ),
     Option(
+        "send_timeout",
+        Number(0.1),
+        30.0,
+        "Disconnect a client that takes longer than this to accept more of a response.",
+    ),
+    Option(
         "compress",
         Switch(),
         True,
