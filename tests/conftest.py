@@ -96,6 +96,21 @@ def _start_pump(stream: object, sink: list[str]) -> threading.Thread:
     return thread
 
 
+# Every server a test started, so none outlives the run when a test fails before
+# stopping its own (see _no_server_left_behind).
+_STARTED: list[Server] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_server_left_behind() -> Iterator[None]:
+    yield
+    for server in _STARTED:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+            server.close_pipes()
+
+
 def start_server(
     root: Path, model: str = "greenlets", *args: str, env: dict[str, str] | None = None
 ) -> Server:
@@ -113,6 +128,7 @@ def start_server(
         start_new_session=True,
     )
     server = Server(proc, 0, root, model)
+    _STARTED.append(server)
     deadline = time.monotonic() + START_TIMEOUT
     assert proc.stdout is not None and proc.stderr is not None
     server.pumps.append(_start_pump(proc.stderr, server.stderr_lines))
