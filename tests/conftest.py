@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,11 +111,21 @@ def _no_server_left_behind() -> Iterator[None]:
             server.close_pipes()
 
 
+SITEPEEK = (sys.executable, "-m", "sitepeek")
+
+
 def start_server(
-    root: Path, model: str = "greenlets", *args: str, env: dict[str, str] | None = None
+    root: Path,
+    model: str = "greenlets",
+    *args: str,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = SITEPEEK,
 ) -> Server:
-    """Start ``sitepeek serve ROOT --port 0`` and wait for its URL line."""
-    cmd = [sys.executable, "-m", "sitepeek", "serve", str(root), "--port", "0", "--workers", model]
+    """Start ``sitepeek serve ROOT --port 0`` and wait for its URL line.
+
+    ``launcher`` is the command that runs sitepeek (a shim may set limits first).
+    """
+    cmd = [*launcher, "serve", str(root), "--port", "0", "--workers", model]
     if model == "processes" and "--processes" not in args:
         cmd += ["--processes", "2"]
     cmd += list(args)
@@ -219,10 +229,16 @@ def worker_model(request: pytest.FixtureRequest) -> str:
 def server(site: Path, worker_model: str) -> Iterator[Server]:
     srv = start_server(site, worker_model)
     yield srv
-    code = srv.stop()
-    assert code == 0, srv.stderr_text()
-    assert "Traceback" not in srv.stderr_text()
-    assert "internal error" not in srv.stderr_text()
+    stop_cleanly(srv)
+
+
+def stop_cleanly(server: Server) -> None:
+    """Stop with SIGTERM: exit status 0, and nothing on stderr that hints at a bug."""
+    code = server.stop()
+    stderr = server.stderr_text()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert "internal error" not in stderr
 
 
 # -- raw HTTP helpers ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from conftest import WORKER_MODELS, Server, start_server
+from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
 
 WAIT_MS = 5_000  # upper bound for any single awaited condition
 CHROMIUM_ARGS = [
@@ -108,13 +108,6 @@ def site(tmp_path: Path) -> Path:
     root = tmp_path / "site"
     root.mkdir()
     return build_site(root)
-
-
-def stop_cleanly(server: Server) -> None:
-    code = server.stop()
-    assert code == 0, server.stderr_text()
-    assert "Traceback" not in server.stderr_text()
-    assert "internal error" not in server.stderr_text()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,13 +22,11 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    START_TIMEOUT,
-    URL_LINE,
     WORKER_MODELS,
     Server,
-    _start_pump,
     children,
     start_server,
+    stop_cleanly,
 )
 
 # -- helpers --------------------------------------------------------------------------
@@ -122,44 +119,7 @@ def start_server_with_nofile(root: Path, model: str, nofile: int, *args: str) ->
         "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
         "os.execv(sys.executable, [sys.executable, '-m', 'sitepeek', *sys.argv[1:]])"
     )
-    cmd = [sys.executable, "-c", shim, str(nofile), "serve", str(root), "--port", "0"]
-    cmd += ["--workers", model]
-    if model == "processes" and "--processes" not in args:
-        cmd += ["--processes", "2"]
-    cmd += list(args)
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    server = Server(proc, 0, root, model)
-    assert proc.stdout is not None and proc.stderr is not None
-    server.pumps.append(_start_pump(proc.stderr, server.stderr_lines))
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(5)
-            server.close_pipes()
-            raise RuntimeError(f"sitepeek exited early: {server.stderr_text()}")
-        server.stdout_lines.append(line)
-        match = URL_LINE.search(line)
-        if match:
-            server.port = int(match.group(1))
-            server.pumps.append(_start_pump(proc.stdout, server.stdout_lines))
-            return server
-    proc.kill()
-    raise RuntimeError("sitepeek did not print its URL in time")
-
-
-def stop_cleanly(server: Server) -> None:
-    code = server.stop()
-    stderr = server.stderr_text()
-    assert code == 0, stderr
-    assert "Traceback" not in stderr
-    assert "internal error" not in stderr
+    return start_server(root, model, *args, launcher=(sys.executable, "-c", shim, str(nofile)))
 
 
 @pytest.fixture(params=WORKER_MODELS)

@@ -24,7 +24,16 @@ from pathlib import Path
 import h11
 import pytest
 
-from conftest import WORKER_MODELS, H11Client, Server, children, request, served, start_server
+from conftest import (
+    WORKER_MODELS,
+    H11Client,
+    Server,
+    children,
+    request,
+    served,
+    start_server,
+    stop_cleanly,
+)
 from sitepeek import __version__
 from sitepeek.livereload import client_script, client_tag
 
@@ -61,13 +70,6 @@ def build_site(root: Path) -> Path:
 @pytest.fixture(scope="module", params=WORKER_MODELS)
 def model(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def stop_cleanly(server: Server) -> None:
-    code = server.stop()
-    assert code == 0, server.stderr_text()
-    assert "Traceback" not in server.stderr_text()
-    assert "internal error" not in server.stderr_text()
 
 
 @pytest.fixture(scope="module")
