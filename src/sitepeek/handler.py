@@ -475,8 +475,8 @@ class Handler:
                 if inner is None:
                     return self._outside_base(out, request, keep_alive)
                 site_path = inner
-            if self._rules is not None:
-                rules = self._current_rules()
+            rules = self._current_rules() if self._rules is not None else None
+            if rules is not None:
                 headers = rules.headers_for(site_path)
                 if headers:
                     out.extra += _header_bytes(headers)
@@ -487,16 +487,19 @@ class Handler:
                 # A burst of changes is being written: wait (bounded) for it to settle,
                 # so a page never shows a half-written build.
                 self._broadcaster.wait_until_settled()
-            return self._respond_site(out, request, site_path, keep_alive)
+            return self._respond_site(out, request, site_path, rules, keep_alive)
         except (OSError, _CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(out, request, 500, "Internal Server Error", False)
 
-    def _respond_site(self, out: _Connection, request: Request, path: str, keep: bool) -> bool:
-        """GET/HEAD for a path of the site (below the base path)."""
-        if self._rules is not None and path in _RULE_FILES:
+    def _respond_site(
+        self, out: _Connection, request: Request, path: str, rules: RuleSet | None, keep: bool
+    ) -> bool:
+        """GET/HEAD for a path of the site (below the base path); ``rules`` as loaded for
+        this request (None with --no-rules)."""
+        if rules is not None and path in _RULE_FILES:
             return self._send_error(out, request, 404, "Not Found", keep)
         resolved: list[Resolution] = []
 
@@ -505,8 +508,8 @@ class Handler:
                 resolved.append(self._resolver.resolve(path, request.query))
             return resolved[0]
 
-        if self._rules is not None:
-            match = self._current_rules().match_redirect(
+        if rules is not None:
+            match = rules.match_redirect(
                 path,
                 request.query,
                 file_exists=lambda: not isinstance(resolution(), NotFound | BadPath),
@@ -695,9 +698,9 @@ class Handler:
                 return self._send_entity(out, request, cached, -1, keep, file.fs_path)
             if cached is not None and status == 200:
                 # A large file whose compressed variant is ready: no need to open it.
-                variant = self._ready_variant(cached, request, file.fs_path)
-                if variant is not None:
-                    return self._send_variant(out, request, cached, variant, -1, keep)
+                sent = self._try_variant(out, request, cached, -1, keep, file.fs_path)
+                if sent is not None:
+                    return sent
         try:
             # O_NONBLOCK: should the path have become a FIFO since it was resolved,
             # opening it must not wait for a writer.
@@ -808,34 +811,36 @@ class Handler:
         for precompressed sidecars. A Range request always gets the identity
         representation, so ranges and compression can never disagree.
         """
-        if entity.compressible and "range" not in request.headers:
-            variant = self._select_variant(entity, fd, path, request.header("accept-encoding"))
-            if variant is not None:
-                variant_fd = -1 if variant.body is not None else self._variants.open(variant)
-                if variant_fd is not None:
-                    try:
-                        return self._send_variant(out, request, entity, variant, variant_fd, keep)
-                    finally:
-                        if variant_fd >= 0:
-                            os.close(variant_fd)
-        return self._send_identity(out, request, entity, fd, keep)
+        sent = self._try_variant(out, request, entity, fd, keep, path)
+        return sent if sent is not None else self._send_identity(out, request, entity, fd, keep)
 
-    def _ready_variant(
-        self, entity: Entity, request: Request, path: str
-    ) -> compression.Variant | None:
-        """A cached in-memory variant for this request, if negotiation picks one."""
+    def _try_variant(
+        self,
+        out: _Connection,
+        request: Request,
+        entity: Entity,
+        fd: int,
+        keep: bool,
+        path: str | None,
+    ) -> bool | None:
+        """Send a compressed variant if one is negotiated and at hand; None otherwise.
+
+        With ``fd`` -1 (the file is not open) only a variant already compressed, or a
+        sidecar, is at hand.
+        """
         if not entity.compressible or "range" in request.headers:
             return None
-        header = request.header("accept-encoding") or None
-        coding = compression.negotiate(header, _KNOWN_CODINGS)
-        if coding not in compression.AVAILABLE:
-            return None  # identity, or a coding only a sidecar could give: general path
-        if not entity.transformed and compression.has_sidecar(path, coding):
-            return None  # the general path serves the sidecar
-        variant = self._variants.get((entity.identity, entity.etag), coding)
-        if variant is None or variant.body is None or variant.size >= entity.size:
+        variant = self._select_variant(entity, fd, path, request.header("accept-encoding"))
+        if variant is None:
             return None
-        return variant
+        variant_fd = -1 if variant.body is not None else self._variants.open(variant)
+        if variant_fd is None:
+            return None
+        try:
+            return self._send_variant(out, request, entity, variant, variant_fd, keep)
+        finally:
+            if variant_fd >= 0:
+                os.close(variant_fd)
 
     def _select_variant(
         self, entity: Entity, fd: int, path: str | None, accept_encoding: str
