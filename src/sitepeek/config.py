@@ -445,7 +445,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections",
         Integer(1),
         1000,
-        "Connections served at once per process; more wait in the listen queue.",
+        "Connections served at once per process. At the limit the longest-idle "
+        "keep-alive connection is closed for a newcomer; when all are busy, newcomers "
+        "wait in the listen queue.",
     ),
     Option(
         "keepalive_timeout",
