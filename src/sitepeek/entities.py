@@ -230,15 +230,3 @@ class EntityCache:
                 _, evicted = self._entries.popitem(last=False)
                 if evicted.body is not None:
                     self._bytes -= len(evicted.body)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes

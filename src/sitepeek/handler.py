@@ -291,10 +291,6 @@ class Handler:
         if self._log is not None:
             self._log.close()
 
-    @property
-    def active_connections(self) -> int:
-        return len(self._connections)
-
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes; never raises."""

@@ -71,7 +71,6 @@ class Broadcaster:
         self._settled = io.signal()
         self._settled.set()
         self._settle_timeout = settle_timeout
-        self.reloads = 0
 
     def subscribe(self) -> Channel:
         channel = self._io.channel()
@@ -82,10 +81,6 @@ class Broadcaster:
     def unsubscribe(self, channel: Channel) -> None:
         with self._lock:
             self._channels.discard(channel)
-
-    @property
-    def clients(self) -> int:
-        return len(self._channels)
 
     def on_event(self, event: ChangeEvent) -> None:
         """Handle a change event; runs in the worker model's context."""
@@ -100,7 +95,6 @@ class Broadcaster:
                 channels = list(self._channels)
             for channel in channels:
                 channel.put(frame)
-            self.reloads += 1
             self._settled.set()
 
     def wait_until_settled(self) -> None:
@@ -108,10 +102,6 @@ class Broadcaster:
         if not self._settled.is_set():
             self._settled.wait(self._settle_timeout)
 
-    @property
-    def generation(self) -> int:
-        """How many reloads this process has broadcast (clients compare it)."""
-        return self.reloads
 
 
 def serve_websocket(

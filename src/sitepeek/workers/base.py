@@ -79,9 +79,6 @@ class ConnectionHandler(Protocol):
 
     def close(self) -> None: ...
 
-    @property
-    def active_connections(self) -> int: ...
-
 
 HandlerFactory = Callable[[Io], ConnectionHandler]
 
