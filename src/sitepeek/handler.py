@@ -8,6 +8,7 @@ plus the :class:`~sitepeek.workers.base.Io` primitives its worker model supplies
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import hashlib
@@ -26,6 +27,7 @@ from sitepeek import (
     __version__,
     compression,
     entities,
+    hotcache,
     inject,
     listing,
     livereload,
@@ -94,6 +96,8 @@ _KNOWN_CODINGS = ("br", "zstd", "gzip")
 PROXY_BODY_LIMIT = 1 << 40
 # The rules files configure the server; like Netlify and Cloudflare, never serve them.
 _RULE_FILES = frozenset({"/_redirects", "/_headers"})
+_OK = b"HTTP/1.1 200 OK\r\n"
+_NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
 _MISDIRECTED = (
     "This server answers to localhost names only (DNS rebinding protection). "
     "To use another name, start sitepeek with --allowed-host NAME."
@@ -129,11 +133,17 @@ class _Connection:
     overrides: frozenset[str] = frozenset()
     parser: RequestParser | None = None
     peer: object = None
+    # The bytes of the request being answered when they may key a hot-cache entry
+    # (they arrived alone in one read), and, once the answer is known to be a file
+    # of the site, the URL path's directory and whether the build gate applies.
+    hot_key: bytes | None = None
+    hot_site: tuple[str, str, bool] | None = None  # (real path, URL directory, gate)
+    hot_rules: RuleSet | None = None
 
     # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
     # skips gevent's Python-level wrapper when the kernel can take the bytes at once
     # (nearly always for a small response). None for plain (threads) sockets.
-    raw: socket.socket | None = None
+    raw: _socket.socket | None = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
@@ -225,6 +235,7 @@ class Handler:
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         self._dates = _DateCache()
         self._entities = entities.EntityCache()
+        self._hot = hotcache.HotCache()
         self._variants = compression.VariantCache()
         self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
         self._connections: set[_Connection] = set()
@@ -296,7 +307,8 @@ class Handler:
         """Serve one accepted connection until it closes; never raises."""
         conn = _Connection(sock, idle_since=time.monotonic(), peer=peer)
         wrapped = getattr(sock, "_sock", None)
-        if isinstance(wrapped, socket.socket) and wrapped.gettimeout() == 0.0:
+        # (gevent's inner socket is a _socket.socket, not a socket.socket.)
+        if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
             conn.raw = wrapped
         with self._lock:
             self._connections.add(conn)
@@ -328,6 +340,7 @@ class Handler:
             conn.extra = self._static_extra
             conn.overrides = self._static_overrides
             conn.status = conn.sent = 0
+            conn.hot_site = None
             try:
                 request = self._read_request(conn, parser)
             except ProtocolError as exc:
@@ -340,6 +353,21 @@ class Handler:
             if request is None:
                 return False
             self.requests += 1
+            if isinstance(request, hotcache.Entry):
+                # The same bytes as a request answered before, and nothing it depends
+                # on has changed: send what we sent then.
+                started = time.monotonic()
+                conn.deadline = started + self._config.send_timeout
+                conn.status = request.status  # (set: the bytes need no more filtering)
+                conn.sendall(self._stamped(request))
+                conn.idle_since = now = time.monotonic()
+                if self._log is not None:
+                    self._log.record(
+                        request.method, request.target, conn.status, conn.sent, now - started
+                    )
+                if not request.keep_alive:
+                    return False
+                continue
             if (
                 request.path == livereload.SOCKET_PATH
                 and self._broadcaster is not None
@@ -364,8 +392,11 @@ class Handler:
                 # connection and could destroy our response (RFC 9112 §9.6).
                 return not keep_alive and (parser.has_partial_request or request.has_body)
 
-    def _read_request(self, conn: _Connection, parser: RequestParser) -> Request | None:
-        """The next request, None when the peer closed or we are stopping.
+    def _read_request(
+        self, conn: _Connection, parser: RequestParser
+    ) -> Request | hotcache.Entry | None:
+        """The next request, None when the peer closed or we are stopping, or a fresh
+        hot-cache entry when the bytes received are a request answered before.
 
         Raises ProtocolError, or TimeoutError when the client is too slow: an idle
         keep-alive connection gets ``keepalive_timeout``; once a request has begun,
@@ -373,10 +404,16 @@ class Handler:
         not extend it).
         """
         head_deadline = 0.0
+        hot = self._hot
+        conn.hot_key = None
         while True:
             request = parser.next_request()
             if request is not None or parser.eof:
                 conn.idle = False
+                if conn.hot_key is not None and (
+                    request is None or request.has_body or not parser.drained
+                ):
+                    conn.hot_key = None  # not one whole request alone in one read
                 return request
             conn.idle = not parser.has_partial_request
             now = time.monotonic()
@@ -403,6 +440,14 @@ class Handler:
                 conn.reading = False
             if conn.expired:
                 raise TimeoutError
+            if parser.drained and data:
+                entry = hot.get(data)
+                if entry is not None and self._hot_fresh(data, entry):
+                    conn.idle = False
+                    return entry
+                conn.hot_key = data
+            else:
+                conn.hot_key = None
             parser.feed(data)
 
     def _body_limit(self, path: str) -> int:
@@ -515,6 +560,9 @@ class Handler:
         found = resolution()
         if isinstance(found, NotFound):
             return self._not_found(out, request, path, keep)
+        if out.hot_key is not None and isinstance(found, File):
+            out.hot_site = (found.fs_path, path[: path.rfind("/")], _may_be_html(path))
+            out.hot_rules = rules
         return self._send_resolution(out, request, found, keep)
 
     def _send_resolution(
@@ -892,18 +940,23 @@ class Handler:
         method = request.method
         precondition = evaluate_preconditions(method, request.headers, etag, entity.last_modified)
         if precondition is Precondition.NOT_MODIFIED:
-            out.sendall(
-                b"HTTP/1.1 304 Not Modified\r\n"
-                + self._prefix(out, keep, request.version)
-                + fields[1]
-                + b"Content-Length: %d\r\n\r\n" % variant.size
-            )
+            rest = out.extra + fields[1] + b"Content-Length: %d\r\n\r\n" % variant.size
+            if variant.body is not None:  # (a sidecar is a file of its own)
+                self._send_remembered(out, request, _NOT_MODIFIED, rest, keep, entity)
+            else:
+                out.sendall(_NOT_MODIFIED + self._dates.prefix(keep, request.version) + rest)
             return keep
         if precondition is Precondition.FAILED:
             return self._send_error(out, request, 412, "Precondition Failed", keep)
+        if variant.body is not None:
+            rest = out.extra + fields[0] + b"Content-Length: %d\r\n\r\n" % variant.size
+            if method != "HEAD":
+                rest += variant.body
+            self._send_remembered(out, request, _OK, rest, keep, entity)
+            return keep
         head = b"".join(
             (
-                b"HTTP/1.1 200 OK\r\n",
+                _OK,
                 self._prefix(out, keep, request.version),
                 fields[0],
                 b"Content-Length: %d\r\n\r\n" % variant.size,
@@ -911,8 +964,6 @@ class Handler:
         )
         if method == "HEAD":
             out.sendall(head)
-        elif variant.body is not None:
-            out.sendall(head + variant.body)
         else:
             out.sendall(head)
             self._sendfile(out, fd, 0, variant.size)
@@ -929,12 +980,8 @@ class Handler:
         if precondition is Precondition.NOT_MODIFIED:
             # RFC 9110 §15.4.5: the validators and caching fields, no content; RFC 9110
             # §8.6 allows the Content-Length the 200 would have had.
-            out.sendall(
-                b"HTTP/1.1 304 Not Modified\r\n"
-                + self._prefix(out, keep, request.version)
-                + entity.validator_fields
-                + b"Content-Length: %d\r\n\r\n" % size
-            )
+            rest = out.extra + entity.validator_fields + b"Content-Length: %d\r\n\r\n" % size
+            self._send_remembered(out, request, _NOT_MODIFIED, rest, keep, entity)
             return keep
         if precondition is Precondition.FAILED:
             return self._send_error(out, request, 412, "Precondition Failed", keep)
@@ -968,15 +1015,84 @@ class Handler:
             )
         )
         body = entity.body
-        if method == "HEAD":
+        if byte_range is None and body is not None:
+            # One send: head and body in separate writes stall on Nagle + delayed ACK.
+            rest = out.extra + entity.fields + b"Content-Length: %d\r\n\r\n" % length
+            if method != "HEAD":
+                rest += body
+            self._send_remembered(out, request, status_line, rest, keep, entity)
+        elif method == "HEAD":
             out.sendall(head)
         elif body is not None:
-            # One send: head and body in separate writes stall on Nagle + delayed ACK.
-            out.sendall(head + (body if length == size else body[start : start + length]))
+            out.sendall(head + body[start : start + length])
         else:
             out.sendall(head)
             self._sendfile(out, fd, start, length, entity.identity)
         return keep
+
+    # -- the hot cache -------------------------------------------------------------
+    def _send_remembered(
+        self,
+        out: _Connection,
+        request: Request,
+        status_line: bytes,
+        rest: bytes,
+        keep: bool,
+        entity: Entity,
+    ) -> None:
+        """Send an answer made of bytes at hand, and keep it for the same request bytes
+        when it is a file of the site that can be checked for changes cheaply."""
+        key = out.hot_key
+        site = out.hot_site
+        if key is None or site is None or self.stopping or len(rest) > hotcache.MAX_RESPONSE:
+            out.sendall(status_line + self._dates.prefix(keep, request.version) + rest)
+            return
+        entry = hotcache.Entry(
+            status_line,
+            keep,
+            request.version,
+            rest,
+            site[0],
+            entity.identity,
+            (),
+            out.hot_rules,
+            site[2],
+            request.method,
+            request.target,
+            out.overrides,
+        )
+        response = self._stamped(entry)
+        out.sendall(response)
+        dirs = hotcache.capture(self._resolver.root, site[0], site[1], entity.identity)
+        if dirs is not None:
+            entry.dirs = dirs
+            self._hot.put(key, entry)
+
+    def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
+        """May ``entry`` answer its request bytes again now?"""
+        if self.stopping:
+            return False  # the answer must say Connection: close
+        if entry.html and self._broadcaster is not None and not self._broadcaster.settled:
+            return False  # a burst of changes is being written: the gate decides
+        if entry.rules is not None and self._current_rules() is not entry.rules:
+            return False
+        if hotcache.fresh(entry):
+            return True
+        self._hot.discard(key, entry)
+        return False
+
+    def _stamped(self, entry: hotcache.Entry) -> bytes:
+        """The entry's response with this second's Date."""
+        second, response = entry.stamped
+        now = int(time.time())
+        if second != now:
+            response = (
+                entry.status_line + self._dates.prefix(entry.keep_alive, entry.version) + entry.rest
+            )
+            if entry.overrides:
+                response = _without_overridden(response, entry.overrides)
+            entry.stamped = (now, response)
+        return response
 
     def _sendfile(
         self,

@@ -191,6 +191,11 @@ class RequestParser:
         return self._eof
 
     @property
+    def drained(self) -> bool:
+        """True when nothing is buffered: the next bytes received start a request."""
+        return self._state is _State.HEAD and not self._buffer
+
+    @property
     def has_partial_request(self) -> bool:
         """True when bytes of a request that is not complete yet are buffered."""
         if self._state is not _State.HEAD:

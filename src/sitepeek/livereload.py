@@ -97,11 +97,15 @@ class Broadcaster:
                 channel.put(frame)
             self._settled.set()
 
+    @property
+    def settled(self) -> bool:
+        """False while a burst of changes is being written."""
+        return self._settled.is_set()
+
     def wait_until_settled(self) -> None:
         """Block (bounded) while a burst of changes is still being written."""
         if not self._settled.is_set():
             self._settled.wait(self._settle_timeout)
-
 
 
 def serve_websocket(

@@ -1,0 +1,156 @@
+"""Whole responses to repeated requests, keyed by the request's exact bytes.
+
+A browser asks for the same assets with the same bytes again and again (after every
+live reload each one is revalidated with the same ``If-None-Match``), and a load
+generator does nothing else. Answering such a request again costs parsing, resolving,
+the rules, content negotiation and header formatting, all to produce the bytes sent
+last time. This cache keeps those bytes together with everything they depend on, so a
+repeated request costs a dictionary lookup, a few ``stat`` calls and one ``send``.
+
+What an answer depends on, and how a hit checks it (synchronously: a change is seen by
+the very next request, never only when the watcher reports it):
+
+- the request: the key is its exact bytes (method, target, every header field), and
+  only a request that arrived alone in one read, without a body, is a key;
+- the file: its identity (device, inode, mtime, ctime, size) from ``lstat``;
+- the directories from the root down to the file, by (mtime, ctime): creating,
+  removing or renaming any entry there (a new ``index.html``, a clean-URL sibling, a
+  precompressed sidecar, a swapped symlink) changes them;
+- the ``_redirects``/``_headers`` rules and the build gate: the handler checks those;
+- the Date header: the bytes are restamped when the second changes.
+
+File system timestamps are coarse (one clock tick): a change in the same tick as the
+state we captured would look like no change. So nothing changed in the last
+``SETTLE_NS`` is ever captured; a later change then always moves a timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sitepeek.entities import Identity, identity
+
+SETTLE_NS = 50_000_000  # far above the coarsest kernel tick (10 ms at HZ=100)
+MAX_RESPONSE = 256 * 1024  # larger responses are not worth a copy
+BUDGET = 16 * 1024 * 1024  # all keys and responses together
+
+Version = tuple[int, int]  # (mtime_ns, ctime_ns) of a directory
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One cached answer: the bytes after the Date line, and what they depend on."""
+
+    status_line: bytes  # b"HTTP/1.1 200 OK\r\n"
+    keep_alive: bool
+    version: str  # the request's HTTP version, for the Connection field
+    rest: bytes  # every header line after Date/Server/Connection, the blank line, the body
+    path: str  # the file's real path
+    identity: Identity
+    dirs: tuple[tuple[str, Version], ...]
+    rules: object  # the RuleSet in force (the handler compares identities), or None
+    html: bool  # subject to the build gate
+    method: str  # for the request log
+    target: str
+    overrides: frozenset[str]  # header names _headers/--header replace (see handler)
+    # (second, whole response as sent in that second): replaced in one assignment.
+    stamped: tuple[int, bytes] = (-1, b"")
+    size: int = field(default=0)
+
+    @property
+    def status(self) -> int:
+        return int(self.status_line[9:12])
+
+
+def capture(
+    root: str, fs_path: str, logical_dir: str, expected: Identity
+) -> tuple[tuple[str, Version], ...] | None:
+    """The directory versions an answer for ``fs_path`` depends on, or None when the
+    answer must not be cached.
+
+    ``logical_dir`` is the directory the URL path names (below the root, "" for the
+    root itself); it must be the file's real directory, so that the directories
+    checked are the ones the URL goes through (no symlinked directory on the way).
+    ``expected`` is the identity of the file version the answer was made from.
+    """
+    directory = os.path.dirname(fs_path)
+    if directory != (root + logical_dir if root != "/" else logical_dir or "/"):
+        return None
+    settled = time.time_ns() - SETTLE_NS
+    try:
+        st = os.lstat(fs_path)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or identity(st) != expected
+            or st.st_ctime_ns > settled
+            or st.st_mtime_ns > settled
+        ):
+            return None
+        dirs: list[tuple[str, Version]] = []
+        while True:
+            st = os.stat(directory)
+            if st.st_ctime_ns > settled or st.st_mtime_ns > settled:
+                return None
+            dirs.append((directory, (st.st_mtime_ns, st.st_ctime_ns)))
+            if directory == root:
+                return tuple(dirs)
+            parent = os.path.dirname(directory)
+            if parent == directory or not parent.startswith(root):
+                return None
+            directory = parent
+    except OSError:
+        return None
+
+
+def fresh(entry: Entry) -> bool:
+    """Is the file, and every directory above it, as it was when ``entry`` was made?"""
+    try:
+        for path, version in entry.dirs:
+            st = os.stat(path)
+            if (st.st_mtime_ns, st.st_ctime_ns) != version:
+                return False
+        st = os.lstat(entry.path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) == entry.identity
+
+
+class HotCache:
+    """Entries by request bytes, bounded by ``budget`` bytes (oldest entries go first).
+
+    Lookups take no lock (one dict read); insertions do, so threads may share it.
+    """
+
+    def __init__(self, budget: int = BUDGET) -> None:
+        self._entries: dict[bytes, Entry] = {}
+        self._budget = budget
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.get = self._entries.get
+
+    def put(self, key: bytes, entry: Entry) -> None:
+        entry.size = len(key) + len(entry.rest) + 256  # the entry's own fields, roughly
+        if entry.size > self._budget:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            while self._entries and self._bytes + entry.size > self._budget:
+                self._bytes -= self._entries.pop(next(iter(self._entries))).size
+            self._entries[key] = entry
+            self._bytes += entry.size
+
+    def discard(self, key: bytes, entry: Entry) -> None:
+        """Forget ``entry`` (found stale) unless it was replaced meanwhile."""
+        with self._lock:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+                self._bytes -= entry.size
+
+    def __len__(self) -> int:
+        return len(self._entries)

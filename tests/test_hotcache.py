@@ -1,0 +1,362 @@
+"""The hot cache (issue 9): whole answers to repeated request bytes, never stale.
+
+A repeated request is answered from the bytes sent last time, but only after checking
+everything the answer depends on. These tests cache an answer (the file and its
+directories must be older than the settle window first: that is a wait for the clock,
+not for an event), change one dependency, and ask again on the same connection (so a
+process-model worker that holds the entry answers): the change must show at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import H11Client, Response, Server, start_server, stop_cleanly
+from sitepeek import hotcache
+from sitepeek.config import Config
+from sitepeek.entities import identity
+from sitepeek.handler import Handler
+from sitepeek.workers.threads import ThreadIo
+
+SETTLE_S = hotcache.SETTLE_NS / 1e9 + 0.02
+
+
+def settle() -> None:
+    """Let the clock pass the settle window: only then is an answer cached."""
+    time.sleep(SETTLE_S)
+
+
+# -- the cache itself ------------------------------------------------------------------
+def test_recently_changed_files_are_not_captured(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    target.write_text("a")
+    assert hotcache.capture(str(tmp_path), str(target), "", identity(os.lstat(target))) is None
+
+
+def test_capture_lists_every_directory_up_to_the_root(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    target = tmp_path / "a" / "b" / "c.txt"
+    target.write_text("c")
+    settle()
+    dirs = hotcache.capture(str(tmp_path), str(target), "/a/b", identity(os.lstat(target)))
+    assert dirs is not None
+    assert [path for path, _ in dirs] == [
+        str(tmp_path / "a" / "b"),
+        str(tmp_path / "a"),
+        str(tmp_path),
+    ]
+
+
+def test_capture_refuses_another_version_or_a_symlinked_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "f.txt"
+    target.write_text("f")
+    (tmp_path / "link").symlink_to("real")
+    settle()
+    now = identity(os.lstat(target))
+    stale = (*now[:4], now[4] + 1)
+    assert hotcache.capture(str(tmp_path), str(target), "/real", stale) is None
+    # /link/f.txt resolves to real/f.txt: the directories checked would not be the
+    # ones the URL goes through, so it is not cached.
+    assert hotcache.capture(str(tmp_path), str(target), "/link", now) is None
+    assert hotcache.capture(str(tmp_path), str(target), "/real", now) is not None
+
+
+def _entry(tmp_path: Path, target: Path, logical: str) -> hotcache.Entry:
+    ident = identity(os.lstat(target))
+    dirs = hotcache.capture(str(tmp_path), str(target), logical, ident)
+    assert dirs is not None
+    return hotcache.Entry(
+        b"HTTP/1.1 200 OK\r\n", True, "1.1", b"\r\n", str(target), ident, dirs, None, False,
+        "GET", "/",
+        frozenset(),
+    )  # fmt: skip
+
+
+def test_fresh_sees_content_rewritten_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    target.write_text("aaaa")
+    settle()
+    entry = _entry(tmp_path, target, "")
+    assert hotcache.fresh(entry)
+    st = os.stat(target)
+    target.write_text("bbbb")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # only ctime tells
+    assert not hotcache.fresh(entry)
+
+
+@pytest.mark.parametrize("change", ["create", "remove", "rename"])
+def test_fresh_sees_entries_come_and_go_in_any_directory_above(tmp_path: Path, change: str) -> None:
+    (tmp_path / "a").mkdir()
+    target = tmp_path / "a" / "page.html"
+    target.write_text("x")
+    (tmp_path / "other").write_text("o")
+    settle()
+    entry = _entry(tmp_path, target, "/a")
+    if change == "create":
+        (tmp_path / "a" / "index.html").write_text("new")
+    elif change == "remove":
+        (tmp_path / "other").unlink()
+    else:
+        (tmp_path / "other").rename(tmp_path / "renamed")
+    assert not hotcache.fresh(entry)
+
+
+def test_fresh_is_false_once_the_file_is_gone(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    target.write_text("a")
+    settle()
+    entry = _entry(tmp_path, target, "")
+    target.unlink()
+    assert not hotcache.fresh(entry)
+
+
+def test_the_cache_stays_within_its_budget_oldest_first() -> None:
+    cache = hotcache.HotCache(budget=4000)
+
+    def entry(size: int) -> hotcache.Entry:
+        return hotcache.Entry(
+            b"", True, "1.1", b"x" * size, "/f", (0, 0, 0, 0, 0), (), None, False, "GET", "/",
+            frozenset(),
+        )  # fmt: skip
+
+    entries = {b"k%d" % i: entry(900) for i in range(6)}
+    for key, value in entries.items():
+        cache.put(key, value)
+        assert sum(e.size for e in map(cache.get, entries) if e is not None) <= 4000
+    assert cache.get(b"k0") is None and cache.get(b"k5") is entries[b"k5"]
+    cache.put(b"huge", entry(5000))  # larger than the whole budget: not kept
+    assert cache.get(b"huge") is None
+    cache.discard(b"k5", entry(1))  # not the entry stored under that key
+    assert cache.get(b"k5") is entries[b"k5"]
+    cache.discard(b"k5", entries[b"k5"])
+    assert cache.get(b"k5") is None
+
+
+# -- in the handler ----------------------------------------------------------------------
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[tuple[Handler, H11Client, Path]]:
+    """A handler serving one socket pair in a thread (threads-model primitives)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    handler = Handler(Config(root=root, reload=False), ThreadIo())
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    thread = threading.Thread(target=handler.serve, args=(theirs,), daemon=True)
+    thread.start()
+    yield handler, H11Client(ours), root
+    ours.close()
+    thread.join(5)
+    handler.begin_shutdown()
+    handler.close()
+
+
+def test_a_repeated_request_skips_resolving(
+    in_process: tuple[Handler, H11Client, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, client, root = in_process
+    (root / "a.css").write_text("body{color:red}\n" * 40)
+    settle()
+    resolved: list[str] = []
+    resolver = handler._resolver
+
+    class Counting:
+        root = resolver.root
+
+        def resolve(self, path: str, query: str | None = None) -> object:
+            resolved.append(path)
+            return resolver.resolve(path, query)
+
+    monkeypatch.setattr(handler, "_resolver", Counting())
+    first = client.request("GET", "/a.css", {"Accept-Encoding": "gzip"})
+    again = [client.request("GET", "/a.css", {"Accept-Encoding": "gzip"}) for _ in range(3)]
+    assert resolved == ["/a.css"]
+    for response in again:
+        assert (response.status, response.raw_headers, response.body) == (
+            first.status,
+            first.raw_headers,
+            first.body,
+        )
+    assert gzip.decompress(first.body) == (root / "a.css").read_bytes()
+    # Other bytes (another Accept-Encoding) are another key.
+    plain = client.request("GET", "/a.css")
+    assert plain.body == (root / "a.css").read_bytes() and resolved == ["/a.css"] * 2
+
+
+def test_stopping_answers_with_connection_close(
+    in_process: tuple[Handler, H11Client, Path],
+) -> None:
+    handler, client, root = in_process
+    (root / "a.txt").write_text("a")
+    settle()
+    client.request("GET", "/a.txt")
+    assert client.request("GET", "/a.txt").header("connection") is None
+    # Once the server waits for the next request (else it would close the idle
+    # connection without reading it), it starts stopping: the hit must not be used.
+    deadline = time.monotonic() + 5
+    while not all(conn.reading for conn in handler._connections):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    handler.stopping = True
+    assert client.request("GET", "/a.txt").header("connection") == "close"
+
+
+# -- end to end, every worker model ------------------------------------------------------
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, worker_model: str) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp(f"hot-{worker_model}") / "root"
+    root.mkdir()
+    srv = start_server(root, worker_model)
+    yield srv
+    stop_cleanly(srv)
+
+
+@pytest.fixture
+def site(live: Server, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory of its own for each test, below the live server's root."""
+    name = request.node.name.replace("[", "-").replace("]", "")
+    root = live.root / name
+    root.mkdir()
+    yield root
+
+
+def twice(client: H11Client, target: str, headers: dict[str, str] | None = None) -> Response:
+    """Ask twice (the second answer may come from the cache); both must agree."""
+    first = client.request("GET", target, headers)
+    second = client.request("GET", target, headers)
+    assert (second.status, second.body) == (first.status, first.body)
+    return second
+
+
+def test_rewritten_file_is_served_fresh(live: Server, site: Path) -> None:
+    page = site / "a.txt"
+    page.write_text("version one\n")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        old = twice(client, f"/{site.name}/a.txt")
+        st = os.stat(page)
+        page.write_text("version two\n")  # same size, same mtime: only ctime moves
+        os.utime(page, ns=(st.st_atime_ns, st.st_mtime_ns))
+        new = client.request("GET", f"/{site.name}/a.txt")
+        assert new.body == b"version two\n"
+        assert new.header("etag") != old.header("etag")
+
+
+def test_304_head_and_gzip_answers_follow_the_file(live: Server, site: Path) -> None:
+    page = site / "app.js"
+    page.write_text("console.log('one');\n" * 50)
+    settle()
+    target = f"/{site.name}/app.js"
+    with live.connect() as sock:
+        client = H11Client(sock)
+        etag = twice(client, target).header("etag")
+        assert etag
+        assert twice(client, target, {"If-None-Match": etag}).status == 304
+        zipped = twice(client, target, {"Accept-Encoding": "gzip"})
+        assert zipped.header("content-encoding") == "gzip"
+        client.request("HEAD", target)
+        head = client.request("HEAD", target)
+        page.write_text("console.log('two!');\n" * 50)
+        assert client.request("GET", target, {"If-None-Match": etag}).status == 200
+        zipped = client.request("GET", target, {"Accept-Encoding": "gzip"})
+        assert gzip.decompress(zipped.body) == page.read_bytes()
+        length = client.request("HEAD", target).header("content-length")
+        assert length == str(page.stat().st_size) != head.header("content-length")
+
+
+def test_a_new_index_html_takes_over_from_index_htm(live: Server, site: Path) -> None:
+    (site / "index.htm").write_text("<p>htm</p>")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        assert b"htm</p>" in twice(client, f"/{site.name}/").body
+        (site / "index.html").write_text("<p>html</p>")
+        assert b"html</p>" in client.request("GET", f"/{site.name}/").body
+
+
+def test_a_file_named_like_a_clean_url_takes_over_from_the_page(live: Server, site: Path) -> None:
+    (site / "about.html").write_text("<p>page</p>")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        assert b"page</p>" in twice(client, f"/{site.name}/about").body
+        (site / "about").write_text("plain file")
+        assert client.request("GET", f"/{site.name}/about").body == b"plain file"
+
+
+def test_removed_file_is_404_at_once(live: Server, site: Path) -> None:
+    (site / "gone.txt").write_text("here")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        twice(client, f"/{site.name}/gone.txt")
+        (site / "gone.txt").unlink()
+        assert client.request("GET", f"/{site.name}/gone.txt").status == 404
+
+
+def test_directory_swapped_for_a_symlink_out_of_the_root(
+    live: Server, site: Path, tmp_path: Path
+) -> None:
+    (site / "sub").mkdir()
+    (site / "sub" / "f.txt").write_text("inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("SECRET")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        assert twice(client, f"/{site.name}/sub/f.txt").body == b"inside"
+        (site / "sub").rename(site / "old")
+        (site / "sub").symlink_to(outside)
+        assert client.request("GET", f"/{site.name}/sub/f.txt").status == 404
+
+
+def test_headers_rules_apply_to_cached_answers_at_once(live: Server) -> None:
+    root = live.root
+    (root / "ruled.txt").write_text("ruled")
+    settle()
+    rules = root / "_headers"
+    try:
+        with live.connect() as sock:
+            client = H11Client(sock)
+            assert twice(client, "/ruled.txt").header("x-test") is None
+            rules.write_text("/ruled.txt\n  X-Test: one\n")
+            assert client.request("GET", "/ruled.txt").header("x-test") == "one"
+            settle()
+            twice(client, "/ruled.txt")
+            with rules.open("a") as edit:  # in place: the root directory does not change
+                edit.write("  X-Other: two\n  Cache-Control: max-age=60\n")
+            assert client.request("GET", "/ruled.txt").header("x-other") == "two"
+            settle()
+            hit = twice(client, "/ruled.txt")
+            # A field _headers sets replaces ours, in a cached answer too.
+            fields = [name.lower() for name, _ in hit.raw_headers]
+            assert fields.count("cache-control") == 1
+            assert hit.header("cache-control") == "max-age=60"
+    finally:
+        rules.unlink()
+
+
+def test_pipelined_repeats_are_each_answered(live: Server, site: Path) -> None:
+    (site / "p.txt").write_text("pipelined")
+    settle()
+    raw = f"GET /{site.name}/p.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        client.send_raw(raw)
+        client.read_response()
+        client.send_raw(raw * 3)  # several in one read: answered one by one
+        for _ in range(3):
+            assert client.read_response().body == b"pipelined"
+        client.send_raw(raw[:10])  # one request over two reads
+        client.send_raw(raw[10:])
+        assert client.read_response().body == b"pipelined"
