@@ -270,7 +270,9 @@ class Client:
         )
         for piece in body:
             self.sock.sendall(self.conn.send(h11.Data(data=piece)) or b"")
-        self.sock.sendall(self.conn.send(h11.EndOfMessage()) or b"")
+        end = self.conn.send(h11.EndOfMessage())
+        if end:  # (nothing for a request without a body: the peer may have closed by now)
+            self.sock.sendall(end)
 
     def events(self) -> Iterator[Any]:
         while True:

@@ -69,7 +69,7 @@ from sitepeek.resolver import (
     strip_base,
 )
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
-from sitepeek.workers.base import Io
+from sitepeek.workers.base import Io, ReadWait
 
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"
@@ -144,6 +144,7 @@ class _Connection:
     # skips gevent's Python-level wrapper when the kernel can take the bytes at once
     # (nearly always for a small response). None for plain (threads) sockets.
     raw: _socket.socket | None = None
+    readable: ReadWait | None = None  # waits for ``raw`` to have bytes
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
@@ -164,12 +165,14 @@ class _Connection:
 
     def recv(self, size: int) -> bytes:
         raw = self.raw
-        if raw is not None:
+        readable = self.readable
+        if raw is None or readable is None:
+            return self.sock.recv(size)
+        while True:
             try:
                 return raw.recv(size)
             except BlockingIOError:
-                pass  # nothing yet: gevent's recv waits for it cooperatively
-        return self.sock.recv(size)
+                readable.wait()  # cooperatively
 
 
 class _DateCache:
@@ -310,6 +313,7 @@ class Handler:
         # (gevent's inner socket is a _socket.socket, not a socket.socket.)
         if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
             conn.raw = wrapped
+            conn.readable = self._io.read_wait(wrapped.fileno())
         with self._lock:
             self._connections.add(conn)
         linger = False
@@ -328,6 +332,8 @@ class Handler:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+            if conn.readable is not None:
+                conn.readable.close()
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -353,21 +359,6 @@ class Handler:
             if request is None:
                 return False
             self.requests += 1
-            if isinstance(request, hotcache.Entry):
-                # The same bytes as a request answered before, and nothing it depends
-                # on has changed: send what we sent then.
-                started = time.monotonic()
-                conn.deadline = started + self._config.send_timeout
-                conn.status = request.status  # (set: the bytes need no more filtering)
-                conn.sendall(self._stamped(request))
-                conn.idle_since = now = time.monotonic()
-                if self._log is not None:
-                    self._log.record(
-                        request.method, request.target, conn.status, conn.sent, now - started
-                    )
-                if not request.keep_alive:
-                    return False
-                continue
             if (
                 request.path == livereload.SOCKET_PATH
                 and self._broadcaster is not None
@@ -392,11 +383,10 @@ class Handler:
                 # connection and could destroy our response (RFC 9112 §9.6).
                 return not keep_alive and (parser.has_partial_request or request.has_body)
 
-    def _read_request(
-        self, conn: _Connection, parser: RequestParser
-    ) -> Request | hotcache.Entry | None:
-        """The next request, None when the peer closed or we are stopping, or a fresh
-        hot-cache entry when the bytes received are a request answered before.
+    def _read_request(self, conn: _Connection, parser: RequestParser) -> Request | None:
+        """The next request, None when the peer closed or we are stopping.
+
+        Requests the hot cache can answer are answered here, in the reading loop.
 
         Raises ProtocolError, or TimeoutError when the client is too slow: an idle
         keep-alive connection gets ``keepalive_timeout``; once a request has begun,
@@ -443,8 +433,9 @@ class Handler:
             if parser.drained and data:
                 entry = hot.get(data)
                 if entry is not None and self._hot_fresh(data, entry):
-                    conn.idle = False
-                    return entry
+                    if not self._answer_hot(conn, entry):
+                        return None  # answered with Connection: close
+                    continue
                 conn.hot_key = data
             else:
                 conn.hot_key = None
@@ -1068,15 +1059,34 @@ class Handler:
             entry.dirs = dirs
             self._hot.put(key, entry)
 
+    def _answer_hot(self, conn: _Connection, entry: hotcache.Entry) -> bool:
+        """Send what was sent for the same request bytes; True to keep the connection."""
+        self.requests += 1
+        started = time.monotonic()
+        conn.deadline = started + self._config.send_timeout
+        conn.idle = False
+        conn.status = entry.status  # (set: these bytes need no header filtering)
+        conn.sent = 0
+        conn.sendall(self._stamped(entry))
+        if self._log is None:
+            conn.idle_since = started
+        else:
+            conn.idle_since = now = time.monotonic()
+            self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
+        return entry.keep_alive
+
     def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
         """May ``entry`` answer its request bytes again now?"""
         if self.stopping:
             return False  # the answer must say Connection: close
         if entry.html and self._broadcaster is not None and not self._broadcaster.settled:
             return False  # a burst of changes is being written: the gate decides
-        if entry.rules is not None and self._current_rules() is not entry.rules:
-            return False
-        if hotcache.fresh(entry):
+        root_version = None
+        if self._rules is not None:
+            if self._current_rules() is not entry.rules:
+                return False
+            root_version = self._rules.root_version  # (saves stat-ing the root again)
+        if hotcache.fresh(entry, root_version):
             return True
         self._hot.discard(key, entry)
         return False

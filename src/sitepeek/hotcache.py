@@ -106,10 +106,18 @@ def capture(
         return None
 
 
-def fresh(entry: Entry) -> bool:
-    """Is the file, and every directory above it, as it was when ``entry`` was made?"""
+def fresh(entry: Entry, root_version: Version | None = None) -> bool:
+    """Is the file, and every directory above it, as it was when ``entry`` was made?
+
+    ``root_version`` is the root's version when the caller has just read it.
+    """
+    dirs = entry.dirs
+    if root_version is not None:
+        if root_version != dirs[-1][1]:
+            return False
+        dirs = dirs[:-1]
     try:
-        for path, version in entry.dirs:
+        for path, version in dirs:
             st = os.stat(path)
             if (st.st_mtime_ns, st.st_ctime_ns) != version:
                 return False

@@ -725,6 +725,11 @@ class RulesFile:
         self._loaded = _Loaded(_NO_FILE, _NO_FILE, RuleSet())
         self._root_version: tuple[int, int] | None = None
 
+    @property
+    def root_version(self) -> tuple[int, int] | None:
+        """The root directory's (mtime_ns, ctime_ns) as :meth:`current` last saw it."""
+        return self._root_version
+
     def current(self) -> RuleSet:
         loaded = self._loaded
         # Most sites have neither file. A missing file stays missing while the root

@@ -42,8 +42,20 @@ class Signal(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class ReadWait(Protocol):
+    """A reusable wait until one descriptor is readable (or shut down)."""
+
+    def wait(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Io(Protocol):
     """Blocking primitives that differ between greenlets and threads."""
+
+    def read_wait(self, fd: int) -> ReadWait | None:
+        """A wait for ``fd`` to become readable, for a non-blocking socket; None where
+        sockets block anyway (threads)."""
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         """Block until ``sock`` can take more bytes; raise TimeoutError after ``timeout``."""

@@ -43,11 +43,31 @@ class GeventChannel:
         return item
 
 
+class GeventReadWait:
+    """One libev watcher, started only while a greenlet waits: gevent's own recv would
+    try the read again first, one doomed system call per request on keep-alive."""
+
+    __slots__ = ("_hub", "_watcher")
+
+    def __init__(self, hub: gevent.hub.Hub, fd: int) -> None:
+        self._hub = hub
+        self._watcher = hub.loop.io(fd, 1)
+
+    def wait(self) -> None:
+        self._hub.wait(self._watcher)
+
+    def close(self) -> None:
+        self._watcher.close()
+
+
 class GeventIo:
     """Cooperative blocking primitives for the handler."""
 
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
+
+    def read_wait(self, fd: int) -> GeventReadWait:
+        return GeventReadWait(self._hub, fd)
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())

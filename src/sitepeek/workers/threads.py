@@ -51,6 +51,9 @@ class ThreadChannel:
 class ThreadIo:
     """Blocking primitives for OS threads."""
 
+    def read_wait(self, fd: int) -> None:
+        return None  # a thread's recv blocks by itself
+
     def offload(self, work: Callable[[], T]) -> T:
         return work()  # already in its own thread
 
