@@ -360,3 +360,45 @@ def test_pipelined_repeats_are_each_answered(live: Server, site: Path) -> None:
         client.send_raw(raw[:10])  # one request over two reads
         client.send_raw(raw[10:])
         assert client.read_response().body == b"pipelined"
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_cached_answer_larger_than_the_socket_takes_is_sent_whole(
+    tmp_path: Path, close: bool
+) -> None:
+    """The event loop sends a hot answer without waiting; what the socket cannot take
+    at once is sent by a greenlet, and only then is the connection reused or closed.
+
+    In process, to make the server's send buffer small (a TCP socket's is megabytes).
+    """
+    import gevent.socket
+
+    from sitepeek.workers.greenlets import GeventIo
+
+    body = os.urandom(60 * 1024)  # small enough to be kept in memory, and cached
+    (tmp_path / "big.bin").write_bytes(body)
+    settle()
+    handler = Handler(Config(root=tmp_path, reload=False), GeventIo())
+    extra = "Connection: close\r\n" if close else ""
+    raw = f"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
+    try:
+        for _ in range(2):  # the first answer fills the cache, the second comes from it
+            ours, theirs = socket.socketpair()
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            handler.adopt(gevent.socket.socket(fileno=theirs.detach()))
+            with gevent.socket.socket(fileno=ours.detach()) as sock:
+                sock.settimeout(5)
+                client = H11Client(sock)  # gevent's recv lets the server run meanwhile
+                client.send_raw(raw)
+                response = client.read_response()
+                assert response.body == body
+                if close:
+                    assert response.header("connection") == "close"
+                    assert sock.recv(1) == b""
+                else:
+                    client.send_raw(raw)
+                    assert client.read_response().body == body
+        assert handler.wait_closed(5)
+    finally:
+        handler.begin_shutdown()
+        handler.close()

@@ -113,6 +113,10 @@ class _CloseConnection(Exception):
     """The connection cannot continue (peer gone, file changed mid-response)."""
 
 
+class _Park(Exception):
+    """The connection is idle with nothing buffered: let it wait without a task."""
+
+
 @dataclass(slots=True, eq=False)
 class _Connection:
     """One client connection: its socket, its state, and what it was sent."""
@@ -145,6 +149,9 @@ class _Connection:
     # (nearly always for a small response). None for plain (threads) sockets.
     raw: _socket.socket | None = None
     readable: ReadWait | None = None  # waits for ``raw`` to have bytes
+    # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
+    parkable: bool = False
+    on_readable: Callable[[], None] | None = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
@@ -243,6 +250,7 @@ class Handler:
         self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
+        self._freed = io.signal()  # set whenever a connection closes
         self.stopping = False
         self.requests = 0
         self._reaper_stop = io.signal()
@@ -305,10 +313,66 @@ class Handler:
         if self._log is not None:
             self._log.close()
 
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def wait_for_room(self, limit: int, timeout: float) -> None:
+        """Wait (at most ``timeout``) until fewer than ``limit`` connections are open."""
+        self._freed.clear()
+        if len(self._connections) >= limit:
+            self._freed.wait(timeout)
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until every connection has closed; False if some remain at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._connections:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._freed.clear()
+            if self._connections:
+                self._freed.wait(min(left, 0.05))
+        return True
+
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
-        """Serve one accepted connection until it closes; never raises."""
+        """Serve one accepted connection until it closes, in the caller's task; never
+        raises."""
+        conn = self._open(sock, peer)
+        if conn is not None:
+            self._run(conn)
+
+    def adopt(self, sock: socket.socket, peer: object = None) -> None:
+        """Take an accepted connection without a task of its own; never blocks or raises.
+
+        Where the model can wait for readability without a task (gevent), a
+        connection waiting for its next request is only a watcher: a request the hot
+        cache answers is answered right in the event loop's callback, and a task is
+        spawned only for the others, until the connection is idle again. Elsewhere
+        it is :meth:`serve` in a new task.
+        """
+        conn = self._open(sock, peer)
+        if conn is None:
+            return
+        if conn.readable is None or conn.raw is None:
+            self._io.spawn(lambda: self._run(conn))
+            return
+        conn.parkable = True
+        conn.on_readable = lambda: self._poll(conn)
+        self._poll(conn)  # the request often arrives with the connection
+
+    def _open(self, sock: socket.socket, peer: object) -> _Connection | None:
         conn = _Connection(sock, idle_since=time.monotonic(), peer=peer)
+        try:
+            # Blocking without a per-call timeout: deadlines are the reaper's job.
+            sock.settimeout(None)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
         wrapped = getattr(sock, "_sock", None)
         # (gevent's inner socket is a _socket.socket, not a socket.socket.)
         if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
@@ -316,30 +380,109 @@ class Handler:
             conn.readable = self._io.read_wait(wrapped.fileno())
         with self._lock:
             self._connections.add(conn)
-        linger = False
+        return conn
+
+    def _close(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+        if conn.readable is not None:
+            conn.readable.close()
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        self._freed.set()
+
+    def _run(self, conn: _Connection, first: bytes = b"", pending: bytes = b"") -> None:
+        """Serve ``conn`` in this task until it closes or parks; never raises.
+
+        ``first``: bytes already received; ``pending``: the rest of a hot answer the
+        event loop could not send at once (when its request asked to close, the
+        connection is then closed: ``conn.parkable`` is False).
+        """
+        linger = parked = False
         try:
-            # Blocking without a per-call timeout: deadlines are the reaper's job.
-            sock.settimeout(None)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            linger = self._serve_requests(conn)
+            if pending:
+                conn.sendall(pending)
+                if not conn.parkable:
+                    return
+            linger = self._serve_requests(conn, first)
             if linger and not self.stopping:
-                self._linger(sock)
+                self._linger(conn.sock)
+        except _Park:
+            parked = True
         except (OSError, _CloseConnection):
             pass  # the peer went away or the response could not be completed
         except Exception as exc:  # a bug must cost one connection, never the server
             _report_bug("connection", exc)
         finally:
-            with self._lock:
-                self._connections.discard(conn)
-            if conn.readable is not None:
-                conn.readable.close()
-            with contextlib.suppress(OSError):
-                sock.close()
+            if not parked:
+                self._close(conn)
+        if parked:
+            self._park(conn)
 
-    def _serve_requests(self, conn: _Connection) -> bool:
-        """Answer requests until the connection should close; True to linger."""
-        parser = conn.parser = RequestParser(body_limit=self._body_limit)
+    def _park(self, conn: _Connection) -> None:
+        """Wait for the next request as a watcher (the connection is idle)."""
+        if self.stopping:
+            self._close(conn)
+            return
+        conn.idle = True
+        conn.deadline = time.monotonic() + self._config.keepalive_timeout
+        assert conn.readable is not None and conn.on_readable is not None
+        conn.readable.notify(conn.on_readable)
+
+    def _poll(self, conn: _Connection) -> None:
+        """Read what a parked connection has received, in the event loop; never blocks.
+
+        A request the hot cache answers in one send is answered here; anything else
+        (and the end of an answer the socket could not take at once) goes to a task.
+        """
+        raw = conn.raw
+        assert raw is not None and conn.readable is not None
+        try:
+            try:
+                data = raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                self._park(conn)
+                return
+            if not data or conn.expired:
+                self._close(conn)  # closed by the peer, or by the reaper (idle too long)
+                return
+            conn.readable.notify(None)
+            entry = self._hot.get(data)
+            if entry is not None and self._hot_fresh(data, entry):
+                started = time.monotonic()
+                response = self._begin_hot(conn, entry, started)
+                try:
+                    sent = raw.send(response)
+                except BlockingIOError:
+                    sent = 0
+                conn.sent = len(response)
+                if sent == len(response):
+                    self._end_hot(conn, entry, started)
+                    if entry.keep_alive:
+                        self._park(conn)
+                    else:
+                        self._close(conn)
+                    return
+                conn.parkable = entry.keep_alive
+                self._end_hot(conn, entry, started)
+                self._io.spawn(lambda: self._run(conn, pending=response[sent:]))
+                return
+            conn.idle = False
+            self._io.spawn(lambda: self._run(conn, data))
+        except OSError:
+            self._close(conn)
+        except Exception as exc:  # never into the event loop
+            _report_bug("connection", exc)
+            self._close(conn)
+
+    def _serve_requests(self, conn: _Connection, first: bytes = b"") -> bool:
+        """Answer requests until the connection should close; True to linger.
+
+        Raises _Park when an adopted connection is idle again.
+        """
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = RequestParser(body_limit=self._body_limit)
         while True:
             # Whatever the previous request added (_headers lines, its status) must not
             # leak into this one's answer, an error page included.
@@ -348,7 +491,7 @@ class Handler:
             conn.status = conn.sent = 0
             conn.hot_site = None
             try:
-                request = self._read_request(conn, parser)
+                request = self._read_request(conn, parser, first)
             except ProtocolError as exc:
                 self._send_error(conn, None, exc.status, exc.reason, keep_alive=False)
                 return True
@@ -356,6 +499,7 @@ class Handler:
                 if parser.has_partial_request:
                     self._send_error(conn, None, 408, "Request Timeout", keep_alive=False)
                 return False
+            first = b""
             if request is None:
                 return False
             self.requests += 1
@@ -383,7 +527,9 @@ class Handler:
                 # connection and could destroy our response (RFC 9112 §9.6).
                 return not keep_alive and (parser.has_partial_request or request.has_body)
 
-    def _read_request(self, conn: _Connection, parser: RequestParser) -> Request | None:
+    def _read_request(
+        self, conn: _Connection, parser: RequestParser, first: bytes = b""
+    ) -> Request | None:
         """The next request, None when the peer closed or we are stopping.
 
         Requests the hot cache can answer are answered here, in the reading loop.
@@ -396,6 +542,10 @@ class Handler:
         head_deadline = 0.0
         hot = self._hot
         conn.hot_key = None
+        if first:
+            # Received by the event loop, which found no hot answer for it.
+            conn.hot_key = first if parser.drained else None
+            parser.feed(first)
         while True:
             request = parser.next_request()
             if request is not None or parser.eof:
@@ -410,6 +560,8 @@ class Handler:
             if conn.idle:
                 if self.stopping:
                     return None
+                if conn.parkable and parser.drained:
+                    raise _Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:
                 if not head_deadline:
@@ -1061,19 +1213,27 @@ class Handler:
 
     def _answer_hot(self, conn: _Connection, entry: hotcache.Entry) -> bool:
         """Send what was sent for the same request bytes; True to keep the connection."""
-        self.requests += 1
         started = time.monotonic()
+        conn.sendall(self._begin_hot(conn, entry, started))
+        self._end_hot(conn, entry, started)
+        return entry.keep_alive
+
+    def _begin_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> bytes:
+        """Account for a hot answer about to be sent; returns its bytes."""
+        self.requests += 1
+        response = self._stamped(entry)
         conn.deadline = started + self._config.send_timeout
         conn.idle = False
         conn.status = entry.status  # (set: these bytes need no header filtering)
         conn.sent = 0
-        conn.sendall(self._stamped(entry))
+        return response
+
+    def _end_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> None:
         if self._log is None:
             conn.idle_since = started
         else:
             conn.idle_since = now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
-        return entry.keep_alive
 
     def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
         """May ``entry`` answer its request bytes again now?"""

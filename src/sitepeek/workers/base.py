@@ -45,7 +45,12 @@ class Signal(Protocol):
 class ReadWait(Protocol):
     """A reusable wait until one descriptor is readable (or shut down)."""
 
-    def wait(self) -> None: ...
+    def wait(self) -> None:
+        """Block this task until the descriptor is readable (not while notifying)."""
+
+    def notify(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` in the event loop whenever the descriptor is readable,
+        until ``notify(None)``; it must not block."""
 
     def close(self) -> None: ...
 
@@ -81,7 +86,16 @@ class ConnectionHandler(Protocol):
 
     stopping: bool
 
+    @property
+    def connection_count(self) -> int: ...
+
     def serve(self, sock: socket.socket, peer: object = None) -> None: ...
+
+    def adopt(self, sock: socket.socket, peer: object = None) -> None: ...
+
+    def wait_for_room(self, limit: int, timeout: float) -> None: ...
+
+    def wait_closed(self, timeout: float) -> bool: ...
 
     def begin_shutdown(self) -> None: ...
 

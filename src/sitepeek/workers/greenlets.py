@@ -13,7 +13,6 @@ from typing import TypeVar
 
 import gevent
 import gevent.event
-import gevent.pool
 import gevent.queue
 import gevent.socket
 
@@ -55,6 +54,13 @@ class GeventReadWait:
 
     def wait(self) -> None:
         self._hub.wait(self._watcher)
+
+    def notify(self, callback: Callable[[], None] | None) -> None:
+        watcher = self._watcher
+        if callback is None:
+            watcher.stop()
+        elif not watcher.active:
+            watcher.start(callback)
 
     def close(self) -> None:
         self._watcher.close()
@@ -123,9 +129,8 @@ def serve_until(
     process model uses one to notice that its supervisor died).
     """
     handler = make_handler(GeventIo())
-    pool = gevent.pool.Pool(config.max_connections)
     listener.setblocking(False)
-    acceptor = gevent.spawn(_accept_loop, listener, pool, handler)
+    acceptor = gevent.spawn(_accept_loop, listener, config.max_connections, handler)
     helpers = [gevent.spawn(watch, stop) for watch in watchers]
     try:
         stop.wait()
@@ -133,13 +138,15 @@ def serve_until(
         acceptor.kill()
         listener.close()
         gevent.killall(helpers)
-        _drain(config, pool, handler)
+        _drain(config, handler)
 
 
-def _accept_loop(
-    listener: socket.socket, pool: gevent.pool.Pool, handler: ConnectionHandler
-) -> None:
-    """Accept in batches: after a connection storm the backlog drains at once."""
+def _accept_loop(listener: socket.socket, limit: int, handler: ConnectionHandler) -> None:
+    """Accept in batches: after a connection storm the backlog drains at once.
+
+    A connection gets a greenlet only while it has a request to answer that the hot
+    cache cannot (see Handler.adopt); ``limit`` counts connections, busy or not.
+    """
     hub = gevent.get_hub()
     readable = hub.loop.io(listener.fileno(), 1)  # one watcher, reused for every wait
     backoff = AcceptBackoff()
@@ -149,13 +156,13 @@ def _accept_loop(
             # A client is waiting. At max_connections, close the longest-idle
             # keep-alive connection; when every connection is busy, wait: new clients
             # queue in the listen backlog instead of being accepted and starved.
-            if pool.full():
+            if handler.connection_count >= limit:
                 if index:
                     break  # reclaim only for a client known to be waiting
-                while pool.full():
+                while handler.connection_count >= limit:
                     # A connection may turn idle a moment later: try again meanwhile.
                     handler.reclaim_idle()
-                    pool.wait_available(timeout=0.05)
+                    handler.wait_for_room(limit, timeout=0.05)
             try:
                 client, peer = listener.accept()
             except BlockingIOError:
@@ -167,13 +174,13 @@ def _accept_loop(
                 gevent.sleep(delay)
                 break
             backoff.succeeded()
-            pool.spawn(handler.serve, gevent.socket.socket(fileno=client.detach()), peer)
+            handler.adopt(gevent.socket.socket(fileno=client.detach()), peer)
 
 
-def _drain(config: Config, pool: gevent.pool.Pool, handler: ConnectionHandler) -> None:
+def _drain(config: Config, handler: ConnectionHandler) -> None:
     """Close idle connections now; give in-flight responses a grace period."""
     handler.begin_shutdown()
-    if not pool.join(timeout=config.shutdown_grace):
+    if not handler.wait_closed(config.shutdown_grace):
         handler.abort_all()
-        pool.kill(timeout=0.2)
+        handler.wait_closed(0.2)
     handler.close()
