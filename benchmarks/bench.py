@@ -253,7 +253,11 @@ def _measure_load(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
             if scenario.probe:
                 outcome.probe = probe(server.url + scenario.path, scenario.headers)
             load = LoadSpec(
-                server.url + scenario.path, scenario.connections, run.duration_s, scenario.headers
+                server.url + scenario.path,
+                scenario.connections,
+                run.duration_s,
+                scenario.headers,
+                scenario.unique,
             )
             outcome.load = run_load(
                 load, run.tool, CpuPlan.prefix(run.cpus.load), raise_open_files_limit

@@ -21,6 +21,7 @@ BASELINE = "python-http.server"
 PANELS = (
     ("small", "requests_per_s", "1 KiB file, 50 keep-alive conns"),
     ("index", "requests_per_s", "/ (index.html), 50 conns"),
+    ("unique", "requests_per_s", "every request different (no cache can answer)"),
     ("gzip", "requests_per_s", "app.js with Accept-Encoding: gzip"),
     ("close", "requests_per_s", "Connection: close"),
     ("large", "transfer_bytes_per_s", "64 MiB file, throughput"),
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         colors = ["#2b6cb0" if name.startswith("sitepeek") else "#a0aec0" for name in names]
         ax.barh(names, values, color=colors)
         for y, value in enumerate(values):
-            ax.text(value, y, f" {value:.1f}x" if base else f" {value:,.0f}", va="center",
-                    fontsize=8)
+            ax.text(
+                value, y, f" {value:.1f}x" if base else f" {value:,.0f}", va="center", fontsize=8
+            )
         ax.set_title(label, fontsize=10, loc="left")
         ax.tick_params(labelsize=8)
         ax.set_xlabel(f"times {BASELINE} (same run)" if base else key, fontsize=8)

@@ -7,12 +7,14 @@ fallback with far less headroom than wrk, and the report says when it was used.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +53,17 @@ class LoadSpec:
     connections: int
     duration_s: float
     headers: tuple[tuple[str, str], ...] = ()
+    unique: bool = False  # append ?n=<counter> to every request
+
+
+# wrk's request() hook: a new query string per request (one counter per wrk thread).
+_UNIQUE_LUA = """
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, wrk.path .. "?n=" .. counter)
+end
+"""
 
 
 def wrk_version() -> str | None:
@@ -73,14 +86,19 @@ def run_wrk(spec: LoadSpec, cpu_prefix: list[str], preexec: Preexec = None) -> L
     argv = ["wrk", "-t1", f"-c{spec.connections}", f"-d{spec.duration_s:g}s", "--latency"]
     for name, value in spec.headers:
         argv += ["-H", f"{name}: {value}"]
-    result = subprocess.run(
-        [*cpu_prefix, *argv, spec.url],
-        capture_output=True,
-        text=True,
-        timeout=spec.duration_s + WRK_GRACE_S,
-        preexec_fn=preexec,
-        check=False,
-    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if spec.unique:
+            script.write(_UNIQUE_LUA)
+            script.flush()
+            argv += ["-s", script.name]
+        result = subprocess.run(
+            [*cpu_prefix, *argv, spec.url],
+            capture_output=True,
+            text=True,
+            timeout=spec.duration_s + WRK_GRACE_S,
+            preexec_fn=preexec,
+            check=False,
+        )
     if result.returncode != 0 or "Requests/sec" not in result.stdout:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip()[:300]}")
     return parse_wrk(result.stdout)
@@ -170,8 +188,16 @@ class _Connection:
         self.sock.close()
 
 
-def _client_loop(host: str, port: int, request: bytes, deadline: float, tally: _Tally) -> None:
+def _client_loop(
+    host: str,
+    port: int,
+    request: bytes,
+    deadline: float,
+    tally: _Tally,
+    unique: itertools.count[int] | None,
+) -> None:
     latencies: list[float] = []
+    head, _, rest = request.partition(b" HTTP/1.1\r\n")
     errors = dict.fromkeys(tally.errors, 0)
     nbytes = 0
     conn: _Connection | None = None
@@ -187,6 +213,8 @@ def _client_loop(host: str, port: int, request: bytes, deadline: float, tally: _
                 time.sleep(0.01)
                 continue
         started = time.perf_counter()
+        if unique is not None:  # (next() on a shared count is atomic under the GIL)
+            request = b"%s?n=%d HTTP/1.1\r\n%s" % (head, next(unique), rest)
         try:
             conn.sock.sendall(request)
             status, size, keep_alive = _read_response(conn.reader)
@@ -263,11 +291,15 @@ def python_client(spec: LoadSpec) -> LoadResult:
     lines += [f"{name}: {value}" for name, value in spec.headers]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     tally = _Tally()
+    counter = itertools.count(1) if spec.unique else None
     threading.stack_size(256 * 1024)  # 1000 threads must not need 8 GiB of address space.
     started = time.perf_counter()
     deadline = started + spec.duration_s
     threads = [
-        threading.Thread(target=_client_loop, args=(host, port, request, deadline, tally))
+        threading.Thread(
+            target=_client_loop,
+            args=(host, port, request, deadline, tally, counter),
+        )
         for _ in range(spec.connections)
     ]
     for thread in threads:
@@ -301,6 +333,7 @@ def main(argv: list[str]) -> None:
         connections=raw["connections"],
         duration_s=raw["duration_s"],
         headers=tuple((name, value) for name, value in raw["headers"]),
+        unique=raw["unique"],
     )
     print(json.dumps(asdict(python_client(spec))))
 

@@ -22,6 +22,9 @@ class Scenario:
     # Fetch the path once with these headers and record Content-Length and Content-Encoding.
     probe: bool = False
     launches: int = 10  # startup scenarios: how many launches the median is taken over
+    # Every request differs (a counter in the query): no cache keyed by the request's
+    # bytes can answer, so this measures the full path of a request never seen before.
+    unique: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -29,6 +32,11 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("small", "GET /small.txt (1 KiB), 50 keep-alive connections"),
         Scenario("index", "GET / (index.html, ~2 KB), 50 keep-alive connections", path="/"),
+        Scenario(
+            "unique",
+            "GET /small.txt?n=<counter>: every request different, 50 keep-alive connections",
+            unique=True,
+        ),
         Scenario(
             "gzip",
             "GET /app.js (~100 KB) with Accept-Encoding: gzip, 50 connections",

@@ -123,6 +123,8 @@ class _Connection:
 
     sock: socket.socket
     idle: bool = True  # no request in progress: shutdown and reclaim may close it
+    # When the last answer began: a client sees an answer before its task has run
+    # on, so only start times order connections the way their clients used them.
     idle_since: float = 0.0
     websocket: bool = False
     # When the connection's current wait (idle, head, write) expires; 0 = none.
@@ -516,7 +518,8 @@ class Handler:
             started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
             keep_alive = self._respond(conn, request)
-            conn.idle_since = now = time.monotonic()
+            conn.idle_since = started
+            now = time.monotonic()
             if self._log is not None:
                 self._log.record(
                     request.method, request.target, conn.status, conn.sent, now - started
@@ -1229,10 +1232,9 @@ class Handler:
         return response
 
     def _end_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> None:
-        if self._log is None:
-            conn.idle_since = started
-        else:
-            conn.idle_since = now = time.monotonic()
+        conn.idle_since = started
+        if self._log is not None:
+            now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
 
     def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
