@@ -153,6 +153,10 @@ class _Connection:
     readable: ReadWait | None = None  # waits for ``raw`` to have bytes
     # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
     parkable: bool = False
+    # The last request was answered from the hot cache: likely the next one too, so
+    # the connection parks when idle. After any other answer its task waits on: a
+    # client asking for new things each time would pay a task per request otherwise.
+    hot_streak: bool = False
     on_readable: Callable[[], None] | None = None
 
     def sendall(self, data: bytes) -> None:
@@ -505,6 +509,7 @@ class Handler:
             if request is None:
                 return False
             self.requests += 1
+            conn.hot_streak = False
             if (
                 request.path == livereload.SOCKET_PATH
                 and self._broadcaster is not None
@@ -563,7 +568,7 @@ class Handler:
             if conn.idle:
                 if self.stopping:
                     return None
-                if conn.parkable and parser.drained:
+                if conn.hot_streak and conn.parkable and parser.drained:
                     raise _Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:
@@ -1190,7 +1195,13 @@ class Handler:
         when it is a file of the site that can be checked for changes cheaply."""
         key = out.hot_key
         site = out.hot_site
-        if key is None or site is None or self.stopping or len(rest) > hotcache.MAX_RESPONSE:
+        if (
+            key is None
+            or site is None
+            or self.stopping
+            or len(rest) > hotcache.MAX_RESPONSE
+            or not self._hot.wanted(key)
+        ):
             out.sendall(status_line + self._dates.prefix(keep, request.version) + rest)
             return
         entry = hotcache.Entry(
@@ -1224,6 +1235,7 @@ class Handler:
     def _begin_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> bytes:
         """Account for a hot answer about to be sent; returns its bytes."""
         self.requests += 1
+        conn.hot_streak = True
         response = self._stamped(entry)
         conn.deadline = started + self._config.send_timeout
         conn.idle = False

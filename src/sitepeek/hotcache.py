@@ -37,6 +37,7 @@ from sitepeek.entities import Identity, identity
 SETTLE_NS = 50_000_000  # far above the coarsest kernel tick (10 ms at HZ=100)
 MAX_RESPONSE = 256 * 1024  # larger responses are not worth a copy
 BUDGET = 16 * 1024 * 1024  # all keys and responses together
+DOORKEEPER = 4096  # keys remembered from their first sighting
 
 Version = tuple[int, int]  # (mtime_ns, ctime_ns) of a directory
 
@@ -130,18 +131,35 @@ def fresh(entry: Entry, root_version: Version | None = None) -> bool:
 class HotCache:
     """Entries by request bytes, bounded by ``budget`` bytes (oldest entries go first).
 
+    A request is worth an entry only once its bytes come back: the first time, only
+    the key is remembered (in a bounded set), so requests that never repeat (a
+    cache-busting query, a crawler) cost neither an entry nor the stats to make one.
     Lookups take no lock (one dict read); insertions do, so threads may share it.
     """
 
-    def __init__(self, budget: int = BUDGET) -> None:
+    def __init__(self, budget: int = BUDGET, doorkeeper: int = DOORKEEPER) -> None:
         self._entries: dict[bytes, Entry] = {}
         self._budget = budget
         self._bytes = 0
+        self._seen: set[bytes] = set()
+        self._doorkeeper = doorkeeper
         self._lock = threading.Lock()
         self.get = self._entries.get
 
+    def wanted(self, key: bytes) -> bool:
+        """Is ``key`` worth an entry (seen before)? Remembers it otherwise."""
+        seen = self._seen
+        if key in seen:
+            return True
+        if len(seen) >= self._doorkeeper:
+            seen.clear()
+        seen.add(key)
+        return False
+
     def put(self, key: bytes, entry: Entry) -> None:
-        entry.size = len(key) + len(entry.rest) + 256  # the entry's own fields, roughly
+        # The bytes are held twice (``rest`` and the stamped response), plus the
+        # entry's own objects.
+        entry.size = len(key) + 2 * len(entry.rest) + 600
         if entry.size > self._budget:
             return
         with self._lock:
