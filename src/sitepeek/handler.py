@@ -442,7 +442,8 @@ class Handler:
         (and the end of an answer the socket could not take at once) goes to a task.
         """
         raw = conn.raw
-        assert raw is not None and conn.readable is not None
+        readable = conn.readable
+        assert raw is not None and readable is not None and conn.on_readable is not None
         try:
             try:
                 data = raw.recv(RECV_SIZE)
@@ -452,27 +453,38 @@ class Handler:
             if not data or conn.expired:
                 self._close(conn)  # closed by the peer, or by the reaper (idle too long)
                 return
-            conn.readable.notify(None)
             entry = self._hot.get(data)
             if entry is not None and self._hot_fresh(data, entry):
+                # (The hot path of the whole server: kept to the calls it needs.)
+                self.requests += 1
+                conn.hot_streak = True
+                conn.status = entry.status
+                response = self._stamped(entry)
+                conn.sent = size = len(response)
                 started = time.monotonic()
-                response = self._begin_hot(conn, entry, started)
                 try:
                     sent = raw.send(response)
                 except BlockingIOError:
                     sent = 0
-                conn.sent = len(response)
-                if sent == len(response):
-                    self._end_hot(conn, entry, started)
-                    if entry.keep_alive:
-                        self._park(conn)
-                    else:
+                conn.idle_since = started
+                if self._log is not None:
+                    self._log.record(
+                        entry.method, entry.target, entry.status, size, time.monotonic() - started
+                    )
+                if sent == size:
+                    if not entry.keep_alive or self.stopping:
                         self._close(conn)
+                        return
+                    conn.deadline = started + self._config.keepalive_timeout
+                    readable.notify(conn.on_readable)  # (already watching, unless adopted)
                     return
+                readable.notify(None)
+                conn.idle = False
+                conn.deadline = started + self._config.send_timeout
                 conn.parkable = entry.keep_alive
-                self._end_hot(conn, entry, started)
                 self._io.spawn(lambda: self._run(conn, pending=response[sent:]))
                 return
+            readable.notify(None)
             conn.idle = False
             self._io.spawn(lambda: self._run(conn, data))
         except OSError:
@@ -1256,10 +1268,12 @@ class Handler:
         if entry.html and self._broadcaster is not None and not self._broadcaster.settled:
             return False  # a burst of changes is being written: the gate decides
         root_version = None
-        if self._rules is not None:
-            if self._current_rules() is not entry.rules:
+        rules = self._rules
+        if rules is not None:
+            # (New rules: a miss, and the full path reports their warnings.)
+            if rules.current() is not entry.rules:
                 return False
-            root_version = self._rules.root_version  # (saves stat-ing the root again)
+            root_version = rules.root_version  # (saves stat-ing the root again)
         if hotcache.fresh(entry, root_version):
             return True
         self._hot.discard(key, entry)
