@@ -259,9 +259,13 @@ def _measure_load(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
                 scenario.headers,
                 scenario.unique,
             )
+            cpu_before = server.cpu_seconds()
             outcome.load = run_load(
                 load, run.tool, CpuPlan.prefix(run.cpus.load), raise_open_files_limit
             )
+            cpu_after = server.cpu_seconds()
+            if cpu_before is not None and cpu_after is not None:
+                outcome.cpu_s = cpu_after - cpu_before
             outcome.peak_mib = server.peak_memory_mib()
     except (OSError, RuntimeError, ValueError) as error:
         outcome.status, outcome.detail = "failed", f"{type(error).__name__}: {error}"

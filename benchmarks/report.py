@@ -34,6 +34,13 @@ class Outcome:
     probe: Probe | None = None
     startup_s: list[float] = field(default_factory=list)  # one per launch
     peak_mib: float | None = None
+    cpu_s: float | None = None  # the server's CPU time during the load run
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.cpu_s is None or self.load is None or not self.load.requests:
+            return None
+        return self.cpu_s / self.load.requests * 1e6
 
     @property
     def startup_median_ms(self) -> float | None:
@@ -58,7 +65,7 @@ def _load_table(outcomes: list[Outcome], baseline: str) -> list[str]:
     base = next((o.load for o in outcomes if o.server == baseline and o.load), None)
     probed = any(o.probe for o in outcomes)
     header = ["server", "requests/s", f"vs {baseline}", "p50 ms", "p99 ms", "errors", "MiB/s"]
-    header += ["peak MiB"] + (["bytes/response", "encoding"] if probed else [])
+    header += ["peak MiB", "CPU µs/req"] + (["bytes/response", "encoding"] if probed else [])
     lines = [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
     for o in outcomes:
         if o.load is None:
@@ -75,6 +82,7 @@ def _load_table(outcomes: list[Outcome], baseline: str) -> list[str]:
             _errors(load),
             f"{load.transfer_bytes_per_s / MIB:,.1f}",
             _mib(o.peak_mib),
+            "-" if o.cpu_us_per_request is None else f"{o.cpu_us_per_request:.1f}",
         ]
         if probed:
             cells += _probe_cells(o.probe)

@@ -83,11 +83,16 @@ def free_port() -> int:
         return port
 
 
-def _sitepeek(model: str) -> Callable[[LaunchContext], Launch]:
+def _sitepeek(model: str, log: bool = False) -> Callable[[LaunchContext], Launch]:
     def build(ctx: LaunchContext) -> Launch:
         argv = [sys.executable, "-m", "sitepeek", "serve", str(ctx.site)]
+        # The default configuration (live reload on) with the request log quieted, as
+        # the Node servers are run with --quiet too; `log`: the text log on, written
+        # to a file, to show what it costs.
         argv += ["--port", "0", "--strict-port", "--workers", model]
-        notes: list[str] = []
+        notes: list[str] = ["request log on (text, to a file)"] if log else []
+        if not log:
+            argv.append("--quiet")
         if model == "processes" and ctx.pinned:
             argv += ["--processes", "1"]
             notes.append("--processes 1 (pinned to one core)")
@@ -186,6 +191,7 @@ SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("sitepeek-greenlets", _sitepeek("greenlets"), in_startup=True),
+        ServerSpec("sitepeek-greenlets-log", _sitepeek("greenlets", log=True)),
         ServerSpec("sitepeek-threads", _sitepeek("threads"), in_startup=True),
         ServerSpec("sitepeek-processes", _sitepeek("processes"), in_startup=True),
         ServerSpec("python-http.server", _http_server, in_startup=True),
@@ -331,6 +337,13 @@ class RunningServer:
             raise StartError("unavailable", f"exit {code}: {tail}")
         raise StartError("failed", f"exited with {code}: {tail}")
 
+    def cpu_seconds(self) -> float | None:
+        """User and system CPU time of the server and its descendants so far."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        times = [cpu_seconds(pid) for pid in process_tree(self.process.pid)]
+        return sum(t for t in times if t is not None)
+
     def peak_memory_mib(self) -> float | None:
         """Sum of VmHWM over the server and its descendants (shared pages count twice)."""
         if self.process is None or self.process.poll() is not None:
@@ -403,6 +416,15 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, []))
     return tree
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # fields[0] is field 3, the state
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def vm_hwm_kib(pid: int) -> int | None:
