@@ -151,6 +151,7 @@ class _Connection:
     # (nearly always for a small response). None for plain (threads) sockets.
     raw: _socket.socket | None = None
     readable: ReadWait | None = None  # waits for ``raw`` to have bytes
+    writable: ReadWait | None = None  # waits for room in ``raw`` (made when first needed)
     # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
     parkable: bool = False
     # The last request was answered from the hot cache: likely the next one too, so
@@ -393,6 +394,8 @@ class Handler:
             self._connections.discard(conn)
         if conn.readable is not None:
             conn.readable.close()
+        if conn.writable is not None:
+            conn.writable.close()
         with contextlib.suppress(OSError):
             conn.sock.close()
         self._freed.set()
@@ -1332,7 +1335,15 @@ class Handler:
             try:
                 sent = os.sendfile(fileno, fd, offset, chunk)
             except BlockingIOError:
-                self._io.wait_writable(sock, timeout)
+                if out.raw is None:
+                    self._io.wait_writable(sock, timeout)
+                    continue
+                if out.writable is None:
+                    out.writable = self._io.write_wait(fileno)
+                if out.writable is None:
+                    self._io.wait_writable(sock, timeout)
+                else:
+                    out.writable.wait()  # (the reaper enforces out.deadline)
                 continue
             if sent == 0:
                 raise _CloseConnection  # the file shrank under us: close, never hang

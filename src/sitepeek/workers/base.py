@@ -62,6 +62,9 @@ class Io(Protocol):
         """A wait for ``fd`` to become readable, for a non-blocking socket; None where
         sockets block anyway (threads)."""
 
+    def write_wait(self, fd: int) -> ReadWait | None:
+        """The same for writable (``notify`` is not used); None where sockets block."""
+
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         """Block until ``sock`` can take more bytes; raise TimeoutError after ``timeout``."""
 

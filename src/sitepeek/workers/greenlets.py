@@ -43,14 +43,15 @@ class GeventChannel:
 
 
 class GeventReadWait:
-    """One libev watcher, started only while a greenlet waits: gevent's own recv would
-    try the read again first, one doomed system call per request on keep-alive."""
+    """One libev watcher per connection and direction, reused for every wait: gevent's
+    own recv would try the read again first (one doomed system call per request on
+    keep-alive), and gevent.socket.wait_write makes a watcher and a timer per wait."""
 
     __slots__ = ("_hub", "_watcher")
 
-    def __init__(self, hub: gevent.hub.Hub, fd: int) -> None:
+    def __init__(self, hub: gevent.hub.Hub, fd: int, events: int = 1) -> None:
         self._hub = hub
-        self._watcher = hub.loop.io(fd, 1)
+        self._watcher = hub.loop.io(fd, events)
 
     def wait(self) -> None:
         self._hub.wait(self._watcher)
@@ -74,6 +75,9 @@ class GeventIo:
 
     def read_wait(self, fd: int) -> GeventReadWait:
         return GeventReadWait(self._hub, fd)
+
+    def write_wait(self, fd: int) -> GeventReadWait:
+        return GeventReadWait(self._hub, fd, 2)
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())

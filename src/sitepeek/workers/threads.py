@@ -54,6 +54,9 @@ class ThreadIo:
     def read_wait(self, fd: int) -> None:
         return None  # a thread's recv blocks by itself
 
+    def write_wait(self, fd: int) -> None:
+        return None
+
     def offload(self, work: Callable[[], T]) -> T:
         return work()  # already in its own thread
 
