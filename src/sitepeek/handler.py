@@ -96,6 +96,9 @@ _KNOWN_CODINGS = ("br", "zstd", "gzip")
 PROXY_BODY_LIMIT = 1 << 40
 # The rules files configure the server; like Netlify and Cloudflare, never serve them.
 _RULE_FILES = frozenset({"/_redirects", "/_headers"})
+# A busy connection whose request began less than this ago may be done already (see
+# reclaim_idle).
+_JUST_ANSWERED = 0.1
 _OK = b"HTTP/1.1 200 OK\r\n"
 _NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
 _MISDIRECTED = (
@@ -123,9 +126,10 @@ class _Connection:
 
     sock: socket.socket
     idle: bool = True  # no request in progress: shutdown and reclaim may close it
-    # When the last answer began: a client sees an answer before its task has run
-    # on, so only start times order connections the way their clients used them.
-    idle_since: float = 0.0
+    # When its latest request began (or it was accepted): a client sees an answer
+    # before the task that sent it has run on, so only start times order connections
+    # the way their clients used them.
+    last_request: float = 0.0
     websocket: bool = False
     # When the connection's current wait (idle, head, write) expires; 0 = none.
     # The reaper enforces it, so no I/O call needs a per-call timer.
@@ -308,10 +312,24 @@ class Handler:
         """
         with self._lock:
             # A reload socket is idle but not reclaimable: its tab would reconnect.
-            idle = [conn for conn in self._connections if conn.idle and not conn.websocket]
+            candidates = [conn for conn in self._connections if not conn.websocket]
+        idle = [conn for conn in candidates if conn.idle]
         if not idle:
             return False
-        _shutdown(min(idle, key=lambda conn: conn.idle_since).sock)
+        oldest = min(idle, key=lambda conn: conn.last_request)
+        now = time.monotonic()
+        for conn in candidates:
+            if (
+                not conn.idle
+                and conn.last_request < oldest.last_request
+                and now - conn.last_request < _JUST_ANSWERED
+            ):
+                # Used before ``oldest`` and still busy, but only just: its answer may
+                # be sent already, the thread that sent it not having run on yet (its
+                # client has moved on). Ask again in a moment rather than close a
+                # connection its client used more recently.
+                return False
+        _shutdown(oldest.sock)
         return True
 
     def close(self) -> None:
@@ -370,7 +388,7 @@ class Handler:
         self._poll(conn)  # the request often arrives with the connection
 
     def _open(self, sock: socket.socket, peer: object) -> _Connection | None:
-        conn = _Connection(sock, idle_since=time.monotonic(), peer=peer)
+        conn = _Connection(sock, last_request=time.monotonic(), peer=peer)
         try:
             # Blocking without a per-call timeout: deadlines are the reaper's job.
             sock.settimeout(None)
@@ -469,7 +487,7 @@ class Handler:
                     sent = raw.send(response)
                 except BlockingIOError:
                     sent = 0
-                conn.idle_since = started
+                conn.last_request = started
                 if self._log is not None:
                     self._log.record(
                         entry.method, entry.target, entry.status, size, time.monotonic() - started
@@ -535,10 +553,9 @@ class Handler:
                 conn.deadline = 0.0
                 self._upgrade(conn, request, parser, self._broadcaster)
                 return False
-            started = time.monotonic()
+            conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
             keep_alive = self._respond(conn, request)
-            conn.idle_since = started
             now = time.monotonic()
             if self._log is not None:
                 self._log.record(
@@ -1252,6 +1269,7 @@ class Handler:
         self.requests += 1
         conn.hot_streak = True
         response = self._stamped(entry)
+        conn.last_request = started
         conn.deadline = started + self._config.send_timeout
         conn.idle = False
         conn.status = entry.status  # (set: these bytes need no header filtering)
@@ -1259,7 +1277,6 @@ class Handler:
         return response
 
     def _end_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> None:
-        conn.idle_since = started
         if self._log is not None:
             now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
