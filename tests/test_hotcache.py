@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -34,11 +35,17 @@ def settle() -> None:
     time.sleep(SETTLE_S)
 
 
+def now() -> int:
+    return time.time_ns()
+
+
 # -- the cache itself ------------------------------------------------------------------
 def test_recently_changed_files_are_not_captured(tmp_path: Path) -> None:
     target = tmp_path / "a.txt"
     target.write_text("a")
-    assert hotcache.capture(str(tmp_path), str(target), "", identity(os.lstat(target))) is None
+    assert (
+        hotcache.capture(str(tmp_path), str(target), "", identity(os.lstat(target)), now()) is None
+    )
 
 
 def test_capture_lists_every_directory_up_to_the_root(tmp_path: Path) -> None:
@@ -46,7 +53,7 @@ def test_capture_lists_every_directory_up_to_the_root(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "c.txt"
     target.write_text("c")
     settle()
-    dirs = hotcache.capture(str(tmp_path), str(target), "/a/b", identity(os.lstat(target)))
+    dirs = hotcache.capture(str(tmp_path), str(target), "/a/b", identity(os.lstat(target)), now())
     assert dirs is not None
     assert [path for path, _ in dirs] == [
         str(tmp_path / "a" / "b"),
@@ -61,18 +68,50 @@ def test_capture_refuses_another_version_or_a_symlinked_directory(tmp_path: Path
     target.write_text("f")
     (tmp_path / "link").symlink_to("real")
     settle()
-    now = identity(os.lstat(target))
-    stale = (*now[:4], now[4] + 1)
-    assert hotcache.capture(str(tmp_path), str(target), "/real", stale) is None
+    ident = identity(os.lstat(target))
+    stale = (*ident[:4], ident[4] + 1)
+    assert hotcache.capture(str(tmp_path), str(target), "/real", stale, now()) is None
     # /link/f.txt resolves to real/f.txt: the directories checked would not be the
     # ones the URL goes through, so it is not cached.
-    assert hotcache.capture(str(tmp_path), str(target), "/link", now) is None
-    assert hotcache.capture(str(tmp_path), str(target), "/real", now) is not None
+    assert hotcache.capture(str(tmp_path), str(target), "/link", ident, now()) is None
+    assert hotcache.capture(str(tmp_path), str(target), "/real", ident, now()) is not None
+
+
+def test_a_change_made_while_the_request_was_answered_is_not_captured(
+    tmp_path: Path,
+) -> None:
+    """The directories are read after the answer is sent; one changed after the
+    request began must not be taken for the state the answer reflects."""
+    target = tmp_path / "a.txt"
+    target.write_text("a")
+    settle()
+    began = now()
+    settle()  # a slow answer
+    (tmp_path / "new.html").write_text("appeared meanwhile")
+    settle()
+    ident = identity(os.lstat(target))
+    assert hotcache.capture(str(tmp_path), str(target), "", ident, began) is None
+    assert hotcache.capture(str(tmp_path), str(target), "", ident, now()) is not None
+
+
+def test_whole_second_timestamps_need_a_longer_settle() -> None:
+    """File systems with 1-2 s timestamps (FAT, ext3) would hide a change made in the
+    same second as the captured state."""
+
+    def stamps(mtime: int, ctime: int) -> os.stat_result:
+        return SimpleNamespace(st_mtime_ns=mtime, st_ctime_ns=ctime)  # type: ignore[return-value]
+
+    began = now()
+    fine = began - hotcache.SETTLE_NS - 1_000_001  # nanosecond timestamps, 51 ms before
+    assert hotcache._settled(stamps(fine, fine), began)
+    whole = (began - 1_000_000_000) // 1_000_000_000 * 1_000_000_000  # 1-2 s before
+    assert not hotcache._settled(stamps(whole, fine), began)
+    assert hotcache._settled(stamps(whole - 2_000_000_000, fine), began)
 
 
 def _entry(tmp_path: Path, target: Path, logical: str) -> hotcache.Entry:
     ident = identity(os.lstat(target))
-    dirs = hotcache.capture(str(tmp_path), str(target), logical, ident)
+    dirs = hotcache.capture(str(tmp_path), str(target), logical, ident, now())
     assert dirs is not None
     return hotcache.Entry(
         b"HTTP/1.1 200 OK\r\n", True, "1.1", b"\r\n", str(target), ident, dirs, None, False,
@@ -198,6 +237,23 @@ def test_a_repeated_request_skips_resolving(
     # Other bytes (another Accept-Encoding) are another key.
     plain = client.request("GET", "/a.css")
     assert plain.body == (root / "a.css").read_bytes() and resolved == ["/a.css"] * 3
+
+
+def test_after_a_cached_answer_the_next_one_is_filtered_and_logged_as_its_own(
+    in_process: tuple[Handler, H11Client, Path],
+) -> None:
+    _, client, root = in_process
+    (root / "a.css").write_text("a{}")
+    (root / "b.css").write_text("b{}")
+    (root / "_headers").write_text("/*\n  Cache-Control: max-age=60\n")
+    settle()
+    for _ in range(3):  # the third answer comes from the cache
+        client.request("GET", "/a.css")
+    after = client.request("GET", "/b.css")
+    assert after.body == b"b{}"
+    # _headers replaces sitepeek's own Cache-Control in this answer too.
+    assert [name.lower() for name, _ in after.raw_headers].count("cache-control") == 1
+    assert after.header("cache-control") == "max-age=60"
 
 
 def test_stopping_answers_with_connection_close(

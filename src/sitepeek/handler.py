@@ -148,6 +148,7 @@ class _Connection:
     # of the site, the URL path's directory and whether the build gate applies.
     hot_key: bytes | None = None
     hot_site: tuple[str, str, bool] | None = None  # (real path, URL directory, gate)
+    hot_began: int = 0  # time.time_ns() before the request was resolved
     hot_rules: RuleSet | None = None
 
     # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
@@ -304,7 +305,8 @@ class Handler:
             _shutdown(conn.sock)
 
     def reclaim_idle(self) -> bool:
-        """Close the connection that has been idle longest, to make room for a new one.
+        """Close the idle connection used least recently (its latest request began
+        first), to make room for a new one.
 
         Called by the worker model when it is at ``max_connections``: an idle
         keep-alive connection is cheap for its client to reopen, a new client waiting
@@ -627,6 +629,7 @@ class Handler:
                 if entry is not None and self._hot_fresh(data, entry):
                     if not self._answer_hot(conn, entry):
                         return None  # answered with Connection: close
+                    conn.status = conn.sent = 0  # (the next answer is another's)
                     continue
                 conn.hot_key = data
             else:
@@ -725,6 +728,8 @@ class Handler:
         this request (None with --no-rules)."""
         if rules is not None and path in _RULE_FILES:
             return self._send_error(out, request, 404, "Not Found", keep)
+        if out.hot_key is not None:
+            out.hot_began = time.time_ns()
         resolved: list[Resolution] = []
 
         def resolution() -> Resolution:
@@ -1252,7 +1257,13 @@ class Handler:
         )
         response = self._stamped(entry)
         out.sendall(response)
-        dirs = hotcache.capture(self._resolver.root, site[0], site[1], entity.identity)
+        if entity.compressible and any(
+            compression.has_sidecar(site[0], coding) for coding in _KNOWN_CODINGS
+        ):
+            return  # a sidecar rewritten in place would change no directory
+        dirs = hotcache.capture(
+            self._resolver.root, site[0], site[1], entity.identity, out.hot_began
+        )
         if dirs is not None:
             entry.dirs = dirs
             self._hot.put(key, entry)

@@ -15,13 +15,16 @@ the very next request, never only when the watcher reports it):
 - the file: its identity (device, inode, mtime, ctime, size) from ``lstat``;
 - the directories from the root down to the file, by (mtime, ctime): creating,
   removing or renaming any entry there (a new ``index.html``, a clean-URL sibling, a
-  precompressed sidecar, a swapped symlink) changes them;
+  new precompressed sidecar, a swapped symlink) changes them (a file that has a
+  sidecar is never cached: a sidecar rewritten in place changes no directory);
 - the ``_redirects``/``_headers`` rules and the build gate: the handler checks those;
 - the Date header: the bytes are restamped when the second changes.
 
-File system timestamps are coarse (one clock tick): a change in the same tick as the
-state we captured would look like no change. So nothing changed in the last
-``SETTLE_NS`` is ever captured; a later change then always moves a timestamp.
+File system timestamps are coarse (one clock tick, or whole seconds on some file
+systems): a change in the same tick as the state we captured would look like no
+change. So nothing changed less than ``SETTLE_NS`` (whole-second timestamps:
+``COARSE_SETTLE_NS``) before the request began is captured: a change made after that
+moves a timestamp, and one made before it is in the answer.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from dataclasses import dataclass, field
 
 from sitepeek.entities import Identity, identity
 
 SETTLE_NS = 50_000_000  # far above the coarsest kernel tick (10 ms at HZ=100)
+COARSE_SETTLE_NS = 2_100_000_000  # FAT keeps mtimes in 2 s steps, ext3 in 1 s
 MAX_RESPONSE = 256 * 1024  # larger responses are not worth a copy
 BUDGET = 16 * 1024 * 1024  # all keys and responses together
 DOORKEEPER = 4096  # keys remembered from their first sighting
@@ -68,7 +71,7 @@ class Entry:
 
 
 def capture(
-    root: str, fs_path: str, logical_dir: str, expected: Identity
+    root: str, fs_path: str, logical_dir: str, expected: Identity, began_ns: int
 ) -> tuple[tuple[str, Version], ...] | None:
     """The directory versions an answer for ``fs_path`` depends on, or None when the
     answer must not be cached.
@@ -76,25 +79,22 @@ def capture(
     ``logical_dir`` is the directory the URL path names (below the root, "" for the
     root itself); it must be the file's real directory, so that the directories
     checked are the ones the URL goes through (no symlinked directory on the way).
-    ``expected`` is the identity of the file version the answer was made from.
+    ``expected`` is the identity of the file version the answer was made from, and
+    ``began_ns`` the wall-clock time (``time.time_ns()``) before its request was
+    resolved: anything changed after that (or too close before it) is refused, since
+    the answer may not reflect it.
     """
     directory = os.path.dirname(fs_path)
     if directory != (root + logical_dir if root != "/" else logical_dir or "/"):
         return None
-    settled = time.time_ns() - SETTLE_NS
     try:
         st = os.lstat(fs_path)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or identity(st) != expected
-            or st.st_ctime_ns > settled
-            or st.st_mtime_ns > settled
-        ):
+        if not stat.S_ISREG(st.st_mode) or identity(st) != expected or not _settled(st, began_ns):
             return None
         dirs: list[tuple[str, Version]] = []
         while True:
             st = os.stat(directory)
-            if st.st_ctime_ns > settled or st.st_mtime_ns > settled:
+            if not _settled(st, began_ns):
                 return None
             dirs.append((directory, (st.st_mtime_ns, st.st_ctime_ns)))
             if directory == root:
@@ -105,6 +105,14 @@ def capture(
             directory = parent
     except OSError:
         return None
+
+
+def _settled(st: os.stat_result, began_ns: int) -> bool:
+    for stamp in (st.st_mtime_ns, st.st_ctime_ns):
+        coarse = stamp % 1_000_000_000 == 0  # whole seconds: a coarse file system
+        if stamp > began_ns - (COARSE_SETTLE_NS if coarse else SETTLE_NS):
+            return False
+    return True
 
 
 def fresh(entry: Entry, root_version: Version | None = None) -> bool:

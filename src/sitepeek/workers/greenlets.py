@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import gevent
 import gevent.event
+import gevent.pool
 import gevent.queue
 import gevent.socket
 
@@ -72,6 +73,7 @@ class GeventIo:
 
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
+        self._tasks = gevent.pool.Group()  # so that shutdown can end what is left
 
     def read_wait(self, fd: int) -> GeventReadWait:
         return GeventReadWait(self._hub, fd)
@@ -88,7 +90,11 @@ class GeventIo:
         return result
 
     def spawn(self, task: Callable[[], None]) -> None:
-        gevent.spawn(task)
+        self._tasks.spawn(task)
+
+    def kill_all(self, timeout: float) -> None:
+        """End every task still running (the shutdown grace has passed)."""
+        self._tasks.kill(timeout=timeout)
 
     def channel(self) -> GeventChannel:
         return GeventChannel()
@@ -132,7 +138,8 @@ def serve_until(
     ``watchers`` run in their own greenlets for the lifetime of the server (the
     process model uses one to notice that its supervisor died).
     """
-    handler = make_handler(GeventIo())
+    io = GeventIo()
+    handler = make_handler(io)
     listener.setblocking(False)
     acceptor = gevent.spawn(_accept_loop, listener, config.max_connections, handler)
     helpers = [gevent.spawn(watch, stop) for watch in watchers]
@@ -142,7 +149,7 @@ def serve_until(
         acceptor.kill()
         listener.close()
         gevent.killall(helpers)
-        _drain(config, handler)
+        _drain(config, handler, io)
 
 
 def _accept_loop(listener: socket.socket, limit: int, handler: ConnectionHandler) -> None:
@@ -181,10 +188,11 @@ def _accept_loop(listener: socket.socket, limit: int, handler: ConnectionHandler
             handler.adopt(gevent.socket.socket(fileno=client.detach()), peer)
 
 
-def _drain(config: Config, handler: ConnectionHandler) -> None:
+def _drain(config: Config, handler: ConnectionHandler, io: GeventIo) -> None:
     """Close idle connections now; give in-flight responses a grace period."""
     handler.begin_shutdown()
     if not handler.wait_closed(config.shutdown_grace):
         handler.abort_all()
-        handler.wait_closed(0.2)
+        if not handler.wait_closed(0.2):
+            io.kill_all(timeout=0.2)  # stuck elsewhere (a proxy upstream, a pause)
     handler.close()
