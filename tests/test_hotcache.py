@@ -341,24 +341,23 @@ def test_304_head_and_gzip_answers_follow_the_file(live: Server, site: Path) -> 
         assert length == str(page.stat().st_size) != head.header("content-length")
 
 
-def test_a_new_index_html_takes_over_from_index_htm(live: Server, site: Path) -> None:
-    (site / "index.htm").write_text("<p>htm</p>")
+@pytest.mark.parametrize(
+    ("existing", "url", "appearing"),
+    [
+        ("index.htm", "", "index.html"),  # index.html comes first
+        ("about.html", "about", "about"),  # a file named like the clean URL wins
+    ],
+)
+def test_a_new_file_that_takes_precedence_is_served_at_once(
+    live: Server, site: Path, existing: str, url: str, appearing: str
+) -> None:
+    (site / existing).write_text("<p>before</p>")
     settle()
     with live.connect() as sock:
         client = H11Client(sock)
-        assert b"htm</p>" in twice(client, f"/{site.name}/").body
-        (site / "index.html").write_text("<p>html</p>")
-        assert b"html</p>" in client.request("GET", f"/{site.name}/").body
-
-
-def test_a_file_named_like_a_clean_url_takes_over_from_the_page(live: Server, site: Path) -> None:
-    (site / "about.html").write_text("<p>page</p>")
-    settle()
-    with live.connect() as sock:
-        client = H11Client(sock)
-        assert b"page</p>" in twice(client, f"/{site.name}/about").body
-        (site / "about").write_text("plain file")
-        assert client.request("GET", f"/{site.name}/about").body == b"plain file"
+        assert b"before</p>" in twice(client, f"/{site.name}/{url}").body
+        (site / appearing).write_text("<p>after</p>")
+        assert b"after</p>" in client.request("GET", f"/{site.name}/{url}").body
 
 
 def test_removed_file_is_404_at_once(live: Server, site: Path) -> None:
