@@ -69,7 +69,7 @@ from sitepeek.resolver import (
     strip_base,
 )
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
-from sitepeek.workers.base import Io, ReadWait
+from sitepeek.workers.base import FdWait, Io
 
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"
@@ -155,8 +155,8 @@ class _Connection:
     # skips gevent's Python-level wrapper when the kernel can take the bytes at once
     # (nearly always for a small response). None for plain (threads) sockets.
     raw: _socket.socket | None = None
-    readable: ReadWait | None = None  # waits for ``raw`` to have bytes
-    writable: ReadWait | None = None  # waits for room in ``raw`` (made when first needed)
+    readable: FdWait | None = None  # waits for ``raw`` to have bytes
+    writable: FdWait | None = None  # waits for room in ``raw`` (made when first needed)
     # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
     parkable: bool = False
     # The last request was answered from the hot cache: likely the next one too, so

@@ -42,8 +42,8 @@ class Signal(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
-class ReadWait(Protocol):
-    """A reusable wait until one descriptor is readable (or shut down)."""
+class FdWait(Protocol):
+    """A reusable wait until one descriptor is readable, or writable (or shut down)."""
 
     def wait(self) -> None:
         """Block this task until the descriptor is readable (not while notifying)."""
@@ -58,11 +58,11 @@ class ReadWait(Protocol):
 class Io(Protocol):
     """Blocking primitives that differ between greenlets and threads."""
 
-    def read_wait(self, fd: int) -> ReadWait | None:
+    def read_wait(self, fd: int) -> FdWait | None:
         """A wait for ``fd`` to become readable, for a non-blocking socket; None where
         sockets block anyway (threads)."""
 
-    def write_wait(self, fd: int) -> ReadWait | None:
+    def write_wait(self, fd: int) -> FdWait | None:
         """The same for writable (``notify`` is not used); None where sockets block."""
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:

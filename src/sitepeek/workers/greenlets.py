@@ -43,7 +43,7 @@ class GeventChannel:
         return item
 
 
-class GeventReadWait:
+class GeventFdWait:
     """One libev watcher per connection and direction, reused for every wait: gevent's
     own recv would try the read again first (one doomed system call per request on
     keep-alive), and gevent.socket.wait_write makes a watcher and a timer per wait."""
@@ -75,11 +75,11 @@ class GeventIo:
         self._hub = gevent.get_hub()
         self._tasks = gevent.pool.Group()  # so that shutdown can end what is left
 
-    def read_wait(self, fd: int) -> GeventReadWait:
-        return GeventReadWait(self._hub, fd)
+    def read_wait(self, fd: int) -> GeventFdWait:
+        return GeventFdWait(self._hub, fd)
 
-    def write_wait(self, fd: int) -> GeventReadWait:
-        return GeventReadWait(self._hub, fd, 2)
+    def write_wait(self, fd: int) -> GeventFdWait:
+        return GeventFdWait(self._hub, fd, 2)
 
     def wait_writable(self, sock: socket.socket, timeout: float) -> None:
         gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())
