@@ -181,11 +181,13 @@ def test_the_cache_stays_within_its_budget_oldest_first() -> None:
 
 
 def test_only_requests_seen_before_are_worth_an_entry() -> None:
-    cache = hotcache.HotCache(doorkeeper=3)
+    cache = hotcache.HotCache(doorkeeper=3)  # bytes of remembered keys
     assert not cache.wanted(b"a") and cache.wanted(b"a") and cache.wanted(b"a")
     for key in (b"b", b"c", b"d"):  # the remembered keys are bounded
         assert not cache.wanted(key)
     assert not cache.wanted(b"a")
+    huge = b"x" * (hotcache.MAX_KEY + 1)  # a request head that large is never kept
+    assert not cache.wanted(huge) and not cache.wanted(huge)
 
 
 # -- in the handler ----------------------------------------------------------------------

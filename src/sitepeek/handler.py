@@ -1302,9 +1302,9 @@ class Handler:
         rules = self._rules
         if rules is not None:
             # (New rules: a miss, and the full path reports their warnings.)
-            if rules.current() is not entry.rules:
+            current, root_version = rules.current_with_root()  # (one stat of the root)
+            if current is not entry.rules or root_version is None:
                 return False
-            root_version = rules.root_version  # (saves stat-ing the root again)
         if hotcache.fresh(entry, root_version):
             return True
         self._hot.discard(key, entry)

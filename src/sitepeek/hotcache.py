@@ -40,7 +40,8 @@ SETTLE_NS = 50_000_000  # far above the coarsest kernel tick (10 ms at HZ=100)
 COARSE_SETTLE_NS = 2_100_000_000  # FAT keeps mtimes in 2 s steps, ext3 in 1 s
 MAX_RESPONSE = 256 * 1024  # larger responses are not worth a copy
 BUDGET = 16 * 1024 * 1024  # all keys and responses together
-DOORKEEPER = 4096  # keys remembered from their first sighting
+DOORKEEPER = 1024 * 1024  # bytes of keys remembered from their first sighting
+MAX_KEY = 8 * 1024  # a longer request head is not worth an entry
 
 Version = tuple[int, int]  # (mtime_ns, ctime_ns) of a directory
 
@@ -150,6 +151,7 @@ class HotCache:
         self._budget = budget
         self._bytes = 0
         self._seen: set[bytes] = set()
+        self._seen_bytes = 0
         self._doorkeeper = doorkeeper
         self._lock = threading.Lock()
         self.get = self._entries.get
@@ -159,9 +161,13 @@ class HotCache:
         seen = self._seen
         if key in seen:
             return True
-        if len(seen) >= self._doorkeeper:
+        if len(key) > MAX_KEY:
+            return False
+        if self._seen_bytes + len(key) > self._doorkeeper:
             seen.clear()
+            self._seen_bytes = 0
         seen.add(key)
+        self._seen_bytes += len(key)
         return False
 
     def put(self, key: bytes, entry: Entry) -> None:

@@ -725,12 +725,12 @@ class RulesFile:
         self._loaded = _Loaded(_NO_FILE, _NO_FILE, RuleSet())
         self._root_version: tuple[int, int] | None = None
 
-    @property
-    def root_version(self) -> tuple[int, int] | None:
-        """The root directory's (mtime_ns, ctime_ns) as :meth:`current` last saw it."""
-        return self._root_version
-
     def current(self) -> RuleSet:
+        return self.current_with_root()[0]
+
+    def current_with_root(self) -> tuple[RuleSet, tuple[int, int] | None]:
+        """:meth:`current`, and the root directory's (mtime_ns, ctime_ns) it was
+        checked against (None when the root could not be read)."""
         loaded = self._loaded
         # Most sites have neither file. A missing file stays missing while the root
         # directory is unchanged (creating or renaming an entry changes its mtime), so
@@ -743,7 +743,7 @@ class RulesFile:
         unchanged_root = root_version is not None and root_version == self._root_version
         self._root_version = root_version
         if unchanged_root and loaded.redirects is _NO_FILE and loaded.headers is _NO_FILE:
-            return loaded.rules
+            return loaded.rules, root_version
         redirects_version = (
             None
             if unchanged_root and loaded.redirects is _NO_FILE
@@ -758,7 +758,7 @@ class RulesFile:
             redirects_version == loaded.redirects.version
             and headers_version == loaded.headers.version
         ):
-            return loaded.rules
+            return loaded.rules, root_version
         redirects = loaded.redirects
         if redirects_version != redirects.version:
             redirects = _read(self._redirects_path, REDIRECTS_FILE)
@@ -770,4 +770,4 @@ class RulesFile:
         warnings = redirects.warnings + redirect_warnings + headers.warnings + header_warnings
         rules = RuleSet(redirect_rules, header_rules, warnings)
         self._loaded = _Loaded(redirects, headers, rules)
-        return rules
+        return rules, root_version
