@@ -428,10 +428,10 @@ OPTIONS: tuple[Option, ...] = (
         "workers",
         Choice(WORKER_NAMES, metavar="[" + "|".join(WORKER_NAMES) + "]"),
         "greenlets",
-        "Concurrency model. greenlets: one process, a greenlet per connection (default; "
-        "fastest, lightest). threads: one process, an OS thread per connection (no "
-        "gevent; pick it when debugging or profiling). processes: pre-forked greenlet "
-        "workers (pick it to use every core).",
+        "Concurrency model. greenlets: one process, one event loop, a greenlet per busy "
+        "connection (default; fastest, lightest). threads: one process, an OS thread "
+        "per connection (no gevent; pick it when debugging or profiling). processes: "
+        "pre-forked greenlet workers (pick it to use every core).",
     ),
     Option(
         "processes",
@@ -445,9 +445,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_connections",
         Integer(1),
         1000,
-        "Connections served at once per process. At the limit the longest-idle "
-        "keep-alive connection is closed for a newcomer; when all are busy, newcomers "
-        "wait in the listen queue.",
+        "Connections served at once per process. At the limit the idle keep-alive "
+        "connection used least recently is closed for a newcomer; when all are busy, "
+        "newcomers wait in the listen queue.",
     ),
     Option(
         "keepalive_timeout",

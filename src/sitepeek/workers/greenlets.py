@@ -1,4 +1,7 @@
-"""Greenlet model: one process, one gevent hub, a greenlet per connection.
+"""Greenlet model: one process, one gevent hub, a greenlet per busy connection.
+
+A connection whose last answer came from the hot cache waits for its next request as
+a libev watcher, not a greenlet (see Handler.adopt).
 
 gevent is used through its explicit APIs (cooperative sockets, a pool, a signal
 handler); nothing is monkey-patched, so the threads model stays real threads.
@@ -164,7 +167,7 @@ def _accept_loop(listener: socket.socket, limit: int, handler: ConnectionHandler
     while True:
         hub.wait(readable)
         for index in range(_ACCEPT_BATCH):
-            # A client is waiting. At max_connections, close the longest-idle
+            # A client is waiting. At max_connections, close the least recently used
             # keep-alive connection; when every connection is busy, wait: new clients
             # queue in the listen backlog instead of being accepted and starved.
             if handler.connection_count >= limit:

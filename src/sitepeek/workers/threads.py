@@ -162,7 +162,7 @@ class ThreadWorkers:
     def _take_slot(self, handler: ConnectionHandler, stopping: threading.Event) -> bool:
         """A connection slot for the client that is waiting; False when stopping.
 
-        At max_connections, close the longest-idle keep-alive connection; when every
+        At max_connections, close the least recently used idle connection; when every
         connection is busy, wait for a slot while the client waits in the backlog.
         """
         while not stopping.is_set():
