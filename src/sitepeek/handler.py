@@ -1269,28 +1269,20 @@ class Handler:
             self._hot.put(key, entry)
 
     def _answer_hot(self, conn: _Connection, entry: hotcache.Entry) -> bool:
-        """Send what was sent for the same request bytes; True to keep the connection."""
-        started = time.monotonic()
-        conn.sendall(self._begin_hot(conn, entry, started))
-        self._end_hot(conn, entry, started)
-        return entry.keep_alive
-
-    def _begin_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> bytes:
-        """Account for a hot answer about to be sent; returns its bytes."""
+        """Send what was sent for the same request bytes, from a task (``_poll`` does
+        the same in the event loop); True to keep the connection."""
         self.requests += 1
+        conn.last_request = started = time.monotonic()
         conn.hot_streak = True
-        response = self._stamped(entry)
-        conn.last_request = started
         conn.deadline = started + self._config.send_timeout
         conn.idle = False
         conn.status = entry.status  # (set: these bytes need no header filtering)
         conn.sent = 0
-        return response
-
-    def _end_hot(self, conn: _Connection, entry: hotcache.Entry, started: float) -> None:
+        conn.sendall(self._stamped(entry))
         if self._log is not None:
             now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
+        return entry.keep_alive
 
     def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
         """May ``entry`` answer its request bytes again now?"""
