@@ -163,8 +163,8 @@ def test_the_cache_stays_within_its_budget_oldest_first() -> None:
 
     def entry(size: int) -> hotcache.Entry:
         return hotcache.Entry(
-            b"", True, "1.1", b"x" * size, "/f", (0, 0, 0, 0, 0), (), None, False, "GET", "/",
-            frozenset(),
+            b"HTTP/1.1 200 OK\r\n", True, "1.1", b"x" * size, "/f", (0, 0, 0, 0, 0), (),
+            None, False, "GET", "/", frozenset(),
         )  # fmt: skip
 
     entries = {b"k%d" % i: entry(900) for i in range(6)}

@@ -495,7 +495,7 @@ class Handler:
                         entry.method, entry.target, entry.status, size, time.monotonic() - started
                     )
                 if sent == size:
-                    if not entry.keep_alive or self.stopping:
+                    if not entry.keep_alive:
                         self._close(conn)
                         return
                     conn.deadline = started + self._config.keepalive_timeout
@@ -1340,8 +1340,7 @@ class Handler:
         if identity is not None and count <= COPY_LIMIT:
             self._send_copy(out, fd, offset, count, identity)
             return
-        sock = out.sock
-        fileno = sock.fileno()
+        fileno = out.sock.fileno()
         timeout = self._config.send_timeout
         expected = identity[1:3] + identity[4:] if identity is not None else None
         while count > 0:
@@ -1355,15 +1354,13 @@ class Handler:
             try:
                 sent = os.sendfile(fileno, fd, offset, chunk)
             except BlockingIOError:
-                if out.raw is None:
-                    self._io.wait_writable(sock, timeout)
-                    continue
+                # Only a non-blocking (gevent) socket gets here: a thread's sendfile
+                # blocks. The reaper enforces out.deadline while we wait.
                 if out.writable is None:
                     out.writable = self._io.write_wait(fileno)
                 if out.writable is None:
-                    self._io.wait_writable(sock, timeout)
-                else:
-                    out.writable.wait()  # (the reaper enforces out.deadline)
+                    raise
+                out.writable.wait()
                 continue
             if sent == 0:
                 raise _CloseConnection  # the file shrank under us: close, never hang

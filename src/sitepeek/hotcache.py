@@ -64,11 +64,11 @@ class Entry:
     overrides: frozenset[str]  # header names _headers/--header replace (see handler)
     # (second, whole response as sent in that second): replaced in one assignment.
     stamped: tuple[int, bytes] = (-1, b"")
-    size: int = field(default=0)
+    size: int = 0  # what the entry counts against the budget (set by HotCache.put)
+    status: int = field(init=False)  # for the request log
 
-    @property
-    def status(self) -> int:
-        return int(self.status_line[9:12])
+    def __post_init__(self) -> None:
+        self.status = int(self.status_line[9:12])
 
 
 def capture(
@@ -191,6 +191,3 @@ class HotCache:
             if self._entries.get(key) is entry:
                 del self._entries[key]
                 self._bytes -= entry.size
-
-    def __len__(self) -> int:
-        return len(self._entries)

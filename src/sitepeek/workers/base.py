@@ -65,9 +65,6 @@ class Io(Protocol):
     def write_wait(self, fd: int) -> FdWait | None:
         """The same for writable (``notify`` is not used); None where sockets block."""
 
-    def wait_writable(self, sock: socket.socket, timeout: float) -> None:
-        """Block until ``sock`` can take more bytes; raise TimeoutError after ``timeout``."""
-
     def offload(self, work: Callable[[], T]) -> T:
         """Run CPU-heavy ``work`` without blocking other connections; return its result."""
 

@@ -84,9 +84,6 @@ class GeventIo:
     def write_wait(self, fd: int) -> GeventFdWait:
         return GeventFdWait(self._hub, fd, 2)
 
-    def wait_writable(self, sock: socket.socket, timeout: float) -> None:
-        gevent.socket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())
-
     def offload(self, work: Callable[[], T]) -> T:
         # zlib and brotli release the GIL: the hub keeps serving while a thread works.
         result: T = self._hub.threadpool.apply(work)

@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import functools
 import queue
-import select
 import selectors
 import signal
 import socket
@@ -71,12 +70,6 @@ class ThreadIo:
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         callback()  # every primitive of this model is thread-safe
-
-    def wait_writable(self, sock: socket.socket, timeout: float) -> None:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLOUT)
-        if not poller.poll(timeout * 1000):
-            raise TimeoutError
 
 
 class ThreadWorkers:
