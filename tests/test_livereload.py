@@ -29,6 +29,7 @@ from conftest import (
     H11Client,
     Server,
     children,
+    recv_until_closed,
     request,
     served,
     start_server,
@@ -36,6 +37,7 @@ from conftest import (
 )
 from sitepeek import __version__
 from sitepeek.livereload import client_script, client_tag
+from sitepeek.log import human_size
 
 TAG = client_tag()  # <script src="/__sitepeek__/reload.js?v=…" data-sitepeek></script>
 CLIENT = "/__sitepeek__/reload.js"
@@ -435,6 +437,25 @@ def test_close_is_echoed_and_the_server_closes_tcp(shared: Server) -> None:
         assert client.closed_by_peer(), "the server kept the TCP connection open"
     finally:
         client.close()
+
+
+def test_a_reload_socket_is_logged_when_it_ends_with_what_it_sent(shared: Server) -> None:
+    origin = f"Origin: {shared.url}\r\n"
+    with shared.connect() as sock:
+        sock.sendall(
+            f"GET {SOCKET}?logged HTTP/1.1\r\nHost: 127.0.0.1:{shared.port}\r\n{origin}"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            + client_frame(OP_CLOSE, struct.pack("!H", 1000))
+        )
+        received = recv_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 101 ")
+    deadline = time.monotonic() + WAIT
+    while not (lines := [x for x in list(shared.stdout_lines) if f" GET {SOCKET}?logged " in x]):
+        assert time.monotonic() < deadline, "no log line for the socket"
+        time.sleep(0.02)  # (the server process writes it: nothing to await)
+    (line,) = lines
+    assert f" GET {SOCKET}?logged 101 {human_size(len(received))} " in line, line
 
 
 def test_unmasked_client_frame_is_closed_with_1002(shared: Server) -> None:

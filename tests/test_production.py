@@ -25,7 +25,17 @@ from pathlib import Path
 import h11
 import pytest
 
-from conftest import WORKER_MODELS, H11Client, Response, Server, request, served, start_server
+from conftest import (
+    WORKER_MODELS,
+    H11Client,
+    Response,
+    Server,
+    recv_until_closed,
+    request,
+    served,
+    start_server,
+)
+from sitepeek.log import human_size
 from test_rules import (
     EXAMPLE_CASES,
     EXAMPLE_FILES,
@@ -392,6 +402,11 @@ def proxy_server(general_site: Path, model: str, backend: Backend) -> Iterator[S
         "--header",
         "X-Test: 1",
     )
+
+
+@pytest.fixture(scope="module")
+def quiet_proxy_server(general_site: Path, model: str) -> Iterator[Server]:
+    yield from _serve(general_site, model, "-q", "--proxy", f"/down=http://127.0.0.1:{dead_port()}")
 
 
 @pytest.fixture(scope="module")
@@ -1242,6 +1257,49 @@ def test_extra_headers_on_proxied_responses(proxy_server: Server) -> None:
     response = request(proxy_server, "GET", "/api/echo")
     assert response.status == 200
     assert values(response, "x-test") == ["1"], response.raw_headers
+
+
+def logged(server: Server, fragment: str, timeout: float = 10.0) -> list[str]:
+    """The request log lines (stdout) that contain ``fragment``, once there is one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in list(server.stdout_lines) if fragment in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)  # (another process writes the log: nothing to await)
+
+
+CLOSING = "Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+def test_proxied_request_is_logged_with_its_status_and_bytes(proxy_server: Server) -> None:
+    target = f"/api/echo?logged={os.urandom(4).hex()}"
+    with proxy_server.connect() as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\n{CLOSING}".encode())
+        received = recv_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    (line,) = logged(proxy_server, f" GET {target} ")
+    assert f" GET {target} 200 {human_size(len(received))} " in line, line
+
+
+def test_proxy_failure_is_logged_with_its_status(proxy_server: Server) -> None:
+    target = f"/down/{os.urandom(4).hex()}"
+    with proxy_server.connect() as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\n{CLOSING}".encode())
+        received = recv_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 502 ")
+    (line,) = logged(proxy_server, f" GET {target} ")
+    assert f" GET {target} 502 {human_size(len(received))} " in line, line
+
+
+def test_proxy_502_is_logged_under_quiet(quiet_proxy_server: Server) -> None:
+    """--help: "-q: log only errors (5xx)": a backend that is down is one."""
+    assert request(quiet_proxy_server, "GET", "/").status == 200
+    target = f"/down/{os.urandom(4).hex()}"
+    assert request(quiet_proxy_server, "GET", target).status == 502
+    (line,) = logged(quiet_proxy_server, f" GET {target} ")
+    assert f" GET {target} 502 " in line, line
+    assert not [line for line in quiet_proxy_server.stdout_lines if " GET / " in line]
 
 
 # == Host check (DNS rebinding) =========================================================

@@ -182,6 +182,15 @@ class _Connection:
             data = data[sent:]
         self.sock.sendall(data)
 
+    def begin(self, status: int) -> None:
+        """The status of a response written with :meth:`write` (proxy, WebSocket)."""
+        self.status = status
+
+    def write(self, data: bytes) -> None:
+        """Send bytes framed elsewhere as they are, counted for the request log."""
+        self.sock.sendall(data)
+        self.sent += len(data)
+
     def recv(self, size: int) -> bytes:
         raw = self.raw
         readable = self.readable
@@ -553,7 +562,13 @@ class Handler:
             ):
                 # (A foreign Host falls through to _respond, which answers 421.)
                 conn.deadline = 0.0
+                started = time.monotonic()
                 self._upgrade(conn, request, parser, self._broadcaster)
+                if self._log is not None:  # (when the socket ends: its bytes are known)
+                    now = time.monotonic()
+                    self._log.record(
+                        request.method, request.target, conn.status, conn.sent, now - started
+                    )
                 return False
             conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
@@ -685,6 +700,7 @@ class Handler:
                     self._io,
                     out.peer,
                     extra_headers=self._static_headers,
+                    client=out,
                 )
                 return keep and not self.stopping
         if request.has_body and request.expects_continue:
@@ -885,7 +901,12 @@ class Handler:
         conn.websocket = True
         conn.idle = True  # shutdown closes it at once; the tab reconnects to the new server
         livereload.serve_websocket(
-            conn.sock, self._io, broadcaster, parser.take_buffered(), lambda: self.stopping
+            conn.sock,
+            self._io,
+            broadcaster,
+            parser.take_buffered(),
+            lambda: self.stopping,
+            conn.write,
         )
 
     def _respond_other_method(self, out: _Connection, request: Request, keep: bool) -> bool:

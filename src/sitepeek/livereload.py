@@ -114,13 +114,16 @@ def serve_websocket(
     broadcaster: Broadcaster,
     buffered: bytes,
     stopping: Callable[[], bool],
+    send: Callable[[bytes], None] | None = None,
 ) -> None:
     """Run one reload WebSocket after the 101 response was sent; returns when it ends.
 
     A reader task parses client frames into the same channel the broadcaster writes
     to, so this loop waits on one queue: reload messages, client frames, or a ping
-    interval passing.
+    interval passing. Frames go out through ``send`` (default ``sock.sendall``): the
+    connection's counting writer, so the request log shows what was sent.
     """
+    write = sock.sendall if send is None else send
     channel = broadcaster.subscribe()
     parser = FrameParser(max_message=MAX_CLIENT_MESSAGE)
     parser.feed(buffered)
@@ -128,33 +131,33 @@ def serve_websocket(
     io.spawn(lambda: _read_frames(sock, parser, channel))
     try:
         hello = {"type": "hello", "version": __version__}
-        sock.sendall(encode_frame(Opcode.TEXT, json.dumps(hello).encode()))
+        write(encode_frame(Opcode.TEXT, json.dumps(hello).encode()))
         unanswered = 0
         while not stopping():
             item = channel.get(PING_INTERVAL)
             if item is None:
                 if unanswered >= 2:
-                    sock.sendall(close_frame(1001, "no pong"))
+                    write(close_frame(1001, "no pong"))
                     return
                 unanswered += 1
-                sock.sendall(encode_frame(Opcode.PING, b"sitepeek"))
+                write(encode_frame(Opcode.PING, b"sitepeek"))
             elif isinstance(item, bytes):
-                sock.sendall(item)
+                write(item)
             elif isinstance(item, Message):
                 if item.opcode is Opcode.PING:
-                    sock.sendall(encode_frame(Opcode.PONG, item.payload))
+                    write(encode_frame(Opcode.PONG, item.payload))
                 elif item.opcode is Opcode.PONG:
                     unanswered = 0
                 elif item.opcode is Opcode.CLOSE:
                     # RFC 6455 §5.5.1: echo the close, then the server closes TCP.
-                    sock.sendall(close_frame(1000))
+                    write(close_frame(1000))
                     return
             elif isinstance(item, ProtocolViolation):
-                sock.sendall(close_frame(item.code))
+                write(close_frame(item.code))
                 return
             else:  # _Closed
                 return
-        sock.sendall(close_frame(1001, "server shutting down"))
+        write(close_frame(1001, "server shutting down"))
     except OSError:
         pass
     finally:

@@ -48,8 +48,9 @@ import html
 import ipaddress
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from sitepeek import __version__
@@ -70,7 +71,7 @@ from sitepeek.http11 import (
 from sitepeek.representation import http_date
 from sitepeek.workers.base import Io
 
-__all__ = ["HOP_BY_HOP", "ProxyRoute", "forward", "match", "parse_route"]
+__all__ = ["HOP_BY_HOP", "ClientWriter", "ProxyRoute", "forward", "match", "parse_route"]
 
 RECV_SIZE = 64 * 1024
 # Request fields rebuilt by forward() rather than copied.
@@ -192,6 +193,27 @@ def _is_valid_host(host: str) -> bool:
 
 
 # -- forwarding ------------------------------------------------------------------------
+class ClientWriter(Protocol):
+    """Where the response to the client goes: the connection's counting writer, so
+    the request log shows the status and bytes that really went out."""
+
+    def begin(self, status: int) -> None:
+        """The final status of the response about to be written (1xx excluded)."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as it is, all of it; raises OSError."""
+
+
+class _SocketWriter:
+    """A ClientWriter straight to a socket (nothing counts)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.write = sock.sendall
+
+    def begin(self, status: int) -> None:
+        pass
+
+
 class _Failure(Exception):
     """The exchange failed; answer with ``status`` if nothing final was sent yet."""
 
@@ -221,6 +243,7 @@ def forward(
     read_timeout: float = 60.0,
     tunnel_timeout: float | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
+    client: ClientWriter | None = None,
 ) -> bool:
     """Forward ``request`` (just returned by ``parser``) to ``route``'s backend.
 
@@ -232,10 +255,13 @@ def forward(
     can be kept alive; never raises for network trouble on either side.
     ``extra_headers`` (--header, --cors) go on every final response, the backend's
     and our failure pages alike, replacing the backend's fields of the same name.
+    Everything for the client is written through ``client`` (default: ``sock``).
     """
     timeouts = _Timeouts(connect_timeout, read_timeout, tunnel_timeout)
     exchange = _Exchange(sock, request, parser, route, io, peer, timeouts)
     exchange.extra = tuple(extra_headers)
+    if client is not None:
+        exchange.client = client
     return exchange.run()
 
 
@@ -274,6 +300,7 @@ class _Exchange:
         self.head_queued = False  # the final response head is ready to go to the client
         self.committed = False  # ... and has gone: a failure can no longer be a page
         self.extra: tuple[tuple[str, str], ...] = ()
+        self.client: ClientWriter = _SocketWriter(sock)
 
     # -- the whole exchange ------------------------------------------------------------
     def run(self) -> bool:
@@ -381,7 +408,7 @@ class _Exchange:
     # -- client connection -------------------------------------------------------------
     def _send_client(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            self.client.write(data)
         except OSError:  # timeouts included: the client stopped reading
             raise _ClientGone from None
 
@@ -493,6 +520,7 @@ class _Exchange:
                         raise _Failure(
                             502, f"{self.route.origin} switched protocols without being asked"
                         )
+                    self.client.begin(101)
                     out.append(self._client_head(event, chunked=False, keep_alive=True))
                     out.append(parser.take_buffered())
                     self._flush(out)
@@ -508,6 +536,7 @@ class _Exchange:
                 keep_alive = (
                     request.keep_alive and self.body_done and not (delimited and not chunk_out)
                 )
+                self.client.begin(event.status)
                 out.append(self._client_head(event, chunked=chunk_out, keep_alive=keep_alive))
                 self.head_queued = True
             elif isinstance(event, BodyData):
@@ -564,7 +593,7 @@ class _Exchange:
 
         def backend_to_client() -> None:
             try:
-                _pump(backend, sock)
+                _pump(backend, self.client.write)
             finally:
                 _shutdown(sock)
                 _shutdown(backend)
@@ -578,7 +607,7 @@ class _Exchange:
         else:
             self.io.spawn(backend_to_client)
             try:
-                _pump(sock, backend)
+                _pump(sock, backend.sendall)
             finally:
                 _shutdown(backend)
                 _shutdown(sock)
@@ -607,18 +636,19 @@ class _Exchange:
         elif self.request.version == "1.0":
             headers.append(("Connection", "keep-alive"))
         head = response_head(status, headers)
+        self.client.begin(status)
         try:
-            self.sock.sendall(head if self.request.method == "HEAD" else head + body)
+            self.client.write(head if self.request.method == "HEAD" else head + body)
         except OSError:
             return False
         return keep_alive
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy until ``source`` closes or either socket fails."""
+def _pump(source: socket.socket, sink: Callable[[bytes], None]) -> None:
+    """Copy until ``source`` closes or either side fails."""
     try:
         while data := source.recv(RECV_SIZE):
-            sink.sendall(data)
+            sink(data)
     except OSError:
         pass
 
