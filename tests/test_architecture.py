@@ -1,8 +1,15 @@
-"""The import rules of DESIGN.md, checked by walking the source with ast."""
+"""The import rules of DESIGN.md, checked by walking the source with ast.
+
+``IMPORTS`` is the allowed graph of sitepeek's own modules: an import not in it fails,
+an entry no module uses fails (the table stays true), and the graph must be acyclic.
+Imports inside functions and under ``TYPE_CHECKING`` count: a cycle hidden in a
+function is still a cycle.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +27,143 @@ ALLOWED = {
     "zstandard": {"compression"},
     "segno": {"console"},
 }
+
+
+# Module -> the sitepeek modules it may import ("sitepeek" is the package's __init__).
+# Leaves first, then the layers above them (DESIGN.md "Modules").
+IMPORTS: dict[str, set[str]] = {
+    "sitepeek": set(),
+    "changes": set(),
+    "concurrency": set(),
+    "console": set(),
+    "hosts": set(),
+    "http11": set(),
+    "inject": set(),
+    "reload": set(),
+    "representation": set(),
+    "resolver": set(),
+    "routes": set(),
+    "websocket": {"http11"},
+    "rules": {"http11"},
+    "listing": {"resolver"},
+    "entities": {"inject", "representation"},
+    "compression": {"entities", "representation"},
+    "hotcache": {"entities"},
+    "config": {"http11", "resolver", "routes"},
+    "log": {"concurrency", "config", "console"},
+    "proxy": {"sitepeek", "concurrency", "http11", "representation", "routes"},
+    "livereload": {"sitepeek", "changes", "concurrency", "inject", "websocket"},
+    "handler": {
+        "sitepeek",
+        "changes",
+        "compression",
+        "concurrency",
+        "config",
+        "entities",
+        "hosts",
+        "hotcache",
+        "http11",
+        "inject",
+        "listing",
+        "livereload",
+        "log",
+        "proxy",
+        "representation",
+        "resolver",
+        "rules",
+        "websocket",
+    },
+    "workers.base": {"changes", "concurrency", "config"},
+    "workers": {"workers.base"},
+    "workers.greenlets": {"changes", "config", "workers.base"},
+    "workers.threads": {"changes", "config", "workers.base"},
+    "workers.processes": {"changes", "config", "workers.base", "workers.greenlets"},
+    "server": {
+        "sitepeek",
+        "changes",
+        "concurrency",
+        "config",
+        "console",
+        "handler",
+        "reload",
+        "workers",
+        "workers.base",
+    },
+    "cli": {"sitepeek", "config", "server"},
+    "__main__": {"cli"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "sitepeek"
+
+
+def _own_imports() -> dict[str, set[str]]:
+    """Module -> the sitepeek modules it imports, wherever the import statement is."""
+    modules = {_module_name(path) for path in SRC.rglob("*.py")}
+    found: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                if node.module == "sitepeek":
+                    # "from sitepeek import proxy" imports a module; "__version__" the package.
+                    names = [
+                        f"sitepeek.{alias.name}" if alias.name in modules else "sitepeek"
+                        for alias in node.names
+                    ]
+                else:
+                    names = [node.module]
+            for name in names:
+                if name == "sitepeek":
+                    imported.add("sitepeek")
+                elif name.startswith("sitepeek."):
+                    imported.add(name.removeprefix("sitepeek."))
+        found[_module_name(path)] = imported
+    return found
+
+
+def test_every_module_is_in_the_import_table() -> None:
+    assert set(_own_imports()) == set(IMPORTS)
+
+
+@pytest.mark.parametrize("module", sorted(IMPORTS))
+def test_imports_follow_the_table(module: str) -> None:
+    imported = _own_imports()[module]
+    assert imported - IMPORTS[module] == set(), f"{module}: imports not in IMPORTS"
+    assert IMPORTS[module] - imported == set(), f"{module}: IMPORTS lists unused imports"
+
+
+def test_the_import_graph_is_acyclic() -> None:
+    graph = _own_imports()
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            cycle = (*path[path.index(module) :], module)
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
+
+
+def test_the_cycle_check_finds_a_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = {"config": {"proxy"}, "proxy": {"workers.base"}, "workers.base": {"config"}}
+    monkeypatch.setattr(sys.modules[__name__], "_own_imports", lambda: graph)
+    expected = re.escape("config -> proxy -> workers.base -> config")
+    with pytest.raises(pytest.fail.Exception, match=expected):
+        test_the_import_graph_is_acyclic()
 
 
 def _modules() -> dict[str, set[str]]:
@@ -46,7 +190,10 @@ def test_third_party_packages_are_imported_only_where_designed(package: str) -> 
     assert users <= ALLOWED[package], users - ALLOWED[package]
 
 
-@pytest.mark.parametrize("module", ["http11", "resolver", "inject", "config", "representation"])
+@pytest.mark.parametrize(
+    "module",
+    ["http11", "resolver", "inject", "config", "representation", "routes", "concurrency"],
+)
 def test_protocol_and_path_modules_use_the_standard_library_only(module: str) -> None:
     assert not (_modules()[module] & THIRD_PARTY)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sitepeek.http11 import FRAMING_FIELDS
+from sitepeek.resolver import normalise_base
+from sitepeek.routes import parse_route
 
 WorkerName = Literal["greenlets", "threads", "processes"]
 WORKER_NAMES: tuple[str, ...] = get_args(WorkerName)
@@ -319,8 +321,6 @@ class ProxySpec(Kind):
     metavar: str = "PREFIX=URL"
 
     def parse(self, text: str) -> str:
-        from sitepeek.proxy import parse_route  # validation only; stdlib-only module
-
         parse_route(text)  # raises ValueError naming the problem
         return text
 
@@ -332,8 +332,6 @@ class BasePath(Kind):
     metavar: str = "PATH"
 
     def parse(self, text: str) -> str:
-        from sitepeek.resolver import normalise_base
-
         return normalise_base(text)
 
 

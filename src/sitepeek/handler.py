@@ -3,7 +3,7 @@
 socket <-> :mod:`http11` <-> :mod:`resolver` / :mod:`representation`. This is the only
 place that turns exceptions into status codes. It is written against the plain
 socket interface that gevent's cooperative sockets share with the standard library's,
-plus the :class:`~sitepeek.workers.base.Io` primitives its worker model supplies.
+plus the :class:`~sitepeek.concurrency.Io` primitives its worker model supplies.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from sitepeek import (
     websocket,
 )
 from sitepeek.changes import ChangeFeed
+from sitepeek.concurrency import FdWait, Io
 from sitepeek.config import Config
 from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy
@@ -69,7 +70,6 @@ from sitepeek.resolver import (
     strip_base,
 )
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
-from sitepeek.workers.base import FdWait, Io
 
 SERVER = f"sitepeek/{__version__}"
 ALLOW = "GET, HEAD, OPTIONS"

@@ -19,6 +19,7 @@ from importlib import resources
 
 from sitepeek import __version__, inject
 from sitepeek.changes import ChangeEvent, Pending, Settled
+from sitepeek.concurrency import Channel, Io
 from sitepeek.websocket import (
     FrameParser,
     Message,
@@ -27,7 +28,6 @@ from sitepeek.websocket import (
     close_frame,
     encode_frame,
 )
-from sitepeek.workers.base import Channel, Io
 
 PREFIX = "/__sitepeek__/"
 CLIENT_PATH = PREFIX + "reload.js"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, TextIO
 from sitepeek.console import CYAN, DIM, GREEN, RED, YELLOW, Style, color_enabled
 
 if TYPE_CHECKING:
+    from sitepeek.concurrency import Io
     from sitepeek.config import Config
-    from sitepeek.workers.base import Io
 
 __all__ = ["FLUSH_INTERVAL", "RequestLog", "ScheduleFlush", "io_scheduler", "make_request_log"]
 

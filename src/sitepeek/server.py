@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import __version__, console, workers
 from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled
+from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.handler import Handler
-from sitepeek.workers.base import ConnectionHandler, Io
+from sitepeek.workers.base import ConnectionHandler
 
 if TYPE_CHECKING:
     from sitepeek.reload import ChangeBatch, Watcher
