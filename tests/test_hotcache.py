@@ -269,7 +269,7 @@ def test_stopping_answers_with_connection_close(
     # Once the server waits for the next request (else it would close the idle
     # connection without reading it), it starts stopping: the hit must not be used.
     deadline = time.monotonic() + 5
-    while not all(conn.reading for conn in handler._connections):
+    while not all(conn.reading for conn in handler._table):
         assert time.monotonic() < deadline
         time.sleep(0.001)
     handler.stopping = True

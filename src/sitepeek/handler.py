@@ -9,7 +9,6 @@ plus the :class:`~sitepeek.concurrency.Io` primitives its worker model supplies.
 from __future__ import annotations
 
 import _socket
-import contextlib
 import errno
 import hashlib
 import html
@@ -17,14 +16,11 @@ import os
 import socket
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from sitepeek import (
-    __version__,
     compression,
     entities,
     hotcache,
@@ -35,13 +31,13 @@ from sitepeek import (
     websocket,
 )
 from sitepeek.changes import ChangeFeed
-from sitepeek.concurrency import FdWait, Io
+from sitepeek.concurrency import Io
 from sitepeek.config import Config
+from sitepeek.connections import CloseConnection, Connection, ConnectionTable, Park
 from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
-    FRAMING_FIELDS,
     ProtocolError,
     Request,
     RequestParser,
@@ -55,7 +51,6 @@ from sitepeek.representation import (
     Precondition,
     evaluate_preconditions,
     evaluate_range,
-    http_date,
 )
 from sitepeek.resolver import (
     BadPath,
@@ -69,10 +64,17 @@ from sitepeek.resolver import (
     spa_eligible,
     strip_base,
 )
+from sitepeek.responses import (
+    ALLOW,
+    SERVER,
+    DateCache,
+    error_page,
+    header_bytes,
+    overridable,
+    without_overridden,
+)
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
 
-SERVER = f"sitepeek/{__version__}"
-ALLOW = "GET, HEAD, OPTIONS"
 RECV_SIZE = 64 * 1024
 # A file modified less than this long ago may be mid-write: wait for it to settle
 # (at most WRITE_SETTLE_MAX) before reading a version of it.
@@ -96,9 +98,6 @@ _KNOWN_CODINGS = ("br", "zstd", "gzip")
 PROXY_BODY_LIMIT = 1 << 40
 # The rules files configure the server; like Netlify and Cloudflare, never serve them.
 _RULE_FILES = frozenset({"/_redirects", "/_headers"})
-# A busy connection whose request began less than this ago may be done already (see
-# reclaim_idle).
-_JUST_ANSWERED = 0.1
 _OK = b"HTTP/1.1 200 OK\r\n"
 _NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
 _MISDIRECTED = (
@@ -110,129 +109,6 @@ LINGER_BYTES = 256 * 1024
 
 Headers = list[tuple[str, str]]
 T = TypeVar("T")
-
-
-class _CloseConnection(Exception):
-    """The connection cannot continue (peer gone, file changed mid-response)."""
-
-
-class _Park(Exception):
-    """The connection is idle with nothing buffered: let it wait without a task."""
-
-
-@dataclass(slots=True, eq=False)
-class _Connection:
-    """One client connection: its socket, its state, and what it was sent."""
-
-    sock: socket.socket
-    idle: bool = True  # no request in progress: shutdown and reclaim may close it
-    # When its latest request began (or it was accepted): a client sees an answer
-    # before the task that sent it has run on, so only start times order connections
-    # the way their clients used them.
-    last_request: float = 0.0
-    websocket: bool = False
-    # When the connection's current wait (idle, head, write) expires; 0 = none.
-    # The reaper enforces it, so no I/O call needs a per-call timer.
-    deadline: float = 0.0
-    reading: bool = False
-    expired: bool = False
-    status: int = 0  # of the response being sent (for the request log)
-    sent: int = 0
-    extra: bytes = b""  # header lines added to this response (_headers, --header, CORS)
-    # Their lowercase names: they replace sitepeek's own fields of the same name.
-    overrides: frozenset[str] = frozenset()
-    parser: RequestParser | None = None
-    peer: object = None
-    # The bytes of the request being answered when they may key a hot-cache entry
-    # (they arrived alone in one read), and, once the answer is known to be a file
-    # of the site, the URL path's directory and whether the build gate applies.
-    hot_key: bytes | None = None
-    hot_site: tuple[str, str, bool] | None = None  # (real path, URL directory, gate)
-    hot_began: int = 0  # time.time_ns() before the request was resolved
-    hot_rules: RuleSet | None = None
-
-    # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
-    # skips gevent's Python-level wrapper when the kernel can take the bytes at once
-    # (nearly always for a small response). None for plain (threads) sockets.
-    raw: _socket.socket | None = None
-    readable: FdWait | None = None  # waits for ``raw`` to have bytes
-    writable: FdWait | None = None  # waits for room in ``raw`` (made when first needed)
-    # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
-    parkable: bool = False
-    # The last request was answered from the hot cache: likely the next one too, so
-    # the connection parks when idle. After any other answer its task waits on: a
-    # client asking for new things each time would pay a task per request otherwise.
-    hot_streak: bool = False
-    on_readable: Callable[[], None] | None = None
-
-    def sendall(self, data: bytes) -> None:
-        if not self.status:
-            self.status = int(data[9:12])  # "HTTP/1.1 200 ..."
-            if self.overrides:
-                data = _without_overridden(data, self.overrides)
-        self.sent += len(data)
-        raw = self.raw
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.sock.sendall(data)
-
-    def begin(self, status: int) -> None:
-        """The status of a response written with :meth:`write` (proxy, WebSocket)."""
-        self.status = status
-
-    def write(self, data: bytes) -> None:
-        """Send bytes framed elsewhere as they are, counted for the request log."""
-        self.sock.sendall(data)
-        self.sent += len(data)
-
-    def recv(self, size: int) -> bytes:
-        raw = self.raw
-        readable = self.readable
-        if raw is None or readable is None:
-            return self.sock.recv(size)
-        while True:
-            try:
-                return raw.recv(size)
-            except BlockingIOError:
-                readable.wait()  # cooperatively
-
-
-class _DateCache:
-    """The Date header, formatted at most once per second, with the fields that follow."""
-
-    __slots__ = ("_prefixes", "_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-        self._prefixes: dict[tuple[bool, str], bytes] = {}
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self._second:
-            self._value = http_date(second)
-            self._prefixes = {}
-            self._second = second
-        return self._value
-
-    def prefix(self, keep_alive: bool, version: str) -> bytes:
-        """Date, Server and Connection header lines, ready to send."""
-        value = self.now()
-        prefix = self._prefixes.get((keep_alive, version))
-        if prefix is None:
-            lines = f"Date: {value}\r\nServer: {SERVER}\r\n"
-            if not keep_alive:
-                lines += "Connection: close\r\n"
-            elif version == "1.0":
-                lines += "Connection: keep-alive\r\n"
-            prefix = self._prefixes[(keep_alive, version)] = lines.encode("latin-1")
-        return prefix
 
 
 class Handler:
@@ -261,21 +137,19 @@ class Handler:
         if config.cors:
             static.append(("Access-Control-Allow-Origin", "*"))
         self._static_headers = tuple(static)
-        self._static_extra = _header_bytes(static)
-        self._static_overrides = _overridable(static)
+        self._static_extra = header_bytes(static)
+        self._static_overrides = overridable(static)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
-        self._dates = _DateCache()
+        self._dates = DateCache()
         self._entities = entities.EntityCache()
         self._hot = hotcache.HotCache()
         self._variants = compression.VariantCache()
         self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
-        self._connections: set[_Connection] = set()
-        self._lock = threading.Lock()
-        self._freed = io.signal()  # set whenever a connection closes
+        self._table = ConnectionTable(
+            io, config.keepalive_timeout, config.header_timeout, config.send_timeout
+        )
         self.stopping = False
         self.requests = 0
-        self._reaper_stop = io.signal()
-        io.spawn(self._reap)
         self._broadcaster: livereload.Broadcaster | None = None
         self._snippet: bytes | None = None
         self._client: Entity | None = None
@@ -299,49 +173,16 @@ class Handler:
     def begin_shutdown(self) -> None:
         """Stop reusing connections and close the idle ones at once."""
         self.stopping = True
-        self._reaper_stop.set()
-        with self._lock:
-            idle = [conn for conn in self._connections if conn.idle]
-        for conn in idle:
-            _shutdown(conn.sock)
+        self._table.close_idle()
 
     def abort_all(self) -> None:
         """Cut every remaining connection (the shutdown deadline has passed)."""
         self.stopping = True
-        with self._lock:
-            remaining = list(self._connections)
-        for conn in remaining:
-            _shutdown(conn.sock)
+        self._table.abort_all()
 
-    def reclaim_idle(self) -> bool:
-        """Close the idle connection used least recently (its latest request began
-        first), to make room for a new one.
-
-        Called by the worker model when it is at ``max_connections``: an idle
-        keep-alive connection is cheap for its client to reopen, a new client waiting
-        in the backlog is not (nginx reclaims idle connections the same way).
-        """
-        with self._lock:
-            # A reload socket is idle but not reclaimable: its tab would reconnect.
-            candidates = [conn for conn in self._connections if not conn.websocket]
-        idle = [conn for conn in candidates if conn.idle]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda conn: conn.last_request)
-        now = time.monotonic()
-        for conn in candidates:
-            if (
-                not conn.idle
-                and conn.last_request < oldest.last_request
-                and now - conn.last_request < _JUST_ANSWERED
-            ):
-                # Used before ``oldest`` and still busy, but only just: its answer may
-                # be sent already, the thread that sent it not having run on yet (its
-                # client has moved on). Ask again in a moment rather than close a
-                # connection its client used more recently.
-                return False
-        _shutdown(oldest.sock)
-        return True
+    def reclaim_idle(self, busy_grace: float = 0.0) -> bool:
+        """See :meth:`ConnectionTable.reclaim_idle`."""
+        return self._table.reclaim_idle(busy_grace)
 
     def close(self) -> None:
         """Release what outlives connections (spooled compressed files, the log)."""
@@ -351,25 +192,15 @@ class Handler:
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return len(self._table)
 
     def wait_for_room(self, limit: int, timeout: float) -> None:
         """Wait (at most ``timeout``) until fewer than ``limit`` connections are open."""
-        self._freed.clear()
-        if len(self._connections) >= limit:
-            self._freed.wait(timeout)
+        self._table.wait_for_room(limit, timeout)
 
     def wait_closed(self, timeout: float) -> bool:
         """Wait until every connection has closed; False if some remain at ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self._connections:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._freed.clear()
-            if self._connections:
-                self._freed.wait(min(left, 0.05))
-        return True
+        return self._table.wait_closed(timeout)
 
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
@@ -398,38 +229,18 @@ class Handler:
         conn.on_readable = lambda: self._poll(conn)
         self._poll(conn)  # the request often arrives with the connection
 
-    def _open(self, sock: socket.socket, peer: object) -> _Connection | None:
-        conn = _Connection(sock, last_request=time.monotonic(), peer=peer)
-        try:
-            # Blocking without a per-call timeout: deadlines are the reaper's job.
-            sock.settimeout(None)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            with contextlib.suppress(OSError):
-                sock.close()
+    def _open(self, sock: socket.socket, peer: object) -> Connection | None:
+        conn = self._table.open(sock, peer)
+        if conn is None:
             return None
         wrapped = getattr(sock, "_sock", None)
         # (gevent's inner socket is a _socket.socket, not a socket.socket.)
         if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
             conn.raw = wrapped
             conn.readable = self._io.read_wait(wrapped.fileno())
-        with self._lock:
-            self._connections.add(conn)
         return conn
 
-    def _close(self, conn: _Connection) -> None:
-        with self._lock:
-            self._connections.discard(conn)
-        if conn.readable is not None:
-            conn.readable.close()
-        if conn.writable is not None:
-            conn.writable.close()
-        with contextlib.suppress(OSError):
-            conn.sock.close()
-        self._freed.set()
-
-    def _run(self, conn: _Connection, first: bytes = b"", pending: bytes = b"") -> None:
+    def _run(self, conn: Connection, first: bytes = b"", pending: bytes = b"") -> None:
         """Serve ``conn`` in this task until it closes or parks; never raises.
 
         ``first``: bytes already received; ``pending``: the rest of a hot answer the
@@ -445,29 +256,29 @@ class Handler:
             linger = self._serve_requests(conn, first)
             if linger and not self.stopping:
                 self._linger(conn.sock)
-        except _Park:
+        except Park:
             parked = True
-        except (OSError, _CloseConnection):
+        except (OSError, CloseConnection):
             pass  # the peer went away or the response could not be completed
         except Exception as exc:  # a bug must cost one connection, never the server
             _report_bug("connection", exc)
         finally:
             if not parked:
-                self._close(conn)
+                self._table.close(conn)
         if parked:
             self._park(conn)
 
-    def _park(self, conn: _Connection) -> None:
+    def _park(self, conn: Connection) -> None:
         """Wait for the next request as a watcher (the connection is idle)."""
         if self.stopping:
-            self._close(conn)
+            self._table.close(conn)
             return
         conn.idle = True
         conn.deadline = time.monotonic() + self._config.keepalive_timeout
         assert conn.readable is not None and conn.on_readable is not None
         conn.readable.notify(conn.on_readable)
 
-    def _poll(self, conn: _Connection) -> None:
+    def _poll(self, conn: Connection) -> None:
         """Read what a parked connection has received, in the event loop; never blocks.
 
         A request the hot cache answers in one send is answered here; anything else
@@ -483,7 +294,7 @@ class Handler:
                 self._park(conn)
                 return
             if not data or conn.expired:
-                self._close(conn)  # closed by the peer, or by the reaper (idle too long)
+                self._table.close(conn)  # closed by the peer, or by the reaper (idle too long)
                 return
             entry = self._hot.get(data)
             if entry is not None and self._hot_fresh(data, entry):
@@ -505,7 +316,7 @@ class Handler:
                     )
                 if sent == size:
                     if not entry.keep_alive:
-                        self._close(conn)
+                        self._table.close(conn)
                         return
                     conn.deadline = started + self._config.keepalive_timeout
                     readable.notify(conn.on_readable)  # (already watching, unless adopted)
@@ -520,12 +331,12 @@ class Handler:
             conn.idle = False
             self._io.spawn(lambda: self._run(conn, data))
         except OSError:
-            self._close(conn)
+            self._table.close(conn)
         except Exception as exc:  # never into the event loop
             _report_bug("connection", exc)
-            self._close(conn)
+            self._table.close(conn)
 
-    def _serve_requests(self, conn: _Connection, first: bytes = b"") -> bool:
+    def _serve_requests(self, conn: Connection, first: bytes = b"") -> bool:
         """Answer requests until the connection should close; True to linger.
 
         Raises _Park when an adopted connection is idle again.
@@ -585,7 +396,7 @@ class Handler:
                 return not keep_alive and (parser.has_partial_request or request.has_body)
 
     def _read_request(
-        self, conn: _Connection, parser: RequestParser, first: bytes = b""
+        self, conn: Connection, parser: RequestParser, first: bytes = b""
     ) -> Request | None:
         """The next request, None when the peer closed or we are stopping.
 
@@ -618,7 +429,7 @@ class Handler:
                 if self.stopping:
                     return None
                 if conn.hot_streak and conn.parkable and parser.drained:
-                    raise _Park
+                    raise Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:
                 if not head_deadline:
@@ -657,29 +468,8 @@ class Handler:
             return PROXY_BODY_LIMIT
         return DEFAULT_LIMITS.max_body
 
-    def _reap(self) -> None:
-        """Enforce connection deadlines: one periodic sweep instead of a timer per call.
-
-        A connection waiting to read is shut down for reading, so its recv returns
-        and it can still answer 408; one stuck in a write is shut down entirely.
-        """
-        config = self._config
-        interval = min(config.keepalive_timeout, config.header_timeout, config.send_timeout)
-        interval = min(1.0, max(0.05, interval / 10))
-        while not self._reaper_stop.wait(interval):
-            now = time.monotonic()
-            with self._lock:
-                expired = [c for c in self._connections if c.deadline and now > c.deadline]
-            for conn in expired:
-                if conn.expired:
-                    continue
-                conn.expired = True
-                how = socket.SHUT_RD if conn.reading else socket.SHUT_RDWR
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(how)
-
     # -- responses -----------------------------------------------------------------
-    def _respond(self, out: _Connection, request: Request) -> bool:
+    def _respond(self, out: Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
         host = request.headers.get("host")
@@ -722,8 +512,8 @@ class Handler:
             if rules is not None:
                 headers = rules.headers_for(site_path)
                 if headers:
-                    out.extra += _header_bytes(headers)
-                    out.overrides = out.overrides | _overridable(headers)
+                    out.extra += header_bytes(headers)
+                    out.overrides = out.overrides | overridable(headers)
             if request.method not in ("GET", "HEAD"):
                 return self._respond_other_method(out, request, keep_alive)
             if self._broadcaster is not None and _may_be_html(site_path):
@@ -731,14 +521,14 @@ class Handler:
                 # so a page never shows a half-written build.
                 self._broadcaster.wait_until_settled()
             return self._respond_site(out, request, site_path, rules, keep_alive)
-        except (OSError, _CloseConnection):
+        except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(out, request, 500, "Internal Server Error", False)
 
     def _respond_site(
-        self, out: _Connection, request: Request, path: str, rules: RuleSet | None, keep: bool
+        self, out: Connection, request: Request, path: str, rules: RuleSet | None, keep: bool
     ) -> bool:
         """GET/HEAD for a path of the site (below the base path); ``rules`` as loaded for
         this request (None with --no-rules)."""
@@ -770,7 +560,7 @@ class Handler:
         return self._send_resolution(out, request, found, keep)
 
     def _send_resolution(
-        self, out: _Connection, request: Request, found: Resolution, keep: bool, status: int = 200
+        self, out: Connection, request: Request, found: Resolution, keep: bool, status: int = 200
     ) -> bool:
         if isinstance(found, File):
             return self._send_file(out, request, found, keep, status)
@@ -785,7 +575,7 @@ class Handler:
             return self._send_error(out, request, 400, found.reason, keep)
         return self._send_error(out, request, 404, "Not Found", keep)
 
-    def _not_found(self, out: _Connection, request: Request, path: str, keep: bool) -> bool:
+    def _not_found(self, out: Connection, request: Request, path: str, keep: bool) -> bool:
         """SPA fallback, then the site's own 404.html, then ours."""
         if self._config.spa is not None and spa_eligible(
             path, request.method, request.header("accept", "*/*")
@@ -798,7 +588,7 @@ class Handler:
             return self._send_file(out, request, page, keep, status=404)
         return self._send_error(out, request, 404, "Not Found", keep)
 
-    def _apply_rule(self, out: _Connection, request: Request, match: RuleMatch, keep: bool) -> bool:
+    def _apply_rule(self, out: Connection, request: Request, match: RuleMatch, keep: bool) -> bool:
         """A _redirects rule: redirect, rewrite (200) or custom 404."""
         if match.is_redirect:
             target = match.target
@@ -814,7 +604,7 @@ class Handler:
             return self._send_resolution(out, request, found, keep, match.status)
         return self._not_found(out, request, target_path, keep)
 
-    def _outside_base(self, out: _Connection, request: Request, keep: bool) -> bool:
+    def _outside_base(self, out: Connection, request: Request, keep: bool) -> bool:
         """With --base /repo/: "/" and "/repo" redirect to "/repo/"; the rest is 404."""
         if request.path in ("/", self._base[:-1]):
             location = self._base + (f"?{request.query}" if request.query else "")
@@ -837,7 +627,7 @@ class Handler:
                     print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
         return rules
 
-    def _send_listing(self, out: _Connection, request: Request, found: Listing, keep: bool) -> bool:
+    def _send_listing(self, out: Connection, request: Request, found: Listing, keep: bool) -> bool:
         entries = listing.scan(found.fs_path, self._resolver.root)
         if entries is None:
             return self._send_error(out, request, 403, "Forbidden", keep)
@@ -860,7 +650,7 @@ class Handler:
         self._send(out, request, 200, headers, body)
         return keep
 
-    def _respond_internal(self, out: _Connection, request: Request, keep: bool) -> bool:
+    def _respond_internal(self, out: Connection, request: Request, keep: bool) -> bool:
         """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
         if request.path == livereload.CLIENT_PATH and self._client is not None:
             return self._send_entity(out, request, self._client, -1, keep)
@@ -877,7 +667,7 @@ class Handler:
 
     def _upgrade(
         self,
-        conn: _Connection,
+        conn: Connection,
         request: Request,
         parser: RequestParser,
         broadcaster: livereload.Broadcaster,
@@ -909,7 +699,7 @@ class Handler:
             conn.write,
         )
 
-    def _respond_other_method(self, out: _Connection, request: Request, keep: bool) -> bool:
+    def _respond_other_method(self, out: Connection, request: Request, keep: bool) -> bool:
         if request.method == "OPTIONS":
             headers = self._base_headers(keep, request)
             headers.append(("Allow", ALLOW))  # RFC 9110 §8.6: no Content-Length in a 204
@@ -938,7 +728,7 @@ class Handler:
         return headers
 
     def _send_file(
-        self, out: _Connection, request: Request, file: File, keep: bool, status: int = 200
+        self, out: Connection, request: Request, file: File, keep: bool, status: int = 200
     ) -> bool:
         """Send a file: as the resource itself (200/206/304), or as the body of another
         status (a custom 404 page), which takes no conditionals, ranges or coding."""
@@ -978,7 +768,7 @@ class Handler:
                 # Rewritten in place faster than we can read one version: closing is
                 # the honest answer (a browser retries an idempotent request on a
                 # closed keep-alive connection); a half-written body never is.
-                raise _CloseConnection from None
+                raise CloseConnection from None
             self._entities.put(file.fs_path, entity)
             if status != 200:
                 return self._send_page(out, request, entity, fd, keep, status)
@@ -1007,7 +797,7 @@ class Handler:
         return st
 
     def _send_open_error(
-        self, out: _Connection, request: Request, exc: OSError, keep: bool
+        self, out: Connection, request: Request, exc: OSError, keep: bool
     ) -> bool:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return self._send_error(out, request, 403, "Forbidden", keep)
@@ -1024,7 +814,7 @@ class Handler:
         return self._send_error(out, request, 404, "Not Found", keep)
 
     def _send_page(
-        self, out: _Connection, request: Request, entity: Entity, fd: int, keep: bool, status: int
+        self, out: Connection, request: Request, entity: Entity, fd: int, keep: bool, status: int
     ) -> bool:
         head = b"".join(
             (
@@ -1044,14 +834,14 @@ class Handler:
             self._sendfile(out, fd, 0, entity.size, entity.identity)
         return keep
 
-    def _prefix(self, out: _Connection, keep: bool, version: str) -> bytes:
+    def _prefix(self, out: Connection, keep: bool, version: str) -> bytes:
         """Date, Server, Connection and this request's extra header lines."""
         prefix = self._dates.prefix(keep, version)
         return prefix + out.extra if out.extra else prefix
 
     def _send_entity(
         self,
-        out: _Connection,
+        out: Connection,
         request: Request,
         entity: Entity,
         fd: int,
@@ -1069,7 +859,7 @@ class Handler:
 
     def _try_variant(
         self,
-        out: _Connection,
+        out: Connection,
         request: Request,
         entity: Entity,
         fd: int,
@@ -1131,7 +921,7 @@ class Handler:
 
     def _send_variant(
         self,
-        out: _Connection,
+        out: Connection,
         request: Request,
         entity: Entity,
         variant: compression.Variant,
@@ -1179,7 +969,7 @@ class Handler:
         return keep
 
     def _send_identity(
-        self, out: _Connection, request: Request, entity: Entity, fd: int, keep: bool
+        self, out: Connection, request: Request, entity: Entity, fd: int, keep: bool
     ) -> bool:
         """Answer with the entity itself (ranges apply); ``fd`` when not cached."""
         method = request.method
@@ -1242,7 +1032,7 @@ class Handler:
     # -- the hot cache -------------------------------------------------------------
     def _send_remembered(
         self,
-        out: _Connection,
+        out: Connection,
         request: Request,
         status_line: bytes,
         rest: bytes,
@@ -1289,7 +1079,7 @@ class Handler:
             entry.dirs = dirs
             self._hot.put(key, entry)
 
-    def _answer_hot(self, conn: _Connection, entry: hotcache.Entry) -> bool:
+    def _answer_hot(self, conn: Connection, entry: hotcache.Entry) -> bool:
         """Send what was sent for the same request bytes, from a task (``_poll`` does
         the same in the event loop); True to keep the connection."""
         self.requests += 1
@@ -1332,13 +1122,13 @@ class Handler:
                 entry.status_line + self._dates.prefix(entry.keep_alive, entry.version) + entry.rest
             )
             if entry.overrides:
-                response = _without_overridden(response, entry.overrides)
+                response = without_overridden(response, entry.overrides)
             entry.stamped = (now, response)
         return response
 
     def _sendfile(
         self,
-        out: _Connection,
+        out: Connection,
         fd: int,
         offset: int,
         count: int,
@@ -1368,7 +1158,7 @@ class Handler:
             chunk = min(count, SENDFILE_CHUNK)
             if expected is not None:
                 if _content_version(os.fstat(fd)) != expected:
-                    raise _CloseConnection
+                    raise CloseConnection
                 if chunk == count and count > 1:
                     chunk -= 1  # the last byte goes out after one more check
             out.deadline = time.monotonic() + timeout
@@ -1384,20 +1174,20 @@ class Handler:
                 out.writable.wait()
                 continue
             if sent == 0:
-                raise _CloseConnection  # the file shrank under us: close, never hang
+                raise CloseConnection  # the file shrank under us: close, never hang
             out.sent += sent
             offset += sent
             count -= sent
 
     def _send_copy(
-        self, out: _Connection, fd: int, offset: int, count: int, identity: entities.Identity
+        self, out: Connection, fd: int, offset: int, count: int, identity: entities.Identity
     ) -> None:
         """Read a chunk, check the file is still that version, send it; repeat."""
         expected = identity[1:3] + identity[4:]
         while count > 0:
             data = os.pread(fd, min(count, COPY_CHUNK), offset)
             if not data or _content_version(os.fstat(fd)) != expected:
-                raise _CloseConnection  # shrank or rewritten: never send a mix
+                raise CloseConnection  # shrank or rewritten: never send a mix
             out.deadline = time.monotonic() + self._config.send_timeout
             out.sock.sendall(data)
             out.sent += len(data)
@@ -1405,7 +1195,7 @@ class Handler:
             count -= len(data)
 
     def _send_location(
-        self, out: _Connection, request: Request, status: int, location: str, keep: bool
+        self, out: Connection, request: Request, status: int, location: str, keep: bool
     ) -> bool:
         escaped = html.escape(location, quote=True)
         body = (
@@ -1423,14 +1213,14 @@ class Handler:
 
     def _send_error(
         self,
-        out: _Connection,
+        out: Connection,
         request: Request | None,
         status: int,
         detail: str,
         keep_alive: bool,
         extra: Sequence[tuple[str, str]] = (),
     ) -> bool:
-        body = _error_page(status, detail)
+        body = error_page(status, detail)
         if self._snippet is not None:
             body = inject.inject(body, self._snippet)
         headers = self._base_headers(keep_alive, request)
@@ -1445,7 +1235,7 @@ class Handler:
 
     @staticmethod
     def _send(
-        out: _Connection, request: Request | None, status: int, headers: Headers, body: bytes
+        out: Connection, request: Request | None, status: int, headers: Headers, body: bytes
     ) -> None:
         if out.overrides:
             headers = [
@@ -1478,29 +1268,6 @@ class Handler:
             pass
 
 
-def _without_overridden(data: bytes, names: frozenset[str]) -> bytes:
-    """Drop the later of two fields named in ``names`` from the head in ``data``.
-
-    The extra fields (_headers, --header) are placed right after Date/Server/Connection,
-    before sitepeek's own Content-Type, Cache-Control and the rest: keeping the first
-    of each name lets them replace ours, as Cloudflare Pages does.
-    """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data
-    lines = data[:end].split(b"\r\n")
-    seen: set[str] = set()
-    kept = [lines[0]]
-    for line in lines[1:]:
-        name = line.partition(b":")[0].decode("latin-1").lower()
-        if name in names:
-            if name in seen:
-                continue
-            seen.add(name)
-        kept.append(line)
-    return b"\r\n".join(kept) + data[end:]
-
-
 def _claim_in_process() -> Callable[[str], bool]:
     claimed: set[str] = set()
 
@@ -1525,18 +1292,9 @@ def _rules_version(root: object, rules: RuleSet) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
-def _overridable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
-    """Names of added fields that replace ours; Set-Cookie may repeat (RFC 6265 §3)."""
-    return frozenset(name.lower() for name, _ in headers) - {"set-cookie"} - FRAMING_FIELDS
-
-
 def _content_version(st: os.stat_result) -> tuple[int, int, int]:
     """(ino, mtime_ns, size): the part of an Identity that a rewrite in place changes."""
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _header_bytes(headers: Sequence[tuple[str, str]]) -> bytes:
-    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
 
 
 def _inline(work: Callable[[], T]) -> T:
@@ -1551,22 +1309,3 @@ def _may_be_html(path: str) -> bool:
 
 def _report_bug(where: str, exc: Exception) -> None:
     print(f"sitepeek: internal error ({where}): {exc!r}", file=sys.stderr, flush=True)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _error_page(status: int, detail: str) -> bytes:
-    title = f"{status} {reason_phrase(status)}"
-    text = html.escape(detail if detail != reason_phrase(status) else "")
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<title>{title}</title><meta name="viewport" content="width=device-width">'
-        "<style>body{font:16px/1.5 system-ui,sans-serif;margin:15vh auto;max-width:34rem;"
-        "padding:0 1rem;color:#222}h1{font-size:1.6rem;margin:0 0 .5rem}"
-        "p{color:#666}@media(prefers-color-scheme:dark){body{background:#111;color:#eee}}"
-        "</style></head>\n"
-        f"<body><h1>{title}</h1><p>{text}</p><p><small>{SERVER}</small></p></body></html>\n"
-    ).encode()

@@ -27,6 +27,10 @@ from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFacto
 T = TypeVar("T")
 
 _ACCEPT_BATCH = 64
+# A busy connection whose request began less than this ago may be done already: the
+# thread that sent its answer is preempted before it marks the connection idle, while
+# its client has moved on. Reclaiming waits for it (see ConnectionTable.reclaim_idle).
+JUST_ANSWERED = 0.1
 # Threads mostly wait on sockets; a small stack keeps 1,000 of them cheap.
 _THREAD_STACK = 512 * 1024
 
@@ -162,7 +166,7 @@ class ThreadWorkers:
             if self._slots.acquire(blocking=False):
                 return True
             # A connection may turn idle a moment later: try again while waiting.
-            handler.reclaim_idle()
+            handler.reclaim_idle(JUST_ANSWERED)
             if self._slots.acquire(timeout=0.05):
                 return True
         return False

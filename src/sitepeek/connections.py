@@ -1,0 +1,258 @@
+"""Connections: one client connection's state and writer, and the table of them all.
+
+:class:`Connection` is what a response is written through: :meth:`~Connection.sendall`
+for sitepeek's own answers (the first one's status is recorded and the header-override
+rule applied), :meth:`~Connection.write` for bytes framed elsewhere (the proxy, the
+reload WebSocket); both count what went out, for the request log.
+:class:`ConnectionTable` is the registry every worker model uses.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sitepeek.concurrency import FdWait, Io
+from sitepeek.http11 import RequestParser
+from sitepeek.responses import without_overridden
+from sitepeek.rules import RuleSet
+
+__all__ = ["CloseConnection", "Connection", "ConnectionTable", "Park", "shutdown"]
+
+
+class CloseConnection(Exception):
+    """The connection cannot continue (peer gone, file changed mid-response)."""
+
+
+class Park(Exception):
+    """The connection is idle with nothing buffered: let it wait without a task."""
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    """One client connection: its socket, its state, and what it was sent."""
+
+    sock: socket.socket
+    idle: bool = True  # no request in progress: shutdown and reclaim may close it
+    # When its latest request began (or it was accepted): a client sees an answer
+    # before the task that sent it has run on, so only start times order connections
+    # the way their clients used them.
+    last_request: float = 0.0
+    websocket: bool = False
+    # When the connection's current wait (idle, head, write) expires; 0 = none.
+    # The reaper enforces it, so no I/O call needs a per-call timer.
+    deadline: float = 0.0
+    reading: bool = False
+    expired: bool = False
+    status: int = 0  # of the response being sent (for the request log)
+    sent: int = 0
+    extra: bytes = b""  # header lines added to this response (_headers, --header, CORS)
+    # Their lowercase names: they replace sitepeek's own fields of the same name.
+    overrides: frozenset[str] = frozenset()
+    parser: RequestParser | None = None
+    peer: object = None
+    # The bytes of the request being answered when they may key a hot-cache entry
+    # (they arrived alone in one read), and, once the answer is known to be a file
+    # of the site, the URL path's directory and whether the build gate applies.
+    hot_key: bytes | None = None
+    hot_site: tuple[str, str, bool] | None = None  # (real path, URL directory, gate)
+    hot_began: int = 0  # time.time_ns() before the request was resolved
+    hot_rules: RuleSet | None = None
+
+    # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
+    # skips gevent's Python-level wrapper when the kernel can take the bytes at once
+    # (nearly always for a small response). None for plain (threads) sockets.
+    raw: _socket.socket | None = None
+    readable: FdWait | None = None  # waits for ``raw`` to have bytes
+    writable: FdWait | None = None  # waits for room in ``raw`` (made when first needed)
+    # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.
+    parkable: bool = False
+    # The last request was answered from the hot cache: likely the next one too, so
+    # the connection parks when idle. After any other answer its task waits on: a
+    # client asking for new things each time would pay a task per request otherwise.
+    hot_streak: bool = False
+    on_readable: Callable[[], None] | None = None
+
+    def sendall(self, data: bytes) -> None:
+        if not self.status:
+            self.status = int(data[9:12])  # "HTTP/1.1 200 ..."
+            if self.overrides:
+                data = without_overridden(data, self.overrides)
+        self.sent += len(data)
+        raw = self.raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.sock.sendall(data)
+
+    def begin(self, status: int) -> None:
+        """The status of a response written with :meth:`write` (proxy, WebSocket)."""
+        self.status = status
+
+    def write(self, data: bytes) -> None:
+        """Send bytes framed elsewhere as they are, counted for the request log."""
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def recv(self, size: int) -> bytes:
+        raw = self.raw
+        readable = self.readable
+        if raw is None or readable is None:
+            return self.sock.recv(size)
+        while True:
+            try:
+                return raw.recv(size)
+            except BlockingIOError:
+                readable.wait()  # cooperatively
+
+
+class ConnectionTable:
+    """Every open connection of one process: registry, deadlines, reclaim, shutdown.
+
+    Every worker model registers its connections here, so they are counted, reaped,
+    reclaimed at ``--max-connections`` and closed at shutdown the same way.
+    """
+
+    def __init__(
+        self, io: Io, keepalive_timeout: float, header_timeout: float, send_timeout: float
+    ) -> None:
+        self._connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._freed = io.signal()  # set whenever a connection closes
+        self._reaper_stop = io.signal()
+        interval = min(keepalive_timeout, header_timeout, send_timeout)
+        self._interval = min(1.0, max(0.05, interval / 10))
+        io.spawn(self._reap)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __iter__(self) -> Iterator[Connection]:
+        with self._lock:
+            return iter(list(self._connections))
+
+    def open(self, sock: socket.socket, peer: object) -> Connection | None:
+        """Register an accepted socket; None (and the socket closed) if it is unusable."""
+        conn = Connection(sock, last_request=time.monotonic(), peer=peer)
+        try:
+            # Blocking without a per-call timeout: deadlines are the reaper's job.
+            sock.settimeout(None)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        with self._lock:
+            self._connections.add(conn)
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+        if conn.readable is not None:
+            conn.readable.close()
+        if conn.writable is not None:
+            conn.writable.close()
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        self._freed.set()
+
+    # -- shutdown: two named paths ---------------------------------------------------
+    def close_idle(self) -> None:
+        """Graceful: stop the reaper and close the idle connections at once."""
+        self._reaper_stop.set()
+        with self._lock:
+            idle = [conn for conn in self._connections if conn.idle]
+        for conn in idle:
+            shutdown(conn.sock)
+
+    def abort_all(self) -> None:
+        """Immediate: cut every remaining connection (the shutdown deadline has passed)."""
+        with self._lock:
+            remaining = list(self._connections)
+        for conn in remaining:
+            shutdown(conn.sock)
+
+    def reclaim_idle(self, busy_grace: float = 0.0) -> bool:
+        """Close the idle connection used least recently (its latest request began
+        first), to make room for a new one.
+
+        Called by the worker model when it is at ``max_connections``: an idle
+        keep-alive connection is cheap for its client to reopen, a new client waiting
+        in the backlog is not (nginx reclaims idle connections the same way).
+
+        ``busy_grace`` is for models whose tasks are preempted (threads): a connection
+        used before the oldest idle one and busy for less than that may be done
+        already, its task not having run on since it answered; then nothing is closed
+        (ask again in a moment) rather than a connection its client used more recently.
+        """
+        with self._lock:
+            # A reload socket is idle but not reclaimable: its tab would reconnect.
+            candidates = [conn for conn in self._connections if not conn.websocket]
+        idle = [conn for conn in candidates if conn.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda conn: conn.last_request)
+        if busy_grace:
+            now = time.monotonic()
+            for conn in candidates:
+                if (
+                    not conn.idle
+                    and conn.last_request < oldest.last_request
+                    and now - conn.last_request < busy_grace
+                ):
+                    return False
+        shutdown(oldest.sock)
+        return True
+
+    def wait_for_room(self, limit: int, timeout: float) -> None:
+        """Wait (at most ``timeout``) until fewer than ``limit`` connections are open."""
+        self._freed.clear()
+        if len(self._connections) >= limit:
+            self._freed.wait(timeout)
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until every connection has closed; False if some remain at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._connections:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._freed.clear()
+            if self._connections:
+                self._freed.wait(min(left, 0.05))
+        return True
+
+    def _reap(self) -> None:
+        """Enforce connection deadlines: one periodic sweep instead of a timer per call.
+
+        A connection waiting to read is shut down for reading, so its recv returns
+        and it can still answer 408; one stuck in a write is shut down entirely.
+        """
+        while not self._reaper_stop.wait(self._interval):
+            now = time.monotonic()
+            with self._lock:
+                expired = [c for c in self._connections if c.deadline and now > c.deadline]
+            for conn in expired:
+                if conn.expired:
+                    continue
+                conn.expired = True
+                how = socket.SHUT_RD if conn.reading else socket.SHUT_RDWR
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(how)
+
+
+def shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
