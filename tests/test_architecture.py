@@ -48,11 +48,11 @@ IMPORTS: dict[str, set[str]] = {
     "listing": {"resolver"},
     "entities": {"inject", "representation"},
     "compression": {"entities", "representation"},
-    "hotcache": {"entities"},
+    "hotcache": {"compression", "entities", "responses", "rules"},
     "config": {"http11", "resolver", "routes"},
     "log": {"concurrency", "config", "console"},
     "responses": {"sitepeek", "http11", "representation"},
-    "connections": {"concurrency", "http11", "responses", "rules"},
+    "connections": {"concurrency", "hotcache", "http11", "responses"},
     "proxy": {"sitepeek", "concurrency", "http11", "representation", "routes"},
     "livereload": {"sitepeek", "changes", "concurrency", "inject", "websocket"},
     "handler": {

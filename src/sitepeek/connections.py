@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sitepeek.concurrency import FdWait, Io
+from sitepeek.hotcache import Candidate
 from sitepeek.http11 import RequestParser
 from sitepeek.responses import without_overridden
-from sitepeek.rules import RuleSet
 
 __all__ = ["CloseConnection", "Connection", "ConnectionTable", "Park", "shutdown"]
 
@@ -60,9 +60,7 @@ class Connection:
     # (they arrived alone in one read), and, once the answer is known to be a file
     # of the site, the URL path's directory and whether the build gate applies.
     hot_key: bytes | None = None
-    hot_site: tuple[str, str, bool] | None = None  # (real path, URL directory, gate)
-    hot_began: int = 0  # time.time_ns() before the request was resolved
-    hot_rules: RuleSet | None = None
+    hot: Candidate | None = None
 
     # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
     # skips gevent's Python-level wrapper when the kernel can take the bytes at once

@@ -71,7 +71,6 @@ from sitepeek.responses import (
     error_page,
     header_bytes,
     overridable,
-    without_overridden,
 )
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
 
@@ -142,13 +141,11 @@ class Handler:
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         self._dates = DateCache()
         self._entities = entities.EntityCache()
-        self._hot = hotcache.HotCache()
         self._variants = compression.VariantCache()
         self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
         self._table = ConnectionTable(
             io, config.keepalive_timeout, config.header_timeout, config.send_timeout
         )
-        self.stopping = False
         self.requests = 0
         self._broadcaster: livereload.Broadcaster | None = None
         self._snippet: bytes | None = None
@@ -164,6 +161,24 @@ class Handler:
                 feed.subscribe(
                     lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
                 )
+        gate = self._broadcaster
+        self._hot = hotcache.HotAnswers(
+            self._resolver.root,
+            self._dates,
+            self._rules,
+            None if gate is None else lambda: gate.settled,
+            _KNOWN_CODINGS,
+        )
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Connections are no longer reused (the server is shutting down)."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = self._hot.stopping = value
 
     @property
     def broadcaster(self) -> livereload.Broadcaster | None:
@@ -296,13 +311,13 @@ class Handler:
             if not data or conn.expired:
                 self._table.close(conn)  # closed by the peer, or by the reaper (idle too long)
                 return
-            entry = self._hot.get(data)
-            if entry is not None and self._hot_fresh(data, entry):
+            hit = self._hot.lookup(data)
+            if hit is not None:
                 # (The hot path of the whole server: kept to the calls it needs.)
+                entry, response = hit
                 self.requests += 1
                 conn.hot_streak = True
                 conn.status = entry.status
-                response = self._stamped(entry)
                 conn.sent = size = len(response)
                 started = time.monotonic()
                 try:
@@ -350,7 +365,7 @@ class Handler:
             conn.extra = self._static_extra
             conn.overrides = self._static_overrides
             conn.status = conn.sent = 0
-            conn.hot_site = None
+            conn.hot = None
             try:
                 request = self._read_request(conn, parser, first)
             except ProtocolError as exc:
@@ -451,9 +466,9 @@ class Handler:
             if conn.expired:
                 raise TimeoutError
             if parser.drained and data:
-                entry = hot.get(data)
-                if entry is not None and self._hot_fresh(data, entry):
-                    if not self._answer_hot(conn, entry):
+                hit = hot.lookup(data)
+                if hit is not None:
+                    if not self._answer_hot(conn, *hit):
                         return None  # answered with Connection: close
                     conn.status = conn.sent = 0  # (the next answer is another's)
                     continue
@@ -534,8 +549,7 @@ class Handler:
         this request (None with --no-rules)."""
         if rules is not None and path in _RULE_FILES:
             return self._send_error(out, request, 404, "Not Found", keep)
-        if out.hot_key is not None:
-            out.hot_began = time.time_ns()
+        began = time.time_ns() if out.hot_key is not None else 0
         resolved: list[Resolution] = []
 
         def resolution() -> Resolution:
@@ -555,8 +569,9 @@ class Handler:
         if isinstance(found, NotFound):
             return self._not_found(out, request, path, keep)
         if out.hot_key is not None and isinstance(found, File):
-            out.hot_site = (found.fs_path, path[: path.rfind("/")], _may_be_html(path))
-            out.hot_rules = rules
+            url_dir = path[: path.rfind("/")]
+            html = _may_be_html(path)
+            out.hot = hotcache.Candidate(out.hot_key, found.fs_path, url_dir, html, rules, began)
         return self._send_resolution(out, request, found, keep)
 
     def _send_resolution(
@@ -1039,47 +1054,24 @@ class Handler:
         keep: bool,
         entity: Entity,
     ) -> None:
-        """Send an answer made of bytes at hand, and keep it for the same request bytes
-        when it is a file of the site that can be checked for changes cheaply."""
-        key = out.hot_key
-        site = out.hot_site
-        if (
-            key is None
-            or site is None
-            or self.stopping
-            or len(rest) > hotcache.MAX_RESPONSE
-            or not self._hot.wanted(key)
-        ):
-            out.sendall(status_line + self._dates.prefix(keep, request.version) + rest)
-            return
-        entry = hotcache.Entry(
+        """Send an answer made of bytes at hand; the hot cache may keep it for the same
+        request bytes (see HotAnswers.respond)."""
+        response = self._hot.respond(
+            out.hot,
             status_line,
             keep,
             request.version,
             rest,
-            site[0],
             entity.identity,
-            (),
-            out.hot_rules,
-            site[2],
+            entity.compressible,
             request.method,
             request.target,
             out.overrides,
         )
-        response = self._stamped(entry)
+        out.status = int(status_line[9:12])  # (set: the override rule is applied)
         out.sendall(response)
-        if entity.compressible and any(
-            compression.has_sidecar(site[0], coding) for coding in _KNOWN_CODINGS
-        ):
-            return  # a sidecar rewritten in place would change no directory
-        dirs = hotcache.capture(
-            self._resolver.root, site[0], site[1], entity.identity, out.hot_began
-        )
-        if dirs is not None:
-            entry.dirs = dirs
-            self._hot.put(key, entry)
 
-    def _answer_hot(self, conn: Connection, entry: hotcache.Entry) -> bool:
+    def _answer_hot(self, conn: Connection, entry: hotcache.Entry, response: bytes) -> bool:
         """Send what was sent for the same request bytes, from a task (``_poll`` does
         the same in the event loop); True to keep the connection."""
         self.requests += 1
@@ -1089,42 +1081,11 @@ class Handler:
         conn.idle = False
         conn.status = entry.status  # (set: these bytes need no header filtering)
         conn.sent = 0
-        conn.sendall(self._stamped(entry))
+        conn.sendall(response)
         if self._log is not None:
             now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
         return entry.keep_alive
-
-    def _hot_fresh(self, key: bytes, entry: hotcache.Entry) -> bool:
-        """May ``entry`` answer its request bytes again now?"""
-        if self.stopping:
-            return False  # the answer must say Connection: close
-        if entry.html and self._broadcaster is not None and not self._broadcaster.settled:
-            return False  # a burst of changes is being written: the gate decides
-        root_version = None
-        rules = self._rules
-        if rules is not None:
-            # (New rules: a miss, and the full path reports their warnings.)
-            current, root_version = rules.current_with_root()  # (one stat of the root)
-            if current is not entry.rules or root_version is None:
-                return False
-        if hotcache.fresh(entry, root_version):
-            return True
-        self._hot.discard(key, entry)
-        return False
-
-    def _stamped(self, entry: hotcache.Entry) -> bytes:
-        """The entry's response with this second's Date."""
-        second, response = entry.stamped
-        now = int(time.time())
-        if second != now:
-            response = (
-                entry.status_line + self._dates.prefix(entry.keep_alive, entry.version) + entry.rest
-            )
-            if entry.overrides:
-                response = without_overridden(response, entry.overrides)
-            entry.stamped = (now, response)
-        return response
 
     def _sendfile(
         self,

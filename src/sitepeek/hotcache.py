@@ -17,7 +17,7 @@ the very next request, never only when the watcher reports it):
   removing or renaming any entry there (a new ``index.html``, a clean-URL sibling, a
   new precompressed sidecar, a swapped symlink) changes them (a file that has a
   sidecar is never cached: a sidecar rewritten in place changes no directory);
-- the ``_redirects``/``_headers`` rules and the build gate: the handler checks those;
+- the ``_redirects``/``_headers`` rules and the build gate;
 - the Date header: the bytes are restamped when the second changes.
 
 File system timestamps are coarse (one clock tick, or whole seconds on some file
@@ -32,9 +32,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sitepeek import compression
 from sitepeek.entities import Identity, identity
+from sitepeek.responses import DateCache, without_overridden
+from sitepeek.rules import RuleSet, RulesFile
 
 SETTLE_NS = 50_000_000  # far above the coarsest kernel tick (10 ms at HZ=100)
 COARSE_SETTLE_NS = 2_100_000_000  # FAT keeps mtimes in 2 s steps, ext3 in 1 s
@@ -57,11 +62,11 @@ class Entry:
     path: str  # the file's real path
     identity: Identity
     dirs: tuple[tuple[str, Version], ...]
-    rules: object  # the RuleSet in force (the handler compares identities), or None
+    rules: RuleSet | None  # the rules in force (compared by identity)
     html: bool  # subject to the build gate
     method: str  # for the request log
     target: str
-    overrides: frozenset[str]  # header names _headers/--header replace (see handler)
+    overrides: frozenset[str]  # header names _headers/--header replace (see responses)
     # (second, whole response as sent in that second): replaced in one assignment.
     stamped: tuple[int, bytes] = (-1, b"")
     size: int = 0  # what the entry counts against the budget (set by HotCache.put)
@@ -191,3 +196,127 @@ class HotCache:
             if self._entries.get(key) is entry:
                 del self._entries[key]
                 self._bytes -= entry.size
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A request whose answer may be remembered: its bytes arrived alone in one read
+    and it names a file of the site. Made before the answer is decided."""
+
+    key: bytes  # the request's exact bytes
+    path: str  # the file's real path
+    url_dir: str  # the URL path's directory, below the root ("" for the root)
+    html: bool  # subject to the build gate
+    rules: RuleSet | None
+    began_ns: int  # time.time_ns() before the request was resolved
+
+
+class HotAnswers:
+    """The one seam between the connection code and the cache.
+
+    :meth:`lookup` answers request bytes seen before, or says None; every check that
+    an answer may be reused (the server is not stopping, the build gate is open for
+    HTML, the rules are the same, the file and its directories are unchanged) is
+    made inside it. :meth:`respond` makes the response bytes for an answer at hand
+    and remembers them when they can be checked that cheaply later.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        dates: DateCache,
+        rules: RulesFile | None,
+        settled: Callable[[], bool] | None,
+        sidecar_codings: tuple[str, ...],
+    ) -> None:
+        """``settled()``: False while a burst of changes is being written (the build
+        gate, None without live reload); ``sidecar_codings``: the codings whose
+        precompressed sidecar files may be served."""
+        self._root = root
+        self._dates = dates
+        self._rules = rules
+        self._settled = settled
+        self._codings = sidecar_codings
+        self._cache = HotCache()
+        self.stopping = False  # set by the handler: answers must then say close
+
+    def lookup(self, key: bytes) -> tuple[Entry, bytes] | None:
+        """The entry for ``key`` and its response stamped now, if it may answer again."""
+        entry = self._cache.get(key)
+        if entry is None or self.stopping:
+            return None
+        if entry.html and self._settled is not None and not self._settled():
+            return None  # a burst of changes is being written: the gate decides
+        root_version = None
+        rules = self._rules
+        if rules is not None:
+            # (New rules: a miss, and the full path reports their warnings.)
+            current, root_version = rules.current_with_root()  # (one stat of the root)
+            if current is not entry.rules or root_version is None:
+                return None
+        if fresh(entry, root_version):
+            return entry, self.stamped(entry)
+        self._cache.discard(key, entry)
+        return None
+
+    def respond(
+        self,
+        candidate: Candidate | None,
+        status_line: bytes,
+        keep_alive: bool,
+        version: str,
+        rest: bytes,
+        file: Identity,
+        compressible: bool,
+        method: str,
+        target: str,
+        overrides: frozenset[str],
+    ) -> bytes:
+        """The response ``status_line`` + Date/Server/Connection + ``rest``, with the
+        override rule applied; remembered for ``candidate`` (made from the file version
+        ``file``) when it is worth it and can be checked cheaply."""
+        if (
+            candidate is None
+            or self.stopping
+            or len(rest) > MAX_RESPONSE
+            or not self._cache.wanted(candidate.key)
+        ):
+            response = status_line + self._dates.prefix(keep_alive, version) + rest
+            return without_overridden(response, overrides) if overrides else response
+        entry = Entry(
+            status_line,
+            keep_alive,
+            version,
+            rest,
+            candidate.path,
+            file,
+            (),
+            candidate.rules,
+            candidate.html,
+            method,
+            target,
+            overrides,
+        )
+        response = self.stamped(entry)
+        if compressible and any(
+            compression.has_sidecar(candidate.path, coding) for coding in self._codings
+        ):
+            return response  # a sidecar rewritten in place would change no directory
+        dirs = capture(self._root, candidate.path, candidate.url_dir, file, candidate.began_ns)
+        if dirs is not None:
+            entry.dirs = dirs
+            self._cache.put(candidate.key, entry)
+        return response
+
+    def stamped(self, entry: Entry) -> bytes:
+        """The entry's response with this second's Date."""
+        second, response = entry.stamped
+        now = int(time.time())
+        if second != now:
+            response = (
+                entry.status_line + self._dates.prefix(entry.keep_alive, entry.version) + entry.rest
+            )
+            if entry.overrides:
+                response = without_overridden(response, entry.overrides)
+            entry.stamped = (now, response)
+        return response
