@@ -215,7 +215,7 @@ def test_a_repeated_request_skips_resolving(
     (root / "a.css").write_text("body{color:red}\n" * 40)
     settle()
     resolved: list[str] = []
-    resolver = handler._resolver
+    resolver = handler._site.resolver
 
     class Counting:
         root = resolver.root
@@ -224,7 +224,7 @@ def test_a_repeated_request_skips_resolving(
             resolved.append(path)
             return resolver.resolve(path, query)
 
-    monkeypatch.setattr(handler, "_resolver", Counting())
+    monkeypatch.setattr(handler._site, "resolver", Counting())
     first = client.request("GET", "/a.css", {"Accept-Encoding": "gzip"})
     again = [client.request("GET", "/a.css", {"Accept-Encoding": "gzip"}) for _ in range(4)]
     # The first sighting only remembers the key; the second makes the entry.

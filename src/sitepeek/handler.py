@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import hashlib
 import html
 import os
 import socket
@@ -25,7 +24,6 @@ from sitepeek import (
     entities,
     hotcache,
     inject,
-    listing,
     livereload,
     proxy,
     websocket,
@@ -35,44 +33,31 @@ from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.connections import CloseConnection, Connection, ConnectionTable, Park
 from sitepeek.entities import Entity
-from sitepeek.hosts import HostPolicy
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
     ProtocolError,
     Request,
     RequestParser,
-    is_known_method,
     reason_phrase,
 )
 from sitepeek.http11 import response_head as _response_head
 from sitepeek.log import io_scheduler, make_request_log
+from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
 from sitepeek.representation import (
     ByteRange,
     Precondition,
     evaluate_preconditions,
     evaluate_range,
 )
-from sitepeek.resolver import (
-    BadPath,
-    File,
-    Forbidden,
-    Listing,
-    NotFound,
-    Redirect,
-    Resolution,
-    Resolver,
-    spa_eligible,
-    strip_base,
-)
+from sitepeek.resolver import File
 from sitepeek.responses import (
-    ALLOW,
     SERVER,
     DateCache,
     error_page,
     header_bytes,
     overridable,
 )
-from sitepeek.rules import RuleMatch, RuleSet, RulesFile
+from sitepeek.site import Site
 
 RECV_SIZE = 64 * 1024
 # A file modified less than this long ago may be mid-write: wait for it to settle
@@ -95,14 +80,8 @@ INLINE_COMPRESSION = 256 * 1024
 _KNOWN_CODINGS = ("br", "zstd", "gzip")
 # A proxied request body is streamed to the backend, never stored: allow uploads.
 PROXY_BODY_LIMIT = 1 << 40
-# The rules files configure the server; like Netlify and Cloudflare, never serve them.
-_RULE_FILES = frozenset({"/_redirects", "/_headers"})
 _OK = b"HTTP/1.1 200 OK\r\n"
 _NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
-_MISDIRECTED = (
-    "This server answers to localhost names only (DNS rebinding protection). "
-    "To use another name, start sitepeek with --allowed-host NAME."
-)
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 256 * 1024
 
@@ -124,14 +103,7 @@ class Handler:
         processes: a notice (a malformed _redirects line) is printed once, not once
         per worker."""
         self._config = config
-        self._claim = claim or _claim_in_process()
         self._io = io
-        self._resolver = Resolver(config.root, clean_urls=config.clean_urls, listing=config.listing)
-        self._hosts = HostPolicy(config.host, config.allowed_host)
-        self._routes = tuple(proxy.parse_route(spec) for spec in config.proxy)
-        self._base = config.base
-        self._rules = RulesFile(config.root) if config.rules else None
-        self._rules_seen: RuleSet | None = None
         static = list(config.header)
         if config.cors:
             static.append(("Access-Control-Allow-Origin", "*"))
@@ -161,11 +133,18 @@ class Handler:
                 feed.subscribe(
                     lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
                 )
+        self._site = Site(
+            config,
+            broadcaster=self._broadcaster,
+            client=self._client,
+            snippet=self._snippet,
+            claim=claim,
+        )
         gate = self._broadcaster
         self._hot = hotcache.HotAnswers(
-            self._resolver.root,
+            self._site.resolver.root,
             self._dates,
-            self._rules,
+            self._site.rules,
             None if gate is None else lambda: gate.settled,
             _KNOWN_CODINGS,
         )
@@ -380,22 +359,6 @@ class Handler:
                 return False
             self.requests += 1
             conn.hot_streak = False
-            if (
-                request.path == livereload.SOCKET_PATH
-                and self._broadcaster is not None
-                and "websocket" in request.header("upgrade").lower()
-                and self._hosts.allows(request.header("host"))
-            ):
-                # (A foreign Host falls through to _respond, which answers 421.)
-                conn.deadline = 0.0
-                started = time.monotonic()
-                self._upgrade(conn, request, parser, self._broadcaster)
-                if self._log is not None:  # (when the socket ends: its bytes are known)
-                    now = time.monotonic()
-                    self._log.record(
-                        request.method, request.target, conn.status, conn.sent, now - started
-                    )
-                return False
             conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
             keep_alive = self._respond(conn, request)
@@ -404,6 +367,8 @@ class Handler:
                 self._log.record(
                     request.method, request.target, conn.status, conn.sent, now - started
                 )
+            if conn.websocket:
+                return False
             if not keep_alive or self.stopping:
                 # Linger only when the client may still be sending (a pipelined request
                 # or a body we did not read): closing with unread data would reset the
@@ -479,206 +444,74 @@ class Handler:
 
     def _body_limit(self, path: str) -> int:
         """Proxied requests may carry large bodies; ours are only ever discarded."""
-        if self._routes and proxy.match(self._routes, path) is not None:
+        if self._site.route(path) is not None:
             return PROXY_BODY_LIMIT
         return DEFAULT_LIMITS.max_body
 
-    # -- responses -----------------------------------------------------------------
+    # -- responses: writing a plan -------------------------------------------------
     def _respond(self, out: Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
         keep_alive = request.keep_alive and not self.stopping
-        host = request.headers.get("host")
-        if host is not None and not self._hosts.allows(host):
-            # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends
-            # "Host: evil.example". Answer as the host this server is not.
-            return self._send_error(out, request, 421, _MISDIRECTED, False)
-        path = request.path
-        if self._routes:
-            route = proxy.match(self._routes, path)
-            if route is not None and out.parser is not None:
-                out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
-                keep = proxy.forward(
-                    out.sock,
-                    request,
-                    out.parser,
-                    route,
-                    self._io,
-                    out.peer,
-                    extra_headers=self._static_headers,
-                    client=out,
-                )
-                return keep and not self.stopping
+        try:
+            decision = self._site.decide(request, out.hot_key)
+        except (OSError, CloseConnection):
+            raise
+        except Exception as exc:  # a bug must cost one response, not the server
+            _report_bug(request.path, exc)
+            return self._send_error(out, request, 500, "Internal Server Error", False)
+        plan = decision.plan
+        if isinstance(plan, Forward):
+            assert out.parser is not None
+            out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
+            keep = proxy.forward(
+                out.sock,
+                request,
+                out.parser,
+                plan.route,
+                self._io,
+                out.peer,
+                extra_headers=self._static_headers,
+                client=out,
+            )
+            return keep and not self.stopping
+        if isinstance(plan, Upgrade):
+            assert out.parser is not None and self._broadcaster is not None
+            out.deadline = 0.0
+            self._upgrade(out, request, out.parser, self._broadcaster)
+            return False
         if request.has_body and request.expects_continue:
             # We answer without reading the body the client holds back (RFC 9110
             # §10.1.1), so the connection cannot be reused.
             keep_alive = False
+        if decision.headers:
+            out.extra += header_bytes(decision.headers)
+            out.overrides = out.overrides | overridable(decision.headers)
         try:
-            if path.startswith(livereload.PREFIX):
-                if request.method not in ("GET", "HEAD"):
-                    return self._respond_other_method(out, request, keep_alive)
-                return self._respond_internal(out, request, keep_alive)
-            site_path = path
-            if self._base != "/":
-                inner = strip_base(path, self._base)
-                if inner is None:
-                    return self._outside_base(out, request, keep_alive)
-                site_path = inner
-            rules = self._current_rules() if self._rules is not None else None
-            if rules is not None:
-                headers = rules.headers_for(site_path)
-                if headers:
-                    out.extra += header_bytes(headers)
-                    out.overrides = out.overrides | overridable(headers)
-            if request.method not in ("GET", "HEAD"):
-                return self._respond_other_method(out, request, keep_alive)
-            if self._broadcaster is not None and _may_be_html(site_path):
-                # A burst of changes is being written: wait (bounded) for it to settle,
-                # so a page never shows a half-written build.
-                self._broadcaster.wait_until_settled()
-            return self._respond_site(out, request, site_path, rules, keep_alive)
+            return self._write(out, request, plan, keep_alive)
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(out, request, 500, "Internal Server Error", False)
 
-    def _respond_site(
-        self, out: Connection, request: Request, path: str, rules: RuleSet | None, keep: bool
-    ) -> bool:
-        """GET/HEAD for a path of the site (below the base path); ``rules`` as loaded for
-        this request (None with --no-rules)."""
-        if rules is not None and path in _RULE_FILES:
-            return self._send_error(out, request, 404, "Not Found", keep)
-        began = time.time_ns() if out.hot_key is not None else 0
-        resolved: list[Resolution] = []
-
-        def resolution() -> Resolution:
-            if not resolved:
-                resolved.append(self._resolver.resolve(path, request.query))
-            return resolved[0]
-
-        if rules is not None:
-            match = rules.match_redirect(
-                path,
-                request.query,
-                file_exists=lambda: not isinstance(resolution(), NotFound | BadPath),
-            )
-            if match is not None:
-                return self._apply_rule(out, request, match, keep)
-        found = resolution()
-        if isinstance(found, NotFound):
-            return self._not_found(out, request, path, keep)
-        if out.hot_key is not None and isinstance(found, File):
-            url_dir = path[: path.rfind("/")]
-            html = _may_be_html(path)
-            out.hot = hotcache.Candidate(out.hot_key, found.fs_path, url_dir, html, rules, began)
-        return self._send_resolution(out, request, found, keep)
-
-    def _send_resolution(
-        self, out: Connection, request: Request, found: Resolution, keep: bool, status: int = 200
-    ) -> bool:
-        if isinstance(found, File):
-            return self._send_file(out, request, found, keep, status)
-        if isinstance(found, Redirect):
-            location = self._site_url(found.location)
-            return self._send_location(out, request, found.status, location, keep)
-        if isinstance(found, Listing):
-            return self._send_listing(out, request, found, keep)
-        if isinstance(found, Forbidden):
-            return self._send_error(out, request, 403, "Forbidden", keep)
-        if isinstance(found, BadPath):
-            return self._send_error(out, request, 400, found.reason, keep)
-        return self._send_error(out, request, 404, "Not Found", keep)
-
-    def _not_found(self, out: Connection, request: Request, path: str, keep: bool) -> bool:
-        """SPA fallback, then the site's own 404.html, then ours."""
-        if self._config.spa is not None and spa_eligible(
-            path, request.method, request.header("accept", "*/*")
-        ):
-            app = self._resolver.resolve_file(self._config.spa)
-            if app is not None:
-                return self._send_file(out, request, app, keep)
-        page = self._resolver.resolve_file("404.html")
-        if page is not None:
-            return self._send_file(out, request, page, keep, status=404)
-        return self._send_error(out, request, 404, "Not Found", keep)
-
-    def _apply_rule(self, out: Connection, request: Request, match: RuleMatch, keep: bool) -> bool:
-        """A _redirects rule: redirect, rewrite (200) or custom 404."""
-        if match.is_redirect:
-            target = match.target
-            if target.startswith("/"):
-                target = self._site_url(target)
-            return self._send_location(out, request, match.status, target, keep)
-        target_path, _, _ = match.target.partition("?")
-        found = self._resolver.resolve(target_path)
-        if isinstance(found, Redirect) and match.status == 200:
-            # A rewrite to a directory without its slash: serve its index instead.
-            found = self._resolver.resolve(target_path.rstrip("/") + "/")
-        if isinstance(found, File | Listing):
-            return self._send_resolution(out, request, found, keep, match.status)
-        return self._not_found(out, request, target_path, keep)
-
-    def _outside_base(self, out: Connection, request: Request, keep: bool) -> bool:
-        """With --base /repo/: "/" and "/repo" redirect to "/repo/"; the rest is 404."""
-        if request.path in ("/", self._base[:-1]):
-            location = self._base + (f"?{request.query}" if request.query else "")
-            return self._send_location(out, request, 302, location, keep)
-        return self._send_error(
-            out, request, 404, f"Not Found: this site is served under {self._base}", keep
-        )
-
-    def _site_url(self, location: str) -> str:
-        """A path of the site as a URL path of this server (under the base path)."""
-        return self._base[:-1] + location if self._base != "/" else location
-
-    def _current_rules(self) -> RuleSet:
-        assert self._rules is not None
-        rules = self._rules.current()
-        if rules is not self._rules_seen:
-            self._rules_seen = rules
-            if rules.warnings and self._claim(_rules_version(self._config.root, rules)):
-                for warning in rules.warnings:
-                    print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
-        return rules
-
-    def _send_listing(self, out: Connection, request: Request, found: Listing, keep: bool) -> bool:
-        entries = listing.scan(found.fs_path, self._resolver.root)
-        if entries is None:
-            return self._send_error(out, request, 403, "Forbidden", keep)
-        url_path = self._site_url(found.url_path)
-        if listing.wants_json(request.header("accept")):
-            body = listing.render_json(url_path, entries)
-            ctype = "application/json"
-        else:
-            body = listing.render_html(url_path, entries)
-            if self._snippet is not None:
-                body = inject.inject(body, self._snippet)
-            ctype = "text/html; charset=utf-8"
-        headers = self._base_headers(keep, request)
-        headers += [
-            ("Content-Type", ctype),
-            ("Cache-Control", "no-cache"),
-            ("Vary", "Accept"),
-            ("Content-Length", str(len(body))),
-        ]
-        self._send(out, request, 200, headers, body)
-        return keep
-
-    def _respond_internal(self, out: Connection, request: Request, keep: bool) -> bool:
-        """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
-        if request.path == livereload.CLIENT_PATH and self._client is not None:
-            return self._send_entity(out, request, self._client, -1, keep)
-        if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
-            return self._send_error(
-                out,
-                request,
-                426,
-                "This URL speaks WebSocket only.",
-                keep,
-                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-            )
-        return self._send_error(out, request, 404, "Not Found", keep)
+    def _write(self, out: Connection, request: Request, plan: Plan, keep: bool) -> bool:
+        """Write ``plan`` as the answer to ``request``; returns keep-alive."""
+        if isinstance(plan, SendFile):
+            out.hot = plan.candidate
+            return self._send_file(out, request, plan.file, keep, plan.status)
+        if isinstance(plan, Error):
+            keep = keep and not plan.close
+            return self._send_error(out, request, plan.status, plan.detail, keep, plan.headers)
+        if isinstance(plan, Redirect):
+            return self._send_location(out, request, plan.status, plan.location, keep)
+        if isinstance(plan, Page):
+            headers = self._base_headers(keep, request)
+            headers += plan.headers
+            self._send(out, request, plan.status, headers, plan.body)
+            return keep
+        if isinstance(plan, SendEntity):
+            return self._send_entity(out, request, plan.entity, -1, keep)
+        raise AssertionError(f"no writer for {plan!r}")  # (Forward, Upgrade: see _respond)
 
     def _upgrade(
         self,
@@ -713,26 +546,6 @@ class Handler:
             lambda: self.stopping,
             conn.write,
         )
-
-    def _respond_other_method(self, out: Connection, request: Request, keep: bool) -> bool:
-        if request.method == "OPTIONS":
-            headers = self._base_headers(keep, request)
-            headers.append(("Allow", ALLOW))  # RFC 9110 §8.6: no Content-Length in a 204
-            if self._config.cors and "access-control-request-method" in request.headers:
-                # A CORS preflight (Fetch standard §3.2.2): GET and HEAD only, any
-                # origin, the request headers the page asked for, no credentials.
-                headers.append(("Access-Control-Allow-Methods", ALLOW))
-                asked = request.header("access-control-request-headers")
-                if asked:
-                    headers.append(("Access-Control-Allow-Headers", asked))
-                headers.append(("Access-Control-Max-Age", "600"))
-            self._send(out, request, 204, headers, b"")
-            return keep
-        if is_known_method(request.method):
-            return self._send_error(
-                out, request, 405, "Method Not Allowed", keep, [("Allow", ALLOW)]
-            )
-        return self._send_error(out, request, 501, "Not Implemented", keep, [("Allow", ALLOW)])
 
     def _base_headers(self, keep_alive: bool, request: Request | None) -> Headers:
         headers = [("Date", self._dates.now()), ("Server", SERVER)]
@@ -1229,30 +1042,6 @@ class Handler:
             pass
 
 
-def _claim_in_process() -> Callable[[str], bool]:
-    claimed: set[str] = set()
-
-    def claim(key: str) -> bool:
-        first = key not in claimed
-        claimed.add(key)
-        return first
-
-    return claim
-
-
-def _rules_version(root: object, rules: RuleSet) -> str:
-    """Identifies one version of the rules files' warnings (what is reported once)."""
-    stamps = []
-    for name in ("_redirects", "_headers"):
-        try:
-            st = os.stat(os.path.join(str(root), name))
-            stamps.append(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
-        except OSError:
-            stamps.append("-")
-    text = "\n".join((*stamps, *rules.warnings))
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
-
-
 def _content_version(st: os.stat_result) -> tuple[int, int, int]:
     """(ino, mtime_ns, size): the part of an Identity that a rewrite in place changes."""
     return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -1260,12 +1049,6 @@ def _content_version(st: os.stat_result) -> tuple[int, int, int]:
 
 def _inline(work: Callable[[], T]) -> T:
     return work()
-
-
-def _may_be_html(path: str) -> bool:
-    """Could this URL path be answered with an HTML page (cheap, before resolving)?"""
-    last = path.rsplit("/", 1)[-1]
-    return not last or "." not in last or last.lower().endswith((".html", ".htm"))
 
 
 def _report_bug(where: str, exc: Exception) -> None:
