@@ -45,7 +45,7 @@ IMPORTS: dict[str, set[str]] = {
     "routes": set(),
     "websocket": {"http11"},
     "rules": {"http11"},
-    "listing": {"resolver"},
+    "listing": {"console", "resolver"},
     "entities": {"inject", "representation"},
     "compression": {"entities", "representation"},
     "hotcache": {"compression", "entities", "responses", "rules"},

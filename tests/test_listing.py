@@ -271,7 +271,7 @@ def test_page_shape(page: bytes) -> None:
     template = render_html("/list/", [Entry("x", False, 1, 0.0)]).decode()
     assert not re.search(r"\bsrc=|url\(|@import|https?:|//", template)
     assert text.rstrip().endswith("</html>")
-    assert ">1.2 KB<" in text  # sized.bin
+    assert ">1.2 KiB<" in text  # sized.bin
     directories = len(DIR_NAMES) + 2  # + linkdir_in, link_root
     assert f"{directories} directories, {len(LISTED) - directories} files" in text
 
@@ -397,15 +397,15 @@ def test_renderers_never_raise_on_unencodable_names() -> None:
     [
         (0, "0 B"),
         (1, "1 B"),
-        (999, "999 B"),
-        (1000, "1.0 KB"),
-        (1234, "1.2 KB"),
-        (999_949, "999.9 KB"),
-        (999_950, "1.0 MB"),
-        (5_500_000, "5.5 MB"),
-        (10**9, "1.0 GB"),
-        (3 * 10**12, "3.0 TB"),
-        (10**21, "1000.0 EB"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1234, "1.2 KiB"),
+        (1_048_524, "1023.9 KiB"),
+        (1_048_525, "1.0 MiB"),
+        (5_767_168, "5.5 MiB"),
+        (1 << 30, "1.0 GiB"),
+        (3 << 40, "3.0 TiB"),
+        (1000 << 60, "1000.0 EiB"),
     ],
 )
 def test_human_size(size: int, text: str) -> None:

@@ -943,7 +943,7 @@ def test_listing_html(default_server: Server) -> None:
     assert XSS_NAME.encode() not in response.body
     assert b"&lt;img src=x onerror=alert(1)&gt;" in response.body
     assert b".dotfile" not in response.body and b".dotdir" not in response.body
-    assert b"1.5 KB" in response.body
+    assert b"1.5 KiB" in response.body
     assert re.search(rb"\d{4}-\d\d-\d\d \d\d:\d\d", response.body)
     assert b'src="/__sitepeek__/reload.js?v=' in response.body
 

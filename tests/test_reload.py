@@ -134,24 +134,6 @@ def test_bad_pattern_rejected() -> None:
 
 
 # -- ChangeBatch -------------------------------------------------------------------------
-def test_only_css() -> None:
-    assert ChangeBatch(("css/site.css", "a.CSS")).only_css
-    assert not ChangeBatch(("css/site.css", "index.html")).only_css
-    assert not ChangeBatch(()).only_css
-
-
-@pytest.mark.parametrize("ext", ["png", "jpg", "jpeg", "gif", "webp", "avif", "svg", "ico"])
-def test_only_images(ext: str) -> None:
-    assert ChangeBatch((f"img/x.{ext}", f"Y.{ext.upper()}")).only_images
-    assert not ChangeBatch((f"img/x.{ext}", "site.css")).only_images
-
-
-def test_only_images_edge_cases() -> None:
-    assert not ChangeBatch(()).only_images
-    assert not ChangeBatch(("img/png",)).only_images
-    assert not ChangeBatch(("css/site.css",)).only_images
-
-
 def test_summary() -> None:
     three = ChangeBatch(("css/site.css", "css/a.css", "img/x.png"))
     assert three.summary() == "3 files · css/site.css, css/a.css, img/x.png"

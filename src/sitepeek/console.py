@@ -36,6 +36,9 @@ _ROUTE_PROBE = ("192.0.2.1", 9)
 QR_HINT = "--qr needs the qr extra: pip install 'sitepeek[qr]'"
 
 
+_SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
 def color_enabled(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
     """Color only on a terminal, never with NO_COLOR set (to anything but "") or TERM=dumb."""
     env = os.environ if environ is None else environ
@@ -243,6 +246,20 @@ def summary(uptime: float, requests: int | None, reloads: int | None) -> str:
         parts.append(_count(reloads, "reload"))
     detail = ": " + ", ".join(parts) if parts else ""
     return f"Stopped after {duration(uptime)}{detail}."
+
+
+def human_size(size: int) -> str:
+    """Bytes for people, in binary units (the request log and listings alike):
+    532 B, 1.2 KiB, 3.4 MiB. Rounded first, so 1_048_525 bytes reads "1.0 MiB",
+    never "1024.0 KiB"."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in _SIZE_UNITS[:-1]:
+        if round(value, 1) < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} {_SIZE_UNITS[-1]}"
 
 
 def duration(seconds: float) -> str:

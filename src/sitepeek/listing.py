@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
+from sitepeek.console import human_size
 from sitepeek.resolver import media_type_weight
 
 __all__ = ["Entry", "human_size", "render_html", "render_json", "scan", "wants_json"]
 
 _DIGITS = re.compile(r"([0-9]+)")
-_SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB", "EB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +114,6 @@ def _natural_key(name: str) -> tuple[list[tuple[str, int]], str]:
 
 
 # --------------------------------------------------------------------------- formats
-
-
-def human_size(size: int) -> str:
-    """Decimal units, as the "KB" label says: 999 B, 1.2 KB, 3.4 MB."""
-    if size < 1000:
-        return f"{size} B"
-    value = size / 1000
-    for unit in _SIZE_UNITS[:-1]:
-        # Round first, so 999_950 bytes reads "1.0 MB", never "1000.0 KB".
-        if round(value, 1) < 1000:
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} {_SIZE_UNITS[-1]}"
 
 
 def _utc(mtime: float) -> datetime | None:

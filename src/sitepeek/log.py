@@ -20,13 +20,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from sitepeek.console import CYAN, DIM, GREEN, RED, YELLOW, Style, color_enabled
+from sitepeek.console import CYAN, DIM, GREEN, RED, YELLOW, Style, color_enabled, human_size
 
 if TYPE_CHECKING:
     from sitepeek.concurrency import Io
     from sitepeek.config import Config
 
-__all__ = ["FLUSH_INTERVAL", "RequestLog", "ScheduleFlush", "io_scheduler", "make_request_log"]
+__all__ = [
+    "FLUSH_INTERVAL",
+    "RequestLog",
+    "ScheduleFlush",
+    "human_size",
+    "io_scheduler",
+    "make_request_log",
+]
 
 FLUSH_INTERVAL = 0.1
 # A batch this long is written at once, whatever the interval: memory stays bounded.
@@ -165,18 +172,6 @@ class RequestLog:
             f'{{"ts":"{ts}","method":{_json_string(method)},"path":{_json_string(target)},'
             f'"status":{status},"bytes":{size},"ms":{round(seconds * 1000, 3)}}}\n'
         )
-
-
-def human_size(size: int) -> str:
-    """Bytes for people: 532 B, 1.2 KiB, 3.4 MiB."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _json_string(text: str) -> str:

@@ -72,7 +72,6 @@ DEFAULT_IGNORES: tuple[str, ...] = (
     ".DS_Store",
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".svg", ".ico")
 POLL_INTERVAL = 0.25
 JOIN_TIMEOUT = 2.0
 
@@ -177,14 +176,6 @@ class ChangeBatch:
     """
 
     paths: tuple[str, ...]
-
-    @property
-    def only_css(self) -> bool:
-        return bool(self.paths) and all(p.lower().endswith(".css") for p in self.paths)
-
-    @property
-    def only_images(self) -> bool:
-        return bool(self.paths) and all(p.lower().endswith(IMAGE_SUFFIXES) for p in self.paths)
 
     def summary(self, limit: int = 3) -> str:
         """``"3 files · a.css, b.css, x.png"``; more than ``limit`` paths end in ``…``."""
