@@ -160,32 +160,32 @@ def make_site(root: Path, **options: Any) -> Site:
 @pytest.mark.parametrize(("options", "head", "expected"), SIMPLE_CASES)
 def test_decide(root: Path, options: dict[str, Any], head: str, expected: tuple[Any, ...]) -> None:
     site = make_site(root, **dict(options))
-    assert describe(site.decide(parse(head)).plan, root) == expected
+    assert describe(site.decide(parse(head))[0], root) == expected
 
 
 def test_misdirected_request_closes_and_says_how_to_allow_the_name(root: Path) -> None:
-    plan = make_site(root).decide(parse("GET / HTTP/1.1\nHost: evil.example")).plan
+    plan = make_site(root).decide(parse("GET / HTTP/1.1\nHost: evil.example"))[0]
     assert plan == Error(421, MISDIRECTED, close=True)
     assert "--allowed-host" in MISDIRECTED
 
 
 def test_headers_rules_come_with_the_decision(root: Path) -> None:
     site = make_site(root)
-    assert site.decide(parse(f"GET /style.css HTTP/1.1\n{HOST}")).headers == (("X-Kind", "style"),)
+    assert site.decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == (("X-Kind", "style"),)
     # ... on an error page of that path too, and on no other path.
-    assert site.decide(parse(f"DELETE /style.css HTTP/1.1\n{HOST}")).headers == (
+    assert site.decide(parse(f"DELETE /style.css HTTP/1.1\n{HOST}"))[1] == (
         ("X-Kind", "style"),
     )
-    assert site.decide(parse(f"GET / HTTP/1.1\n{HOST}")).headers == ()
+    assert site.decide(parse(f"GET / HTTP/1.1\n{HOST}"))[1] == ()
     assert (
-        make_site(root, rules=False).decide(parse(f"GET /style.css HTTP/1.1\n{HOST}")).headers == ()
+        make_site(root, rules=False).decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == ()
     )
 
 
 def test_options_preflight_with_cors(root: Path) -> None:
     head = f"OPTIONS / HTTP/1.1\n{HOST}\nAccess-Control-Request-Method: GET\n"
     head += "Access-Control-Request-Headers: x-a"
-    plan = make_site(root, cors=True).decide(parse(head)).plan
+    plan = make_site(root, cors=True).decide(parse(head))[0]
     assert isinstance(plan, Page) and plan.body == b""
     assert dict(plan.headers) == {
         "Allow": "GET, HEAD, OPTIONS",
@@ -198,23 +198,23 @@ def test_options_preflight_with_cors(root: Path) -> None:
 def test_a_file_answer_is_a_hot_cache_candidate_only_with_a_key(root: Path) -> None:
     site = make_site(root)
     request = parse(f"GET /docs/ HTTP/1.1\n{HOST}")
-    plan = site.decide(request, b"key").plan
+    plan = site.decide(request, b"key")[0]
     assert isinstance(plan, SendFile) and isinstance(plan.candidate, Candidate)
     assert (plan.candidate.key, plan.candidate.url_dir, plan.candidate.html) == (
         b"key",
         "/docs",
         True,
     )
-    plain = site.decide(request).plan
+    plain = site.decide(request)[0]
     assert isinstance(plain, SendFile) and plain.candidate is None
     # A 404 page is the body of another status: never a candidate.
-    missing = site.decide(parse(f"GET /nothing HTTP/1.1\n{HOST}"), b"key").plan
+    missing = site.decide(parse(f"GET /nothing HTTP/1.1\n{HOST}"), b"key")[0]
     assert isinstance(missing, SendFile) and missing.candidate is None
 
 
 def test_listing_negotiates_json(root: Path) -> None:
     head = f"GET /files/ HTTP/1.1\n{HOST}\nAccept: application/json"
-    plan = make_site(root).decide(parse(head)).plan
+    plan = make_site(root).decide(parse(head))[0]
     assert isinstance(plan, Page) and dict(plan.headers)["Content-Type"] == "application/json"
     assert b'"a.txt"' in plan.body
 

@@ -451,15 +451,14 @@ class Handler:
     # -- responses: writing a plan -------------------------------------------------
     def _respond(self, out: Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
-        keep_alive = request.keep_alive and not self.stopping
+        keep_alive = request.keep_alive and not self._stopping
         try:
-            decision = self._site.decide(request, out.hot_key)
+            plan, added = self._site.decide(request, out.hot_key)
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._send_error(out, request, 500, "Internal Server Error", False)
-        plan = decision.plan
         if isinstance(plan, Forward):
             assert out.parser is not None
             out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
@@ -483,10 +482,13 @@ class Handler:
             # We answer without reading the body the client holds back (RFC 9110
             # §10.1.1), so the connection cannot be reused.
             keep_alive = False
-        if decision.headers:
-            out.extra += header_bytes(decision.headers)
-            out.overrides = out.overrides | overridable(decision.headers)
+        if added:
+            out.extra += header_bytes(added)
+            out.overrides = out.overrides | overridable(added)
         try:
+            if isinstance(plan, SendFile):  # (the common case first, without a call)
+                out.hot = plan.candidate
+                return self._send_file(out, request, plan.file, keep_alive, plan.status)
             return self._write(out, request, plan, keep_alive)
         except (OSError, CloseConnection):
             raise

@@ -1,13 +1,18 @@
 """What to answer, as data: the plans :meth:`sitepeek.site.Site.decide` returns.
 
-Like h11's events, a plan is a small frozen value: deciding makes one, writing (the
-handler) turns it into bytes on a connection. A plan never holds a socket, and
+Like h11's events, a plan is a small immutable value: deciding makes one, writing
+(the handler) turns it into bytes on a connection. A plan never holds a socket, and
 nothing here knows a worker model.
+
+The plans are typed named tuples rather than frozen dataclasses: one is made for
+every request, and on CPython 3.11 a frozen dataclass costs about 1 µs to build
+(every field goes through ``object.__setattr__``), a named tuple a fifth of that.
+Tell plans apart with ``isinstance``, never by comparing them to another type's plan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sitepeek.entities import Entity
 from sitepeek.hotcache import Candidate
@@ -30,8 +35,7 @@ __all__ = [
 Fields = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(NamedTuple):
     """One of sitepeek's own error pages; ``close``: the connection cannot be reused."""
 
     status: int
@@ -40,16 +44,14 @@ class Error:
     close: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Redirect:
+class Redirect(NamedTuple):
     """A redirect to ``location`` (a URL path of this server, or an absolute URL)."""
 
     status: int
     location: str
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
+class Page(NamedTuple):
     """A body made here (a directory listing; an empty 204 for OPTIONS)."""
 
     status: int
@@ -57,8 +59,7 @@ class Page:
     body: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class SendFile:
+class SendFile(NamedTuple):
     """A file of the site: as the resource itself (``status`` 200: conditionals,
     ranges and codings apply), or as the body of another status (a custom 404 page).
     ``candidate``: the hot cache may remember the answer."""
@@ -68,31 +69,26 @@ class SendFile:
     candidate: Candidate | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SendEntity:
+class SendEntity(NamedTuple):
     """A representation held in memory (the live-reload client script)."""
 
     entity: Entity
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """Forward the request to a ``--proxy`` backend."""
 
     route: ProxyRoute
 
 
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """Switch to the live-reload WebSocket (the handshake is checked when written)."""
+class Upgrade(NamedTuple):
+    """Switch to the live-reload WebSocket (the handshake is checked when written).
+    (No fields, so it is falsy: never test a plan for truth.)"""
 
 
 Plan = Error | Redirect | Page | SendFile | SendEntity | Forward | Upgrade
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A plan and the fields ``_headers`` adds to whatever answers it."""
-
-    plan: Plan
-    headers: Fields = ()
+# What Site.decide returns: a plan and the fields ``_headers`` adds to whatever
+# answers it (a plain pair: it is made for every request).
+Decision = tuple[Plan, Fields]

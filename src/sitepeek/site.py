@@ -1,4 +1,5 @@
-"""Deciding what to answer: :meth:`Site.decide` turns a request into a plan.
+"""Deciding what to answer: :meth:`Site.decide` turns a request into a plan (and the
+fields ``_headers`` adds to the answer).
 
 Host check, proxy routes, sitepeek's own URLs, the base path, ``_redirects`` and
 ``_headers``, methods, the SPA fallback, the 404 page and directory listings, in that
@@ -105,35 +106,36 @@ class Site:
             and "websocket" in request.header("upgrade").lower()
             and self._hosts.allows(request.header("host"))
         ):
-            return Decision(Upgrade())  # (a foreign Host gets the 421 below)
+            return Upgrade(), ()  # (a foreign Host gets the 421 below)
         host = request.headers.get("host")
         if host is not None and not self._hosts.allows(host):
             # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends
             # "Host: evil.example". Answer as the host this server is not.
-            return Decision(Error(421, MISDIRECTED, close=True))
-        route = self.route(path)
-        if route is not None:
-            return Decision(Forward(route))
+            return Error(421, MISDIRECTED, close=True), ()
+        if self.routes:
+            route = match(self.routes, path)
+            if route is not None:
+                return Forward(route), ()
         if path.startswith(livereload.PREFIX):
             if request.method not in ("GET", "HEAD"):
-                return Decision(self._other_method(request))
-            return Decision(self._internal(request))
+                return self._other_method(request), ()
+            return self._internal(request), ()
         site_path = path
         if self._base != "/":
             inner = strip_base(path, self._base)
             if inner is None:
-                return Decision(self._outside_base(request))
+                return self._outside_base(request), ()
             site_path = inner
         rules = self._current_rules() if self.rules is not None else None
         added = rules.headers_for(site_path) if rules is not None else None
         headers: Fields = tuple(added) if added else ()
         if request.method not in ("GET", "HEAD"):
-            return Decision(self._other_method(request), headers)
+            return self._other_method(request), headers
         if broadcaster is not None and may_be_html(site_path):
             # A burst of changes is being written: wait (bounded) for it to settle,
             # so a page never shows a half-written build.
             broadcaster.wait_until_settled()
-        return Decision(self._site(request, site_path, rules, key), headers)
+        return self._site(request, site_path, rules, key), headers
 
     # -- below the base path ---------------------------------------------------------
     def _site(self, request: Request, path: str, rules: RuleSet | None, key: bytes | None) -> Plan:
