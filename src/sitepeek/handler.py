@@ -9,21 +9,14 @@ plus the :class:`~sitepeek.concurrency.Io` primitives its worker model supplies.
 from __future__ import annotations
 
 import _socket
-import errno
-import html
-import os
 import socket
-import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable
 
 from sitepeek import (
-    compression,
     entities,
     hotcache,
-    inject,
     livereload,
     proxy,
     websocket,
@@ -38,55 +31,22 @@ from sitepeek.http11 import (
     ProtocolError,
     Request,
     RequestParser,
-    reason_phrase,
 )
-from sitepeek.http11 import response_head as _response_head
 from sitepeek.log import io_scheduler, make_request_log
 from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
-from sitepeek.representation import (
-    ByteRange,
-    Precondition,
-    evaluate_preconditions,
-    evaluate_range,
-)
-from sitepeek.resolver import File
 from sitepeek.responses import (
-    SERVER,
     DateCache,
-    error_page,
     header_bytes,
     overridable,
 )
 from sitepeek.site import Site
+from sitepeek.writer import KNOWN_CODINGS, Writer
 
 RECV_SIZE = 64 * 1024
-# A file modified less than this long ago may be mid-write: wait for it to settle
-# (at most WRITE_SETTLE_MAX) before reading a version of it.
-WRITE_SETTLE = 0.02  # below the 30 ms reload debounce: a reload never waits here
-WRITE_SETTLE_MAX = 0.5
-# sendfile() in chunks, so a file rewritten in place is noticed between them.
-SENDFILE_CHUNK = 1 << 20
-# Files up to this size are copied (pread + send) rather than sent zero-copy, so an
-# in-place rewrite during a download can never reach the client mixed (see _sendfile).
-COPY_LIMIT = 16 * 1024 * 1024
-COPY_CHUNK = 256 * 1024
-# After answering with "Connection: close", read what the client still sends for a
-# moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
-# Bodies up to this size compress inline (a few ms at most); larger ones in the worker
-# model's thread pool, so the event loop keeps serving meanwhile.
-INLINE_COMPRESSION = 256 * 1024
-# Codings we can serve: produced on the fly (compression.AVAILABLE) or from a
-# precompressed sidecar file; server preference order.
-_KNOWN_CODINGS = ("br", "zstd", "gzip")
 # A proxied request body is streamed to the backend, never stored: allow uploads.
 PROXY_BODY_LIMIT = 1 << 40
-_OK = b"HTTP/1.1 200 OK\r\n"
-_NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 256 * 1024
-
-Headers = list[tuple[str, str]]
-T = TypeVar("T")
 
 
 class Handler:
@@ -112,9 +72,6 @@ class Handler:
         self._static_overrides = overridable(static)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         self._dates = DateCache()
-        self._entities = entities.EntityCache()
-        self._variants = compression.VariantCache()
-        self._variant_fields: dict[str, tuple[bytes, bytes]] = {}
         self._table = ConnectionTable(
             io, config.keepalive_timeout, config.header_timeout, config.send_timeout
         )
@@ -146,9 +103,12 @@ class Handler:
             self._dates,
             self._site.rules,
             None if gate is None else lambda: gate.settled,
-            _KNOWN_CODINGS,
+            KNOWN_CODINGS,
         )
         self._stopping = False
+        self._writer = Writer(
+            io, self._dates, self._hot, self._snippet, config.compress, config.send_timeout
+        )
 
     @property
     def stopping(self) -> bool:
@@ -180,7 +140,7 @@ class Handler:
 
     def close(self) -> None:
         """Release what outlives connections (spooled compressed files, the log)."""
-        self._variants.close()
+        self._writer.close()
         if self._log is not None:
             self._log.close()
 
@@ -348,11 +308,11 @@ class Handler:
             try:
                 request = self._read_request(conn, parser, first)
             except ProtocolError as exc:
-                self._send_error(conn, None, exc.status, exc.reason, keep_alive=False)
+                self._writer.send_error(conn, None, exc.status, exc.reason, keep_alive=False)
                 return True
             except TimeoutError:
                 if parser.has_partial_request:
-                    self._send_error(conn, None, 408, "Request Timeout", keep_alive=False)
+                    self._writer.send_error(conn, None, 408, "Request Timeout", keep_alive=False)
                 return False
             first = b""
             if request is None:
@@ -458,7 +418,7 @@ class Handler:
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
-            return self._send_error(out, request, 500, "Internal Server Error", False)
+            return self._writer.send_error(out, request, 500, "Internal Server Error", False)
         if isinstance(plan, Forward):
             assert out.parser is not None
             out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
@@ -488,31 +448,33 @@ class Handler:
         try:
             if isinstance(plan, SendFile):  # (the common case first, without a call)
                 out.hot = plan.candidate
-                return self._send_file(out, request, plan.file, keep_alive, plan.status)
+                return self._writer.send_file(out, request, plan.file, keep_alive, plan.status)
             return self._write(out, request, plan, keep_alive)
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
-            return self._send_error(out, request, 500, "Internal Server Error", False)
+            return self._writer.send_error(out, request, 500, "Internal Server Error", False)
 
     def _write(self, out: Connection, request: Request, plan: Plan, keep: bool) -> bool:
         """Write ``plan`` as the answer to ``request``; returns keep-alive."""
         if isinstance(plan, SendFile):
             out.hot = plan.candidate
-            return self._send_file(out, request, plan.file, keep, plan.status)
+            return self._writer.send_file(out, request, plan.file, keep, plan.status)
         if isinstance(plan, Error):
             keep = keep and not plan.close
-            return self._send_error(out, request, plan.status, plan.detail, keep, plan.headers)
+            return self._writer.send_error(
+                out, request, plan.status, plan.detail, keep, plan.headers
+            )
         if isinstance(plan, Redirect):
-            return self._send_location(out, request, plan.status, plan.location, keep)
+            return self._writer.send_location(out, request, plan.status, plan.location, keep)
         if isinstance(plan, Page):
-            headers = self._base_headers(keep, request)
+            headers = self._writer.base_headers(keep, request)
             headers += plan.headers
-            self._send(out, request, plan.status, headers, plan.body)
+            self._writer.send(out, request, plan.status, headers, plan.body)
             return keep
         if isinstance(plan, SendEntity):
-            return self._send_entity(out, request, plan.entity, -1, keep)
+            return self._writer.send_entity(out, request, plan.entity, -1, keep)
         raise AssertionError(f"no writer for {plan!r}")  # (Forward, Upgrade: see _respond)
 
     def _upgrade(
@@ -535,7 +497,7 @@ class Handler:
             extra = list(exc.headers)
             if exc.status == 426:
                 extra.append(("Upgrade", "websocket"))  # RFC 9110 §15.5.22
-            self._send_error(conn, request, exc.status, exc.reason, False, extra)
+            self._writer.send_error(conn, request, exc.status, exc.reason, False, extra)
             return
         conn.sendall(websocket.handshake_response(accept))
         conn.websocket = True
@@ -548,343 +510,6 @@ class Handler:
             lambda: self.stopping,
             conn.write,
         )
-
-    def _base_headers(self, keep_alive: bool, request: Request | None) -> Headers:
-        headers = [("Date", self._dates.now()), ("Server", SERVER)]
-        if not keep_alive:
-            headers.append(("Connection", "close"))
-        elif request is not None and request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
-        return headers
-
-    def _send_file(
-        self, out: Connection, request: Request, file: File, keep: bool, status: int = 200
-    ) -> bool:
-        """Send a file: as the resource itself (200/206/304), or as the body of another
-        status (a custom 404 page), which takes no conditionals, ranges or coding."""
-        cached = None
-        if file.stat is not None:
-            cached = self._entities.get(file.fs_path, file.stat)
-            if cached is not None and cached.body is not None:
-                if status != 200:
-                    return self._send_page(out, request, cached, -1, keep, status)
-                return self._send_entity(out, request, cached, -1, keep, file.fs_path)
-            if cached is not None and status == 200:
-                # A large file whose compressed variant is ready: no need to open it.
-                sent = self._try_variant(out, request, cached, -1, keep, file.fs_path)
-                if sent is not None:
-                    return sent
-        try:
-            # O_NONBLOCK: should the path have become a FIFO since it was resolved,
-            # opening it must not wait for a writer.
-            fd = os.open(file.fs_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            return self._send_open_error(out, request, exc, keep)
-        try:
-            # Everything below uses this descriptor: the response is one version of
-            # the file even if it is replaced or rewritten meanwhile.
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return self._send_error(out, request, 404, "Not Found", keep)
-            st = self._settled_stat(fd, st)
-            try:
-                if cached is not None and cached.identity == entities.identity(st):
-                    entity = cached  # metadata of a large file: nothing to read
-                else:
-                    entity, st = entities.load(
-                        file.fs_path, fd, st, self._snippet, self._config.compress
-                    )
-            except entities.FileChanged:
-                # Rewritten in place faster than we can read one version: closing is
-                # the honest answer (a browser retries an idempotent request on a
-                # closed keep-alive connection); a half-written body never is.
-                raise CloseConnection from None
-            self._entities.put(file.fs_path, entity)
-            if status != 200:
-                return self._send_page(out, request, entity, fd, keep, status)
-            return self._send_entity(out, request, entity, fd, keep, file.fs_path)
-        finally:
-            os.close(fd)
-
-    def _settled_stat(self, fd: int, st: os.stat_result) -> os.stat_result:
-        """Wait (briefly, cooperatively) while the file is still being written.
-
-        A file rewritten in place with several writes is torn on disk between them: a
-        version stamped with the first write's mtime is not a version at all. A file
-        modified in the last WRITE_SETTLE seconds is read only once that much time has
-        passed without a change (bounded: a file written continuously is served after
-        WRITE_SETTLE_MAX as it then is, and checked while it is sent).
-        """
-        waited = 0.0
-        while waited < WRITE_SETTLE_MAX:
-            age = time.time() - st.st_mtime_ns / 1e9
-            if not 0 <= age < WRITE_SETTLE:
-                break
-            pause = WRITE_SETTLE - age
-            self._io.signal().wait(pause)
-            waited += pause
-            st = os.fstat(fd)
-        return st
-
-    def _send_open_error(
-        self, out: Connection, request: Request, exc: OSError, keep: bool
-    ) -> bool:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return self._send_error(out, request, 403, "Forbidden", keep)
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-            # Out of descriptors: the file exists; say so, and when to try again.
-            return self._send_error(
-                out,
-                request,
-                503,
-                "The server is busy; try again.",
-                False,
-                [("Retry-After", "1")],
-            )
-        return self._send_error(out, request, 404, "Not Found", keep)
-
-    def _send_page(
-        self, out: Connection, request: Request, entity: Entity, fd: int, keep: bool, status: int
-    ) -> bool:
-        head = b"".join(
-            (
-                f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode(),
-                self._prefix(out, keep, request.version),
-                b"Content-Type: %s\r\nCache-Control: no-cache\r\n"
-                % entity.content_type.encode("latin-1"),
-                b"Content-Length: %d\r\n\r\n" % entity.size,
-            )
-        )
-        if request.method == "HEAD":
-            out.sendall(head)
-        elif entity.body is not None:
-            out.sendall(head + entity.body)
-        else:
-            out.sendall(head)
-            self._sendfile(out, fd, 0, entity.size, entity.identity)
-        return keep
-
-    def _prefix(self, out: Connection, keep: bool, version: str) -> bytes:
-        """Date, Server, Connection and this request's extra header lines."""
-        prefix = self._dates.prefix(keep, version)
-        return prefix + out.extra if out.extra else prefix
-
-    def _send_entity(
-        self,
-        out: Connection,
-        request: Request,
-        entity: Entity,
-        fd: int,
-        keep: bool,
-        path: str | None = None,
-    ) -> bool:
-        """Answer with ``entity`` or, when negotiated, a compressed variant of it.
-
-        ``fd`` is the open file when the body is not cached; ``path`` its real path,
-        for precompressed sidecars. A Range request always gets the identity
-        representation, so ranges and compression can never disagree.
-        """
-        sent = self._try_variant(out, request, entity, fd, keep, path)
-        return sent if sent is not None else self._send_identity(out, request, entity, fd, keep)
-
-    def _try_variant(
-        self,
-        out: Connection,
-        request: Request,
-        entity: Entity,
-        fd: int,
-        keep: bool,
-        path: str | None,
-    ) -> bool | None:
-        """Send a compressed variant if one is negotiated and at hand; None otherwise.
-
-        With ``fd`` -1 (the file is not open) only a variant already compressed, or a
-        sidecar, is at hand.
-        """
-        if not entity.compressible or "range" in request.headers:
-            return None
-        variant = self._select_variant(entity, fd, path, request.header("accept-encoding"))
-        if variant is None:
-            return None
-        variant_fd = -1 if variant.body is not None else self._variants.open(variant)
-        if variant_fd is None:
-            return None
-        try:
-            return self._send_variant(out, request, entity, variant, variant_fd, keep)
-        finally:
-            if variant_fd >= 0:
-                os.close(variant_fd)
-
-    def _select_variant(
-        self, entity: Entity, fd: int, path: str | None, accept_encoding: str
-    ) -> compression.Variant | None:
-        """The compressed variant to send, or None for identity (RFC 9110 §12.5.3)."""
-        header = accept_encoding or None
-        coding = compression.negotiate(header, _KNOWN_CODINGS)
-        if coding is None or coding == compression.IDENTITY:
-            # Nothing acceptable but identity was refused too: we send identity anyway
-            # rather than 406 (RFC 9110 §12.5.3 allows either); a preview must show.
-            return None
-        if path is not None and not entity.transformed:
-            sidecar = compression.find_sidecar(path, entity.identity[2], coding)
-            if sidecar is not None:
-                return sidecar
-        if coding not in compression.AVAILABLE:
-            coding = compression.negotiate(header, compression.AVAILABLE)
-            if coding is None or coding == compression.IDENTITY:
-                return None
-        key = (entity.identity, entity.etag)
-        variant = self._variants.get(key, coding)
-        if variant is None:
-            offload = self._io.offload if entity.size > INLINE_COMPRESSION else _inline
-            try:
-                if entity.body is not None:
-                    variant = self._variants.get_or_compress_body(key, coding, entity.body, offload)
-                elif fd >= 0:
-                    variant = self._variants.get_or_compress(key, coding, fd, entity.size, offload)
-                else:
-                    return None
-            except (entities.FileChanged, OSError):
-                return None
-        # Incompressible after all (already-minified binary-ish text): send identity.
-        return variant if variant.size < entity.size else None
-
-    def _send_variant(
-        self,
-        out: Connection,
-        request: Request,
-        entity: Entity,
-        variant: compression.Variant,
-        fd: int,
-        keep: bool,
-    ) -> bool:
-        etag = variant.etag(entity.etag)
-        fields = self._variant_fields.get(etag)
-        if fields is None:
-            if len(self._variant_fields) > 4096:
-                self._variant_fields.clear()
-            fields = self._variant_fields[etag] = entities.header_fields(
-                entity.content_type, etag, entity.last_modified or None, True, variant.coding
-            )
-        method = request.method
-        precondition = evaluate_preconditions(method, request.headers, etag, entity.last_modified)
-        if precondition is Precondition.NOT_MODIFIED:
-            rest = out.extra + fields[1] + b"Content-Length: %d\r\n\r\n" % variant.size
-            if variant.body is not None:  # (a sidecar is a file of its own)
-                self._send_remembered(out, request, _NOT_MODIFIED, rest, keep, entity)
-            else:
-                out.sendall(_NOT_MODIFIED + self._dates.prefix(keep, request.version) + rest)
-            return keep
-        if precondition is Precondition.FAILED:
-            return self._send_error(out, request, 412, "Precondition Failed", keep)
-        if variant.body is not None:
-            rest = out.extra + fields[0] + b"Content-Length: %d\r\n\r\n" % variant.size
-            if method != "HEAD":
-                rest += variant.body
-            self._send_remembered(out, request, _OK, rest, keep, entity)
-            return keep
-        head = b"".join(
-            (
-                _OK,
-                self._prefix(out, keep, request.version),
-                fields[0],
-                b"Content-Length: %d\r\n\r\n" % variant.size,
-            )
-        )
-        if method == "HEAD":
-            out.sendall(head)
-        else:
-            out.sendall(head)
-            self._sendfile(out, fd, 0, variant.size)
-        return keep
-
-    def _send_identity(
-        self, out: Connection, request: Request, entity: Entity, fd: int, keep: bool
-    ) -> bool:
-        """Answer with the entity itself (ranges apply); ``fd`` when not cached."""
-        method = request.method
-        headers = request.headers
-        size = entity.size
-        precondition = evaluate_preconditions(method, headers, entity.etag, entity.last_modified)
-        if precondition is Precondition.NOT_MODIFIED:
-            # RFC 9110 §15.4.5: the validators and caching fields, no content; RFC 9110
-            # §8.6 allows the Content-Length the 200 would have had.
-            rest = out.extra + entity.validator_fields + b"Content-Length: %d\r\n\r\n" % size
-            self._send_remembered(out, request, _NOT_MODIFIED, rest, keep, entity)
-            return keep
-        if precondition is Precondition.FAILED:
-            return self._send_error(out, request, 412, "Precondition Failed", keep)
-        byte_range = (
-            evaluate_range(method, headers, size, entity.etag, entity.last_modified)
-            if "range" in headers
-            else None
-        )
-        if byte_range is None:
-            status_line, start, length, extra = b"HTTP/1.1 200 OK\r\n", 0, size, b""
-        elif isinstance(byte_range, ByteRange):
-            status_line = b"HTTP/1.1 206 Partial Content\r\n"
-            start, length = byte_range.start, byte_range.length
-            extra = b"Content-Range: %s\r\n" % byte_range.content_range(size).encode()
-        else:
-            return self._send_error(
-                out,
-                request,
-                416,
-                "Range Not Satisfiable",
-                keep,
-                [("Content-Range", f"bytes */{size}")],
-            )
-        head = b"".join(
-            (
-                status_line,
-                self._prefix(out, keep, request.version),
-                entity.fields,
-                extra,
-                b"Content-Length: %d\r\n\r\n" % length,
-            )
-        )
-        body = entity.body
-        if byte_range is None and body is not None:
-            # One send: head and body in separate writes stall on Nagle + delayed ACK.
-            rest = out.extra + entity.fields + b"Content-Length: %d\r\n\r\n" % length
-            if method != "HEAD":
-                rest += body
-            self._send_remembered(out, request, status_line, rest, keep, entity)
-        elif method == "HEAD":
-            out.sendall(head)
-        elif body is not None:
-            out.sendall(head + body[start : start + length])
-        else:
-            out.sendall(head)
-            self._sendfile(out, fd, start, length, entity.identity)
-        return keep
-
-    # -- the hot cache -------------------------------------------------------------
-    def _send_remembered(
-        self,
-        out: Connection,
-        request: Request,
-        status_line: bytes,
-        rest: bytes,
-        keep: bool,
-        entity: Entity,
-    ) -> None:
-        """Send an answer made of bytes at hand; the hot cache may keep it for the same
-        request bytes (see HotAnswers.respond)."""
-        response = self._hot.respond(
-            out.hot,
-            status_line,
-            keep,
-            request.version,
-            rest,
-            entity.identity,
-            entity.compressible,
-            request.method,
-            request.target,
-            out.overrides,
-        )
-        out.status = int(status_line[9:12])  # (set: the override rule is applied)
-        out.sendall(response)
 
     def _answer_hot(self, conn: Connection, entry: hotcache.Entry, response: bytes) -> bool:
         """Send what was sent for the same request bytes, from a task (``_poll`` does
@@ -902,131 +527,6 @@ class Handler:
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
         return entry.keep_alive
 
-    def _sendfile(
-        self,
-        out: Connection,
-        fd: int,
-        offset: int,
-        count: int,
-        identity: entities.Identity | None = None,
-    ) -> None:
-        """Send ``count`` bytes of ``fd`` from ``offset``: zero-copy or copied.
-
-        With ``identity`` (a file of the site), a file rewritten in place during the
-        response closes the connection, so a client never gets a complete-looking body
-        that mixes two versions. sendfile cannot promise that: what it queued is read
-        from the page cache when the client reads it, after any later rewrite. So a
-        file up to COPY_LIMIT is copied (read, check, send), and only larger ones (media,
-        archives) go out with zero-copy sendfile, checked between chunks and before the
-        last byte: a rewrite racing the client's reading of already-queued data can
-        still mix there (README, "Files that change while served").
-
-        The connection's deadline is renewed for every chunk: a large download may take
-        long, but a client that stops reading is cut off after send_timeout.
-        """
-        if identity is not None and count <= COPY_LIMIT:
-            self._send_copy(out, fd, offset, count, identity)
-            return
-        fileno = out.sock.fileno()
-        timeout = self._config.send_timeout
-        expected = identity[1:3] + identity[4:] if identity is not None else None
-        while count > 0:
-            chunk = min(count, SENDFILE_CHUNK)
-            if expected is not None:
-                if _content_version(os.fstat(fd)) != expected:
-                    raise CloseConnection
-                if chunk == count and count > 1:
-                    chunk -= 1  # the last byte goes out after one more check
-            out.deadline = time.monotonic() + timeout
-            try:
-                sent = os.sendfile(fileno, fd, offset, chunk)
-            except BlockingIOError:
-                # Only a non-blocking (gevent) socket gets here: a thread's sendfile
-                # blocks. The reaper enforces out.deadline while we wait.
-                if out.writable is None:
-                    out.writable = self._io.write_wait(fileno)
-                if out.writable is None:
-                    raise
-                out.writable.wait()
-                continue
-            if sent == 0:
-                raise CloseConnection  # the file shrank under us: close, never hang
-            out.sent += sent
-            offset += sent
-            count -= sent
-
-    def _send_copy(
-        self, out: Connection, fd: int, offset: int, count: int, identity: entities.Identity
-    ) -> None:
-        """Read a chunk, check the file is still that version, send it; repeat."""
-        expected = identity[1:3] + identity[4:]
-        while count > 0:
-            data = os.pread(fd, min(count, COPY_CHUNK), offset)
-            if not data or _content_version(os.fstat(fd)) != expected:
-                raise CloseConnection  # shrank or rewritten: never send a mix
-            out.deadline = time.monotonic() + self._config.send_timeout
-            out.sock.sendall(data)
-            out.sent += len(data)
-            offset += len(data)
-            count -= len(data)
-
-    def _send_location(
-        self, out: Connection, request: Request, status: int, location: str, keep: bool
-    ) -> bool:
-        escaped = html.escape(location, quote=True)
-        body = (
-            f'<!doctype html><meta charset="utf-8"><title>Moved</title>'
-            f'<p>Moved to <a href="{escaped}">{escaped}</a>.</p>\n'
-        ).encode()
-        headers = self._base_headers(keep, request)
-        headers += [
-            ("Location", location),
-            ("Content-Type", "text/html; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-        ]
-        self._send(out, request, status, headers, body)
-        return keep
-
-    def _send_error(
-        self,
-        out: Connection,
-        request: Request | None,
-        status: int,
-        detail: str,
-        keep_alive: bool,
-        extra: Sequence[tuple[str, str]] = (),
-    ) -> bool:
-        body = error_page(status, detail)
-        if self._snippet is not None:
-            body = inject.inject(body, self._snippet)
-        headers = self._base_headers(keep_alive, request)
-        headers += extra
-        headers += [
-            ("Content-Type", "text/html; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            ("Content-Length", str(len(body))),
-        ]
-        self._send(out, request, status, headers, body)
-        return keep_alive
-
-    @staticmethod
-    def _send(
-        out: Connection, request: Request | None, status: int, headers: Headers, body: bytes
-    ) -> None:
-        if out.overrides:
-            headers = [
-                (n, v)
-                for n, v in headers
-                if n.lower() not in out.overrides or n in ("Date", "Server", "Content-Length")
-            ]
-        head = _response_head(status, headers)
-        if out.extra:
-            head = head[:-2] + out.extra + b"\r\n"
-        if request is not None and request.method == "HEAD":
-            out.sendall(head)
-        else:
-            out.sendall(head + body)
-
     @staticmethod
     def _linger(sock: socket.socket) -> None:
         """Half-close, then drain briefly so the client reads our final response."""
@@ -1042,15 +542,6 @@ class Handler:
                 drained += len(data)
         except OSError:
             pass
-
-
-def _content_version(st: os.stat_result) -> tuple[int, int, int]:
-    """(ino, mtime_ns, size): the part of an Identity that a rewrite in place changes."""
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _inline(work: Callable[[], T]) -> T:
-    return work()
 
 
 def _report_bug(where: str, exc: Exception) -> None:
