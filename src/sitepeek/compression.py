@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sitepeek.entities import FileChanged
+from sitepeek.http11 import QVALUE, TCHAR
 from sitepeek.representation import MIN_COMPRESS_SIZE as MIN_SIZE
 from sitepeek.representation import should_compress
 
@@ -132,8 +133,8 @@ def _new_encoder(coding: str) -> _Encoder:
 
 # RFC 9110 §5.6.2 token (a content-coding), §5.6.1 OWS, §12.4.2 qvalue, §12.5.3 codings [ weight ].
 _OWS = r"[ \t]*"
-_CONTENT_CODING = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QVALUE = r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?"
+_CONTENT_CODING = TCHAR + "+"
+_QVALUE = QVALUE
 # The parameter name "q" is case-insensitive (§12.4.2); nothing else may follow a coding.
 _CODINGS_ELEMENT = re.compile(rf"{_OWS}({_CONTENT_CODING}){_OWS}(?:;{_OWS}[qQ]=({_QVALUE}){_OWS})?")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from sitepeek.http11 import FRAMING_FIELDS
+from sitepeek.http11 import FRAMING_FIELDS, TOKEN
 from sitepeek.resolver import normalise_base
 from sitepeek.routes import parse_route
 
@@ -289,7 +289,7 @@ class UrlPath(Kind):
 
 
 # RFC 9110 §5.1 token, and a field value without controls (RFC 9110 §5.5).
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_NAME = TOKEN
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 

@@ -127,8 +127,13 @@ class Request:
         return self.headers.get(name, default)
 
 
-# RFC 9110 §5.6.2: token = 1*tchar
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.6.2: token = 1*tchar. The one definition: the other modules that
+# check tokens (field names, media ranges, content codings) import these.
+TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+TOKEN = re.compile(TCHAR + "+")
+_TOKEN = re.compile(TCHAR.encode() + b"+")  # (the parser works on bytes)
+# RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+QVALUE = r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?"
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT
 _HTTP_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 # RFC 9110 §5.5: field-value = *field-content; no CTLs except HTAB; obs-text allowed.

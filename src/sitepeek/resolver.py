@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 from urllib.parse import quote, unquote_to_bytes
 
+from sitepeek.http11 import QVALUE, TOKEN
+
 __all__ = [
     "BadPath",
     "File",
@@ -85,8 +87,8 @@ _PCHAR_SAFE = "!$&'()*+,;=:@-._~"
 # prefix test of strip_base matches what browsers send (they never encode these).
 _BASE_SEGMENT = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@\-._~]+")
 # RFC 9110 §5.6.2 token (the type and subtype of a media range, §12.5.1), §12.4.2 qvalue.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+_TOKEN = TOKEN
+_QVALUE = re.compile(QVALUE)
 _OWS = " \t"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _WELL_KNOWN = ".well-known"  # RFC 8615: the one dot-directory a site may publish

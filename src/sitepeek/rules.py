@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote_plus
 
-from sitepeek.http11 import FRAMING_FIELDS
+from sitepeek.http11 import FRAMING_FIELDS, TOKEN
 
 __all__ = [
     "HEADERS_FILE",
@@ -73,7 +73,7 @@ _PLACEHOLDER_SEGMENT = re.compile(":" + _NAME)
 _PLACEHOLDER_IN_TARGET = re.compile(":(" + _NAME + ")")
 _EXTERNAL = re.compile(r"https?://", re.IGNORECASE)
 # RFC 9110 §5.6.2: field-name = token.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = TOKEN
 # RFC 9110 §5.5 field-value, restricted to what we can send as ASCII: VCHAR, SP, HTAB.
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # Framing (RFC 9112 §6) and connection-specific fields (RFC 9110 §7.6.1) belong to the
