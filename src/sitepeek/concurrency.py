@@ -7,6 +7,8 @@ them knows whether it runs in a greenlet or an OS thread.
 
 from __future__ import annotations
 
+import _socket
+import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -52,6 +54,11 @@ class FdWait(Protocol):
 
 class Io(Protocol):
     """Blocking primitives that differ between greenlets and threads."""
+
+    def raw_socket(self, sock: socket.socket) -> _socket.socket | None:
+        """The non-blocking OS-level socket under ``sock``, when sending and receiving
+        on it directly skips a slower wrapper (gevent's cooperative socket); None
+        where ``sock`` is used as it is (threads)."""
 
     def read_wait(self, fd: int) -> FdWait | None:
         """A wait for ``fd`` to become readable, for a non-blocking socket; None where

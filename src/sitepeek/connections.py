@@ -62,9 +62,9 @@ class Connection:
     hot_key: bytes | None = None
     hot: Candidate | None = None
 
-    # gevent's cooperative socket wraps a non-blocking stdlib one; trying that first
-    # skips gevent's Python-level wrapper when the kernel can take the bytes at once
-    # (nearly always for a small response). None for plain (threads) sockets.
+    # The non-blocking OS socket under ``sock`` when the worker model offers one
+    # (Io.raw_socket): tried first, it skips the model's wrapper whenever the kernel
+    # takes the bytes at once. None: use ``sock`` (threads).
     raw: _socket.socket | None = None
     readable: FdWait | None = None  # waits for ``raw`` to have bytes
     writable: FdWait | None = None  # waits for room in ``raw`` (made when first needed)

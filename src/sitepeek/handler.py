@@ -8,7 +8,6 @@ plus the :class:`~sitepeek.concurrency.Io` primitives its worker model supplies.
 
 from __future__ import annotations
 
-import _socket
 import socket
 import sys
 import time
@@ -187,11 +186,10 @@ class Handler:
         conn = self._table.open(sock, peer)
         if conn is None:
             return None
-        wrapped = getattr(sock, "_sock", None)
-        # (gevent's inner socket is a _socket.socket, not a socket.socket.)
-        if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
-            conn.raw = wrapped
-            conn.readable = self._io.read_wait(wrapped.fileno())
+        raw = self._io.raw_socket(sock)
+        if raw is not None:
+            conn.raw = raw
+            conn.readable = self._io.read_wait(raw.fileno())
         return conn
 
     def _run(self, conn: Connection, first: bytes = b"", pending: bytes = b"") -> None:

@@ -9,6 +9,7 @@ handler); nothing is monkey-patched, so the threads model stays real threads.
 
 from __future__ import annotations
 
+import _socket
 import signal
 import socket
 from collections.abc import Callable
@@ -77,6 +78,15 @@ class GeventIo:
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
         self._tasks = gevent.pool.Group()  # so that shutdown can end what is left
+
+    def raw_socket(self, sock: socket.socket) -> _socket.socket | None:
+        # gevent's cooperative socket wraps a non-blocking stdlib one (a _socket.socket,
+        # not a socket.socket): trying it first skips gevent's Python-level wrapper
+        # when the kernel can take the bytes at once (nearly always for a small answer).
+        wrapped = getattr(sock, "_sock", None)
+        if isinstance(wrapped, _socket.socket) and wrapped.gettimeout() == 0.0:
+            return wrapped
+        return None
 
     def read_wait(self, fd: int) -> GeventFdWait:
         return GeventFdWait(self._hub, fd)

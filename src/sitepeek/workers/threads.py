@@ -54,6 +54,9 @@ class ThreadChannel:
 class ThreadIo:
     """Blocking primitives for OS threads."""
 
+    def raw_socket(self, sock: socket.socket) -> None:
+        return None  # a plain socket is the OS socket already
+
     def read_wait(self, fd: int) -> None:
         return None  # a thread's recv blocks by itself
 
