@@ -17,6 +17,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sitepeek import inject
 from sitepeek.representation import content_type, http_date, should_compress, strong_etag
@@ -28,24 +29,46 @@ SMALL_BODY = 64 * 1024
 MAX_INJECT = 16 * 1024 * 1024
 _READ_ATTEMPTS = 10
 
-Identity = tuple[int, int, int, int, int]
+
+
+class FileVersion(NamedTuple):
+    """One version of one file as ``stat`` sees it: the one file-version type.
+
+    ctime catches rewrites that restore mtime (cp -p, rsync -t, touch -r). A plain
+    tuple of the same five stat fields compares equal, which the per-request checks
+    use (building a tuple is cheaper than building a named one).
+    """
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+
+    @property
+    def content(self) -> tuple[int, int, int, int]:
+        """The part that changes when the bytes change (see :func:`content_identity`)."""
+        return (self.dev, self.ino, self.mtime_ns, self.size)
+
+
+Identity = FileVersion  # (the name the rest of the code uses for it)
 
 
 class FileChanged(Exception):
     """The file kept changing while it was read; no consistent version was seen."""
 
 
-def identity(st: os.stat_result) -> Identity:
-    # ctime catches rewrites that restore mtime (cp -p, rsync -t, touch -r).
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+def identity(st: os.stat_result) -> FileVersion:
+    return FileVersion(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def content_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when the bytes of an open file change, and only then.
 
-    Unlike :func:`identity` it leaves out ctime, which also moves when the file is
-    merely unlinked or renamed away (an atomic save of a new version): the open
-    descriptor still reads the old, intact bytes then.
+    ``FileVersion.content`` of the same stat. Unlike :func:`identity` it leaves out
+    ctime, which also moves when the file is merely unlinked or renamed away (an
+    atomic save of a new version): the open descriptor still reads the old, intact
+    bytes then.
     """
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -117,7 +140,7 @@ def from_bytes(name: str, data: bytes, compress: bool = False, immutable: bool =
     cache = _IMMUTABLE if immutable else _NO_CACHE
     fields, validator_fields = header_fields(ctype, etag, None, compressible, None, cache)
     return Entity(
-        identity=(0, 0, 0, 0, len(data)),
+        identity=FileVersion(0, 0, 0, 0, len(data)),
         size=len(data),
         etag=etag,
         last_modified=0,
@@ -208,7 +231,13 @@ class EntityCache:
     def get(self, path: str, st: os.stat_result) -> Entity | None:
         """The cached entity for ``path`` if it is still this version of the file."""
         entity = self._entries.get(path)
-        if entity is None or entity.identity != identity(st):
+        if entity is None or entity.identity != (
+            st.st_dev,
+            st.st_ino,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_size,
+        ):
             return None
         with self._lock:
             if path in self._entries:

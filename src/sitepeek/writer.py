@@ -261,7 +261,7 @@ class Writer:
             # rather than 406 (RFC 9110 §12.5.3 allows either); a preview must show.
             return None
         if path is not None and not entity.transformed:
-            sidecar = compression.find_sidecar(path, entity.identity[2], coding)
+            sidecar = compression.find_sidecar(path, entity.identity.mtime_ns, coding)
             if sidecar is not None:
                 return sidecar
         if coding not in compression.AVAILABLE:
@@ -448,11 +448,11 @@ class Writer:
             return
         fileno = out.sock.fileno()
         timeout = self._send_timeout
-        expected = identity[1:3] + identity[4:] if identity is not None else None
+        expected = identity.content if identity is not None else None
         while count > 0:
             chunk = min(count, SENDFILE_CHUNK)
             if expected is not None:
-                if _content_version(os.fstat(fd)) != expected:
+                if entities.content_identity(os.fstat(fd)) != expected:
                     raise CloseConnection
                 if chunk == count and count > 1:
                     chunk -= 1  # the last byte goes out after one more check
@@ -478,10 +478,10 @@ class Writer:
         self, out: Connection, fd: int, offset: int, count: int, identity: entities.Identity
     ) -> None:
         """Read a chunk, check the file is still that version, send it; repeat."""
-        expected = identity[1:3] + identity[4:]
+        expected = identity.content
         while count > 0:
             data = os.pread(fd, min(count, COPY_CHUNK), offset)
-            if not data or _content_version(os.fstat(fd)) != expected:
+            if not data or entities.content_identity(os.fstat(fd)) != expected:
                 raise CloseConnection  # shrank or rewritten: never send a mix
             out.deadline = time.monotonic() + self._send_timeout
             out.sock.sendall(data)
@@ -545,11 +545,6 @@ class Writer:
             out.sendall(head)
         else:
             out.sendall(head + body)
-
-
-def _content_version(st: os.stat_result) -> tuple[int, int, int]:
-    """(ino, mtime_ns, size): the part of an Identity that a rewrite in place changes."""
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _inline(work: Callable[[], T]) -> T:
