@@ -11,6 +11,9 @@
 
 Compression reads the descriptor the handler already opened and fstat'ed, never the
 path, so a compressed body is always the version whose validators go with it.
+
+Why one module of this size: negotiation, the codecs, sidecars and the variant cache
+are one concept (content codings, RFC 9110 §8.4) with one notion of a file version.
 """
 
 from __future__ import annotations

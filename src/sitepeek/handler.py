@@ -1,9 +1,16 @@
 """The one connection loop shared by every worker model.
 
-socket <-> :mod:`http11` <-> :mod:`resolver` / :mod:`representation`. This is the only
-place that turns exceptions into status codes. It is written against the plain
-socket interface that gevent's cooperative sockets share with the standard library's,
-plus the :class:`~sitepeek.concurrency.Io` primitives its worker model supplies.
+Read a request (:mod:`http11`, deadlines, 408, ``ProtocolError`` -> its status), ask
+the hot cache, else ask :meth:`sitepeek.site.Site.decide` for a plan and write it (the
+:class:`~sitepeek.writer.Writer`, the proxy, the reload WebSocket), then log what went
+out. This is the only place that turns exceptions into status codes. It is written
+against the plain socket interface that gevent's cooperative sockets share with the
+standard library's, plus the :class:`~sitepeek.concurrency.Io` primitives its worker
+model supplies.
+
+Why one module of this size: the read loop, the hot path that answers from the event
+loop (``_poll``) and the task that takes over from it hand one connection back and
+forth; split apart, each would need the other's internals.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ falls out of step (RFC 9112 §6). A caller that wants the body (the proxy) reads
 :class:`ResponseParser` is the other side, for the proxy's backend connection: bytes
 go in, :class:`ResponseHead`, :class:`BodyData` and :class:`EndOfMessage` events come
 out, and a malformed response raises :class:`BadGateway` (a ProtocolError with 502).
+
+Why one module of this size: both parsers share the grammar (tokens, fields, chunked
+framing, limits), and one module keeps one definition of each rule.
 """
 
 from __future__ import annotations

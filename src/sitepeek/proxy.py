@@ -39,6 +39,9 @@ Choices, and why:
 The request and response are written and read in one direction at a time: a backend
 that answers a large upload with a large response *while* still reading it would
 stall until the read timeout. Development backends read the body first.
+
+Why one module of this size: one exchange (request head, body, response, tunnel,
+failure page) is one state machine; the route grammar lives apart in :mod:`routes`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ RFC 9110 that decides a status code can be tested without a socket or a file:
 
 Request headers arrive as a ``Mapping[str, str]`` with lowercase names and repeated
 fields already combined with ", ". Nothing here raises on what a client sends.
+
+Why one module of this size: these are the pure RFC 9110 functions about one
+representation, each small, tested together as a table in test_representation.py.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ about/ (no index)  301 ``/about/``  listing [2]_      404
    loop; likewise ``/about/index.html`` -> 308 ``/about/``.
 .. [2] ``Listing`` when ``listing=True`` (the default), else 404.
 
+Why one module of this size: decoding, confinement (symlinks included) and the table
+above must agree on every path, and hypothesis checks them as one function.
+
 Every redirect's target resolves to a non-redirect (a test follows them for every
 state). With ``clean_urls=False`` the ``about.html`` rows behave as their rows without
 it, except ``/about.html`` itself. The directory redirect keeps its historic 301 (nginx,

@@ -29,6 +29,9 @@ Matching never builds a regex from the files: redirects compare path segments on
 one, and ``_headers`` patterns (``*`` anywhere) run as a bit-parallel NFA, so a request
 costs O(len(path) x ceil(len(pattern) / 64)) machine words per rule and cannot
 backtrack.
+
+Why one module of this size: both files share the parser, the path patterns and the
+reload-on-change logic, and the rules they write must be read the same way.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ body (Nagle and delayed ACK), ``sendfile`` or the checked copy path for large bo
 error pages and redirects. It opens and reads files (one version per response, even
 when the file is rewritten meanwhile); it does not read requests or know a worker
 model beyond the :class:`~sitepeek.concurrency.Io` it is given.
+
+Why one module of this size: identity, variant and range answers share one open
+descriptor, one set of validators and one head format; apart, each would re-derive them.
 """
 
 from __future__ import annotations
