@@ -52,7 +52,7 @@ IMPORTS: dict[str, set[str]] = {
     "config": {"http11", "resolver", "routes"},
     "log": {"concurrency", "config", "console"},
     "responses": {"sitepeek", "http11", "representation"},
-    "connections": {"concurrency", "hotcache", "http11", "responses"},
+    "connections": {"concurrency", "entities", "hotcache", "http11", "responses"},
     "proxy": {"sitepeek", "concurrency", "http11", "representation", "routes"},
     "livereload": {"sitepeek", "changes", "concurrency", "inject", "websocket"},
     "plan": {"entities", "hotcache", "resolver", "routes"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -18,11 +19,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sitepeek.concurrency import FdWait, Io
+from sitepeek.entities import FileVersion, content_identity
 from sitepeek.hotcache import Candidate
 from sitepeek.http11 import RequestParser
 from sitepeek.responses import without_overridden
 
-__all__ = ["CloseConnection", "Connection", "ConnectionTable", "Park", "shutdown"]
+__all__ = [
+    "CloseConnection",
+    "Connection",
+    "ConnectionTable",
+    "Park",
+    "linger",
+    "send_file_range",
+    "shutdown",
+]
+
+# sendfile() in chunks, so a file rewritten in place is noticed between them.
+SENDFILE_CHUNK = 1 << 20
+# Files up to this size are copied (pread + send) rather than sent zero-copy, so an
+# in-place rewrite during a download can never reach the client mixed (see send_file_range).
+COPY_LIMIT = 16 * 1024 * 1024
+COPY_CHUNK = 256 * 1024
+# After answering with "Connection: close", read what the client still sends for a
+# moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
+LINGER_SECONDS = 0.5
+LINGER_BYTES = 256 * 1024
+RECV_SIZE = 64 * 1024
 
 
 class CloseConnection(Exception):
@@ -251,6 +273,93 @@ class ConnectionTable:
                     conn.sock.shutdown(how)
 
 
+def send_file_range(
+    out: Connection,
+    io: Io,
+    send_timeout: float,
+    fd: int,
+    offset: int,
+    count: int,
+    identity: FileVersion | None = None,
+) -> None:
+    """Send ``count`` bytes of ``fd`` from ``offset``: zero-copy or copied.
+
+    With ``identity`` (a file of the site), a file rewritten in place during the
+    response closes the connection, so a client never gets a complete-looking body
+    that mixes two versions. sendfile cannot promise that: what it queued is read
+    from the page cache when the client reads it, after any later rewrite. So a
+    file up to COPY_LIMIT is copied (read, check, send), and only larger ones (media,
+    archives) go out with zero-copy sendfile, checked between chunks and before the
+    last byte: a rewrite racing the client's reading of already-queued data can
+    still mix there (README, "Files that change while served").
+
+    The connection's deadline is renewed for every chunk: a large download may take
+    long, but a client that stops reading is cut off after send_timeout.
+    """
+    if identity is not None and count <= COPY_LIMIT:
+        _send_copy(out, fd, offset, count, identity, send_timeout)
+        return
+    fileno = out.sock.fileno()
+    timeout = send_timeout
+    expected = identity.content if identity is not None else None
+    while count > 0:
+        chunk = min(count, SENDFILE_CHUNK)
+        if expected is not None:
+            if content_identity(os.fstat(fd)) != expected:
+                raise CloseConnection
+            if chunk == count and count > 1:
+                chunk -= 1  # the last byte goes out after one more check
+        out.deadline = time.monotonic() + timeout
+        try:
+            sent = os.sendfile(fileno, fd, offset, chunk)
+        except BlockingIOError:
+            # Only a non-blocking (gevent) socket gets here: a thread's sendfile
+            # blocks. The reaper enforces out.deadline while we wait.
+            if out.writable is None:
+                out.writable = io.write_wait(fileno)
+            if out.writable is None:
+                raise
+            out.writable.wait()
+            continue
+        if sent == 0:
+            raise CloseConnection  # the file shrank under us: close, never hang
+        out.sent += sent
+        offset += sent
+        count -= sent
+
+
+def _send_copy(
+    out: Connection, fd: int, offset: int, count: int, identity: FileVersion, send_timeout: float
+) -> None:
+    """Read a chunk, check the file is still that version, send it; repeat."""
+    expected = identity.content
+    while count > 0:
+        data = os.pread(fd, min(count, COPY_CHUNK), offset)
+        if not data or content_identity(os.fstat(fd)) != expected:
+            raise CloseConnection  # shrank or rewritten: never send a mix
+        out.deadline = time.monotonic() + send_timeout
+        out.sock.sendall(data)
+        out.sent += len(data)
+        offset += len(data)
+        count -= len(data)
+
+
 def shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def linger(sock: socket.socket) -> None:
+    """Half-close, then drain briefly so the client reads our final response."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES and time.monotonic() < deadline:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass

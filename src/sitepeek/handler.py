@@ -30,7 +30,14 @@ from sitepeek import (
 from sitepeek.changes import ChangeFeed
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
-from sitepeek.connections import CloseConnection, Connection, ConnectionTable, Park
+from sitepeek.connections import (
+    RECV_SIZE,
+    CloseConnection,
+    Connection,
+    ConnectionTable,
+    Park,
+    linger,
+)
 from sitepeek.entities import Entity
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
@@ -48,11 +55,8 @@ from sitepeek.responses import (
 from sitepeek.site import Site
 from sitepeek.writer import KNOWN_CODINGS, Writer
 
-RECV_SIZE = 64 * 1024
 # A proxied request body is streamed to the backend, never stored: allow uploads.
 PROXY_BODY_LIMIT = 1 << 40
-LINGER_SECONDS = 0.5
-LINGER_BYTES = 256 * 1024
 
 
 class Handler:
@@ -206,15 +210,15 @@ class Handler:
         event loop could not send at once (when its request asked to close, the
         connection is then closed: ``conn.parkable`` is False).
         """
-        linger = parked = False
+        lingers = parked = False
         try:
             if pending:
                 conn.sendall(pending)
                 if not conn.parkable:
                     return
-            linger = self._serve_requests(conn, first)
-            if linger and not self.stopping:
-                self._linger(conn.sock)
+            lingers = self._serve_requests(conn, first)
+            if lingers and not self.stopping:
+                linger(conn.sock)
         except Park:
             parked = True
         except (OSError, CloseConnection):
@@ -531,22 +535,6 @@ class Handler:
             now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
         return entry.keep_alive
-
-    @staticmethod
-    def _linger(sock: socket.socket) -> None:
-        """Half-close, then drain briefly so the client reads our final response."""
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(LINGER_SECONDS)
-            deadline = time.monotonic() + LINGER_SECONDS
-            drained = 0
-            while drained < LINGER_BYTES and time.monotonic() < deadline:
-                data = sock.recv(RECV_SIZE)
-                if not data:
-                    break
-                drained += len(data)
-        except OSError:
-            pass
 
 
 def _report_bug(where: str, exc: Exception) -> None:

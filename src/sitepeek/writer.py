@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from sitepeek import compression, entities, hotcache, inject
 from sitepeek.concurrency import Io
-from sitepeek.connections import CloseConnection, Connection
+from sitepeek.connections import CloseConnection, Connection, send_file_range
 from sitepeek.entities import Entity
 from sitepeek.http11 import Request, reason_phrase
 from sitepeek.http11 import response_head as _response_head
@@ -43,14 +43,6 @@ __all__ = ["KNOWN_CODINGS", "Writer"]
 # (at most WRITE_SETTLE_MAX) before reading a version of it.
 WRITE_SETTLE = 0.02  # below the 30 ms reload debounce: a reload never waits here
 WRITE_SETTLE_MAX = 0.5
-# sendfile() in chunks, so a file rewritten in place is noticed between them.
-SENDFILE_CHUNK = 1 << 20
-# Files up to this size are copied (pread + send) rather than sent zero-copy, so an
-# in-place rewrite during a download can never reach the client mixed (see _sendfile).
-COPY_LIMIT = 16 * 1024 * 1024
-COPY_CHUNK = 256 * 1024
-# After answering with "Connection: close", read what the client still sends for a
-# moment, so our response is not destroyed by a TCP reset (RFC 9112 §9.6).
 # Bodies up to this size compress inline (a few ms at most); larger ones in the worker
 # model's thread pool, so the event loop keeps serving meanwhile.
 INLINE_COMPRESSION = 256 * 1024
@@ -199,7 +191,7 @@ class Writer:
             out.sendall(head + entity.body)
         else:
             out.sendall(head)
-            self._sendfile(out, fd, 0, entity.size, entity.identity)
+            send_file_range(out, self._io, self._send_timeout, fd, 0, entity.size, entity.identity)
         return keep
 
     def _prefix(self, out: Connection, keep: bool, version: str) -> bytes:
@@ -333,7 +325,7 @@ class Writer:
             out.sendall(head)
         else:
             out.sendall(head)
-            self._sendfile(out, fd, 0, variant.size)
+            send_file_range(out, self._io, self._send_timeout, fd, 0, variant.size)
         return keep
 
     def _send_identity(
@@ -394,7 +386,7 @@ class Writer:
             out.sendall(head + body[start : start + length])
         else:
             out.sendall(head)
-            self._sendfile(out, fd, start, length, entity.identity)
+            send_file_range(out, self._io, self._send_timeout, fd, start, length, entity.identity)
         return keep
 
     # -- the hot cache -------------------------------------------------------------
@@ -423,74 +415,6 @@ class Writer:
         )
         out.status = int(status_line[9:12])  # (set: the override rule is applied)
         out.sendall(response)
-
-    def _sendfile(
-        self,
-        out: Connection,
-        fd: int,
-        offset: int,
-        count: int,
-        identity: entities.Identity | None = None,
-    ) -> None:
-        """Send ``count`` bytes of ``fd`` from ``offset``: zero-copy or copied.
-
-        With ``identity`` (a file of the site), a file rewritten in place during the
-        response closes the connection, so a client never gets a complete-looking body
-        that mixes two versions. sendfile cannot promise that: what it queued is read
-        from the page cache when the client reads it, after any later rewrite. So a
-        file up to COPY_LIMIT is copied (read, check, send), and only larger ones (media,
-        archives) go out with zero-copy sendfile, checked between chunks and before the
-        last byte: a rewrite racing the client's reading of already-queued data can
-        still mix there (README, "Files that change while served").
-
-        The connection's deadline is renewed for every chunk: a large download may take
-        long, but a client that stops reading is cut off after send_timeout.
-        """
-        if identity is not None and count <= COPY_LIMIT:
-            self._send_copy(out, fd, offset, count, identity)
-            return
-        fileno = out.sock.fileno()
-        timeout = self._send_timeout
-        expected = identity.content if identity is not None else None
-        while count > 0:
-            chunk = min(count, SENDFILE_CHUNK)
-            if expected is not None:
-                if entities.content_identity(os.fstat(fd)) != expected:
-                    raise CloseConnection
-                if chunk == count and count > 1:
-                    chunk -= 1  # the last byte goes out after one more check
-            out.deadline = time.monotonic() + timeout
-            try:
-                sent = os.sendfile(fileno, fd, offset, chunk)
-            except BlockingIOError:
-                # Only a non-blocking (gevent) socket gets here: a thread's sendfile
-                # blocks. The reaper enforces out.deadline while we wait.
-                if out.writable is None:
-                    out.writable = self._io.write_wait(fileno)
-                if out.writable is None:
-                    raise
-                out.writable.wait()
-                continue
-            if sent == 0:
-                raise CloseConnection  # the file shrank under us: close, never hang
-            out.sent += sent
-            offset += sent
-            count -= sent
-
-    def _send_copy(
-        self, out: Connection, fd: int, offset: int, count: int, identity: entities.Identity
-    ) -> None:
-        """Read a chunk, check the file is still that version, send it; repeat."""
-        expected = identity.content
-        while count > 0:
-            data = os.pread(fd, min(count, COPY_CHUNK), offset)
-            if not data or entities.content_identity(os.fstat(fd)) != expected:
-                raise CloseConnection  # shrank or rewritten: never send a mix
-            out.deadline = time.monotonic() + self._send_timeout
-            out.sock.sendall(data)
-            out.sent += len(data)
-            offset += len(data)
-            count -= len(data)
 
     def send_location(
         self, out: Connection, request: Request, status: int, location: str, keep: bool
