@@ -428,25 +428,14 @@ class Handler:
         except Exception as exc:  # a bug must cost one response, not the server
             _report_bug(request.path, exc)
             return self._writer.send_error(out, request, 500, "Internal Server Error", False)
-        if isinstance(plan, Forward):
-            assert out.parser is not None
-            out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
-            keep = proxy.forward(
-                out.sock,
-                request,
-                out.parser,
-                plan.route,
-                self._io,
-                out.peer,
-                extra_headers=self._static_headers,
-                client=out,
-            )
-            return keep and not self.stopping
-        if isinstance(plan, Upgrade):
-            assert out.parser is not None and self._broadcaster is not None
-            out.deadline = 0.0
-            self._upgrade(out, request, out.parser, self._broadcaster)
-            return False
+        if not isinstance(plan, SendFile):  # (the common case: one check)
+            if isinstance(plan, Forward):
+                return self._forward(out, request, plan)
+            if isinstance(plan, Upgrade):
+                assert out.parser is not None and self._broadcaster is not None
+                out.deadline = 0.0
+                self._upgrade(out, request, out.parser, self._broadcaster)
+                return False
         if request.has_body and request.expects_continue:
             # We answer without reading the body the client holds back (RFC 9110
             # §10.1.1), so the connection cannot be reused.
@@ -455,7 +444,7 @@ class Handler:
             out.extra += header_bytes(added)
             out.overrides = out.overrides | overridable(added)
         try:
-            if isinstance(plan, SendFile):  # (the common case first, without a call)
+            if isinstance(plan, SendFile):
                 out.hot = plan.candidate
                 return self._writer.send_file(out, request, plan.file, keep_alive, plan.status)
             return self._write(out, request, plan, keep_alive)
@@ -465,11 +454,24 @@ class Handler:
             _report_bug(request.path, exc)
             return self._writer.send_error(out, request, 500, "Internal Server Error", False)
 
+    def _forward(self, out: Connection, request: Request, plan: Forward) -> bool:
+        """Forward to a ``--proxy`` backend, through this connection's counting writer."""
+        assert out.parser is not None
+        out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
+        keep = proxy.forward(
+            out.sock,
+            request,
+            out.parser,
+            plan.route,
+            self._io,
+            out.peer,
+            extra_headers=self._static_headers,
+            client=out,
+        )
+        return keep and not self.stopping
+
     def _write(self, out: Connection, request: Request, plan: Plan, keep: bool) -> bool:
         """Write ``plan`` as the answer to ``request``; returns keep-alive."""
-        if isinstance(plan, SendFile):
-            out.hot = plan.candidate
-            return self._writer.send_file(out, request, plan.file, keep, plan.status)
         if isinstance(plan, Error):
             keep = keep and not plan.close
             return self._writer.send_error(
@@ -484,7 +486,7 @@ class Handler:
             return keep
         if isinstance(plan, SendEntity):
             return self._writer.send_entity(out, request, plan.entity, -1, keep)
-        raise AssertionError(f"no writer for {plan!r}")  # (Forward, Upgrade: see _respond)
+        raise AssertionError(f"no writer for {plan!r}")  # (the others: see _respond)
 
     def _upgrade(
         self,

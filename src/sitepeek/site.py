@@ -131,15 +131,19 @@ class Site:
         headers: Fields = tuple(added) if added else ()
         if request.method not in ("GET", "HEAD"):
             return self._other_method(request), headers
-        if broadcaster is not None and may_be_html(site_path):
+        html = may_be_html(site_path)
+        if broadcaster is not None and html:
             # A burst of changes is being written: wait (bounded) for it to settle,
             # so a page never shows a half-written build.
             broadcaster.wait_until_settled()
-        return self._site(request, site_path, rules, key), headers
+        return self._site(request, site_path, rules, key, html), headers
 
     # -- below the base path ---------------------------------------------------------
-    def _site(self, request: Request, path: str, rules: RuleSet | None, key: bytes | None) -> Plan:
-        """GET/HEAD for a path of the site; ``rules`` as loaded (None: --no-rules)."""
+    def _site(
+        self, request: Request, path: str, rules: RuleSet | None, key: bytes | None, html: bool
+    ) -> Plan:
+        """GET/HEAD for a path of the site; ``rules`` as loaded (None: --no-rules);
+        ``html``: the path may name a page (:func:`may_be_html`)."""
         if rules is not None and path in _RULE_FILES:
             return _NOT_FOUND
         began = time.time_ns() if key is not None else 0
@@ -163,7 +167,7 @@ class Site:
             return self._not_found(request, path)
         if key is not None and isinstance(found, File):
             url_dir = path[: path.rfind("/")]
-            candidate = Candidate(key, found.fs_path, url_dir, may_be_html(path), rules, began)
+            candidate = Candidate(key, found.fs_path, url_dir, html, rules, began)
             return SendFile(found, 200, candidate)
         return self._resolution(request, found)
 

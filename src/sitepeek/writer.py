@@ -364,6 +364,14 @@ class Writer:
                 keep,
                 [("Content-Range", f"bytes */{size}")],
             )
+        body = entity.body
+        if byte_range is None and body is not None:
+            # One send: head and body in separate writes stall on Nagle + delayed ACK.
+            rest = out.extra + entity.fields + b"Content-Length: %d\r\n\r\n" % length
+            if method != "HEAD":
+                rest += body
+            self._send_remembered(out, request, status_line, rest, keep, entity)
+            return keep
         head = b"".join(
             (
                 status_line,
@@ -373,14 +381,7 @@ class Writer:
                 b"Content-Length: %d\r\n\r\n" % length,
             )
         )
-        body = entity.body
-        if byte_range is None and body is not None:
-            # One send: head and body in separate writes stall on Nagle + delayed ACK.
-            rest = out.extra + entity.fields + b"Content-Length: %d\r\n\r\n" % length
-            if method != "HEAD":
-                rest += body
-            self._send_remembered(out, request, status_line, rest, keep, entity)
-        elif method == "HEAD":
+        if method == "HEAD":
             out.sendall(head)
         elif body is not None:
             out.sendall(head + body[start : start + length])
