@@ -452,11 +452,11 @@ def complete(words: str, cword: int) -> list[str]:
 
 def test_completion_knows_the_worker_models_and_completes_directories() -> None:
     assert complete("sitepeek --workers ", 2) == [
-        "plain,greenlets",
-        "plain,threads",
-        "plain,processes",
+        "plain\tgreenlets\t",
+        "plain\tthreads\t",
+        "plain\tprocesses\t",
     ]
-    assert complete("sitepeek serve ", 2) == ["dir,"]
+    assert complete("sitepeek serve ", 2) == ["dir\t\t"]
 
 
 def test_completion_in_process() -> None:

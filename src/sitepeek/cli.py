@@ -12,14 +12,18 @@ status 2; a server that cannot start is one ``Error:`` line and exit status 1.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import CompletionItem, ShellComplete, add_completion_class
 
 from sitepeek import __version__
 from sitepeek.config import (
@@ -38,6 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 PROG_NAME = "sitepeek"
 COMPLETE_VAR = "_SITEPEEK_COMPLETE"
 SHELLS = ("bash", "zsh", "fish")
+LINE_BREAKS = re.compile(r"[\t\r\n]")  # would split a completion's answer line
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 
@@ -177,12 +182,69 @@ def completion(shell: str) -> None:
 
 
 def completion_script(shell: str) -> str:
-    """The script from click's completion machinery; it calls back into sitepeek."""
-    completion_class = get_completion_class(shell)
-    if completion_class is None:  # pragma: no cover - SHELLS are click's own
-        raise click.BadParameter(f"no completion for {shell}")
-    source = completion_class(cli, {}, PROG_NAME, COMPLETE_VAR).source()
-    return source if source.endswith("\n") else source + "\n"
+    """The completion script for ``shell``: sitepeek's own (``assets/completion.*``),
+    so it is the same whichever click release is installed."""
+    return resources.files("sitepeek").joinpath(f"assets/completion.{shell}").read_text()
+
+
+def split_words(text: str) -> list[str]:
+    """Split a command line as the shell would; an unclosed quote keeps what follows it."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    words: list[str] = []
+    try:
+        words.extend(lexer)
+    except ValueError:  # an unclosed quote: the word being typed
+        words.append(lexer.token)
+    return words
+
+
+class SitepeekComplete(ShellComplete):
+    """Shell completion with sitepeek's own scripts and answer format, replacing click's
+    for bash, zsh and fish: click's scripts and formats changed between releases (the
+    fish script of click 8.4.0 runs each completion as a command). The answer is one
+    completion a line, ``TYPE<tab>VALUE<tab>HELP``, which the scripts never evaluate."""
+
+    def source(self) -> str:
+        return completion_script(self.name)
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        """bash and zsh give the words and the index of the one being completed."""
+        words = split_words(os.environ["COMP_WORDS"])
+        index = int(os.environ["COMP_CWORD"])
+        incomplete = words[index] if index < len(words) else ""
+        return words[1:index], incomplete
+
+    def format_completion(self, item: CompletionItem) -> str:
+        fields = (item.type, str(item.value), item.help or "")
+        return "\t".join(LINE_BREAKS.sub(" ", field) for field in fields)
+
+
+class BashComplete(SitepeekComplete):
+    name = "bash"
+
+
+class ZshComplete(SitepeekComplete):
+    name = "zsh"
+
+
+class FishComplete(SitepeekComplete):
+    name = "fish"
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        """fish gives the line up to the cursor and the word being completed, which
+        that line also ends with."""
+        words = split_words(os.environ["COMP_WORDS"])[1:]
+        typed = split_words(os.environ["COMP_CWORD"])
+        incomplete = typed[0] if typed else ""
+        if incomplete and words and words[-1] == incomplete:
+            words.pop()
+        return words, incomplete
+
+
+for _shell_class in (BashComplete, ZshComplete, FishComplete):
+    add_completion_class(_shell_class)
 
 
 def _lineage(ctx: click.Context) -> Iterator[click.Context]:
