@@ -602,7 +602,8 @@ OPTIONS: tuple[Option, ...] = (
         "log_format",
         Choice(LOG_FORMATS, metavar="[" + "|".join(LOG_FORMATS) + "]"),
         "text",
-        "Request log format: text for people, json for tools (one object per line).",
+        "Request log format: text for people, json for tools (one object per line on "
+        "stdout; the banner, reload lines and the summary then go to stderr).",
     ),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

@@ -33,8 +33,15 @@ class StartupError(Exception):
     """The server cannot start; the message is shown to the user as is."""
 
 
-def serve(config: Config, out: TextIO = sys.stdout) -> None:
-    """Bind, announce, and serve until SIGINT/SIGTERM."""
+def serve(config: Config, out: TextIO | None = None) -> None:
+    """Bind, announce, and serve until SIGINT/SIGTERM.
+
+    The banner, notices, reload lines and the summary go to ``out``: by default standard
+    output, but standard error with ``--log-format json``, so that standard output holds
+    nothing but the request log's JSON lines (``sitepeek --log-format json | jq``).
+    """
+    if out is None:
+        out = console_stream(config)
     _raise_fd_limit()
     listener = bind(config)
     port = listener.getsockname()[1]
@@ -94,6 +101,11 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         shutil.rmtree(notices, ignore_errors=True)
     requests = sum(handler.requests for handler in handlers) if handlers else None
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
+
+
+def console_stream(config: Config) -> TextIO:
+    """Where the messages for people go: stdout, or stderr when stdout is for tools."""
+    return sys.stderr if config.log_format == "json" else sys.stdout
 
 
 def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
