@@ -43,6 +43,7 @@ def site(tmp_path: Path) -> Path:
     root = tmp_path / "site"
     root.mkdir()
     (root / "index.html").write_text("<p>hi</p>\n")
+    (root / "app.html").write_text("<p>app</p>\n")  # a --spa fallback
     return root
 
 
@@ -695,3 +696,70 @@ def test_click_is_imported_only_by_the_cli() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n.split(".")[0] == "click" for n in names), path
+
+
+# -- --spa mistakes and what the banner says ------------------------------------------
+def test_spa_with_a_directory_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    """``sitepeek serve --spa dist`` (the ``serve -s dist`` habit) takes dist for the
+    fallback FILE: exit 2 naming it and the command meant, never serving the wrong
+    directory."""
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.html").write_text("<p>app</p>\n")
+    for argv in (["serve", "--spa", "dist"], ["--spa", "dist"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sitepeek", *argv, "--port", "0"],
+            capture_output=True, text=True, timeout=20, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout
+        assert done.stdout == ""
+        assert done.stderr.splitlines()[-1] == (
+            f"Error: --spa dist: {tmp_path / 'dist'} is a directory, but --spa takes the "
+            "fallback FILE (default index.html); to serve dist as a single-page app, run: "
+            "sitepeek serve dist --spa"
+        )
+
+
+@pytest.mark.parametrize(
+    "args", [["--spa"], ["--spa", "app.html"], ["--spa=missing/index.html"]], ids=str
+)
+def test_spa_fallback_that_does_not_exist_is_exit_2_naming_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "about.html").write_text("<p>not a fallback</p>\n")
+    done = run("serve", str(root), *args, "--port", "0")
+    name = "index.html" if args == ["--spa"] else args[-1].removeprefix("--spa=")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: --spa {name}: the fallback file {root / name} does not exist"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_banner_says_which_modes_are_on(site: Path, worker_model: str) -> None:
+    (site / "_redirects").write_text("/old /new 301\n")
+    srv = start_server(
+        site, worker_model, "--spa", "app.html", "--base", "/docs/",
+        "--proxy", "/api=http://127.0.0.1:3000",
+    )  # fmt: skip
+    try:
+        lines = [line.rstrip("\n") for line in srv.stdout_lines]
+        assert f"  Local:    http://127.0.0.1:{srv.port}/docs/" in lines
+        assert lines[lines.index("  Reload:   on, watching for changes") + 1 :][:5] == [
+            "  SPA:      page paths without a file get /app.html (status 200)",
+            "  Base:     the site is served under /docs/",
+            "  Rules:    _redirects (--no-rules to ignore)",
+            "  Proxy:    /api -> http://127.0.0.1:3000",
+            "",
+        ]
+        with urllib.request.urlopen(f"{srv.url}/docs/") as response:  # the URL printed
+            assert response.status == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_banner_without_modes_has_no_mode_lines(site: Path) -> None:
+    text = banner(Config(root=site, rules=True))
+    assert not re.search(r"^  (SPA|Base|Rules|Proxy):", text, re.M)
+    assert "http://127.0.0.1:8000/\n" in text

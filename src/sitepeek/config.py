@@ -104,10 +104,28 @@ class Config:
             raise ValueError(f"--open path {self.open!r} must start with /")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"unknown log format {self.log_format!r}")
+        if self.spa is not None:
+            _check_spa_fallback(self.root, self.spa)
 
     @property
     def process_count(self) -> int:
         return self.processes or os.cpu_count() or 1
+
+
+def _check_spa_fallback(root: Path, name: str) -> None:
+    """The --spa fallback must be a file of the site. ``sitepeek serve --spa dist`` (the
+    ``serve -s dist`` habit) takes ``dist`` as the fallback FILE: say so, not serve the
+    current directory with a fallback that can never be found."""
+    path = root / name
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ValueError(
+            f"--spa {name}: {path} is a directory, but --spa takes the fallback FILE "
+            f"(default index.html); to serve {name} as a single-page app, run: "
+            f"sitepeek serve {name} --spa"
+        )
+    raise ValueError(f"--spa {name}: the fallback file {path} does not exist")
 
 
 # -- kinds of values: parse text (command line, environment) and TOML values -----------

@@ -203,11 +203,12 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
     """The start-up banner (and QR code), printed once the server is ready."""
     root = str(config.root).encode("utf-8", "backslashreplace").decode("utf-8")
     wildcard = config.host in ("", "0.0.0.0", "::")
+    base = config.base.lstrip("/")  # the site's URL, not a redirect to it
     if wildcard or console.is_loopback(config.host):
-        local: str | None = url_for(config.host, port)
-        network = tuple(url_for(a, port) for a in console.network_addresses(config.host))
+        local: str | None = url_for(config.host, port) + base
+        network = tuple(url_for(a, port) + base for a in console.network_addresses(config.host))
     else:  # one address of this machine, reachable from the network
-        local, network = None, (url_for(config.host, port),)
+        local, network = None, (url_for(config.host, port) + base,)
     workers: str = config.workers
     if workers == "processes":
         workers += f" ({config.process_count})"
@@ -219,11 +220,30 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
         exposed=wildcard or local is None,
         workers=workers,
         reload="on, watching for changes" if config.reload else "off",
+        modes=banner_modes(config),
     )
     text = banner.render(console.Style(console.color_enabled(out)))
     if config.qr:
         text += "\n\n" + console.qr_block(network[0] if network else None, out)
     print(text, file=out, flush=True)
+
+
+def banner_modes(config: Config) -> tuple[tuple[str, str], ...]:
+    """Banner lines for what makes URLs serve other than their file: SPA fallback, base
+    path, the site's _redirects/_headers, proxies."""
+    modes = []
+    if config.spa is not None:
+        modes.append(("SPA:", f"page paths without a file get /{config.spa} (status 200)"))
+    if config.base != "/":
+        modes.append(("Base:", f"the site is served under {config.base}"))
+    if config.rules:
+        found = [name for name in ("_redirects", "_headers") if (config.root / name).is_file()]
+        if found:
+            modes.append(("Rules:", ", ".join(found) + " (--no-rules to ignore)"))
+    for route in config.proxy:
+        prefix, _, url = route.partition("=")
+        modes.append(("Proxy:", f"{prefix.strip()} -> {url.strip()}"))
+    return tuple(modes)
 
 
 def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: int | None) -> None:
