@@ -747,7 +747,7 @@ def test_banner_says_which_modes_are_on(site: Path, worker_model: str) -> None:
         lines = [line.rstrip("\n") for line in srv.stdout_lines]
         assert f"  Local:    http://127.0.0.1:{srv.port}/docs/" in lines
         assert lines[lines.index("  Reload:   on, watching for changes") + 1 :][:5] == [
-            "  SPA:      page paths without a file get /app.html (status 200)",
+            "  SPA:      missing pages get /app.html (status 200), assets 404",
             "  Base:     the site is served under /docs/",
             "  Rules:    _redirects (--no-rules to ignore)",
             "  Proxy:    /api -> http://127.0.0.1:3000",

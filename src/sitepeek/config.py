@@ -532,8 +532,10 @@ OPTIONS: tuple[Option, ...] = (
         "spa",
         SiteFile(),
         None,
-        "Single-page app: answer HTML requests for unknown extension-less paths with FILE "
-        "(status 200), as Netlify's /* /index.html 200 does.",
+        "Single-page app: a missing path gets FILE with status 200 when the request "
+        "accepts HTML, as Netlify's /* /index.html 200 does (/users/john.doe too), except "
+        "asset names: a last segment ending in a known non-HTML type (.js, .css, .png, "
+        ".json...) keeps its 404.",
         bare_value="index.html",
         default_text="off",
     ),

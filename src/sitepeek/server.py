@@ -233,7 +233,7 @@ def banner_modes(config: Config) -> tuple[tuple[str, str], ...]:
     path, the site's _redirects/_headers, proxies."""
     modes = []
     if config.spa is not None:
-        modes.append(("SPA:", f"page paths without a file get /{config.spa} (status 200)"))
+        modes.append(("SPA:", f"missing pages get /{config.spa} (status 200), assets 404"))
     if config.base != "/":
         modes.append(("Base:", f"the site is served under {config.base}"))
     if config.rules:
