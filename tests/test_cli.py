@@ -273,6 +273,11 @@ FILE_ERRORS = [
         "pyproject.toml [tool.sitepeek]: key 'host': expected a string, got an integer (1)",
     ),
     ("pyproject.toml", "[tool]\nsitepeek = 3\n", "pyproject.toml [tool.sitepeek]: expected a"),
+    ("sitepeek.toml", "root = 'nope'\n", "sitepeek.toml: key 'root': "),
+    ("sitepeek.toml", "root = 3\n", "key 'root': expected a directory name, got an integer"),
+    ("sitepeek.toml", "root = ''\n", "key 'root': expected a directory name"),
+    ("sitepeek.toml", "dir = 'docs'\n", "unknown key 'dir' (did you mean 'root'?)"),
+    ("pyproject.toml", "[tool.sitepeek]\nroot = 'x'\n", "[tool.sitepeek]: key 'root': "),
 ]
 
 
@@ -763,3 +768,67 @@ def test_banner_without_modes_has_no_mode_lines(site: Path) -> None:
     text = banner(Config(root=site, rules=True))
     assert not re.search(r"^  (SPA|Base|Rules|Proxy):", text, re.M)
     assert "http://127.0.0.1:8000/\n" in text
+
+
+# -- the directory to serve from a config file ------------------------------------------
+@pytest.mark.parametrize("name", ["sitepeek.toml", "pyproject.toml"])
+def test_root_in_a_config_file(tmp_path: Path, name: str) -> None:
+    build = tmp_path / "docs" / "_build"
+    build.mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    text = 'root = "docs/_build"\nport = 9100\n'
+    (tmp_path / name).write_text(text if name == "sitepeek.toml" else "[tool.sitepeek]\n" + text)
+    label = "sitepeek.toml" if name == "sitepeek.toml" else "pyproject.toml [tool.sitepeek]"
+    for args in (["config"], ["serve", "--print-config"], ["--print-config"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert f"serving {build.resolve()}\n" in result.output
+        assert source_of(result.output, "root") == ('"docs/_build"', label)
+    given = invoke("config", "other")  # DIR on the command line wins
+    assert f"serving {(tmp_path / 'other').resolve()}\n" in given.output
+    assert source_of(given.output, "root") == ('"other"', "command line")
+    assert source_of(invoke("config", "--no-reload").output, "port") == ("9100", label)
+
+
+def test_root_default_is_the_current_directory(tmp_path: Path) -> None:
+    result = invoke("config")
+    assert source_of(result.output, "root") == ('"."', "default")
+    assert f"serving {tmp_path.resolve()}\n" in result.output
+
+
+def _serve_in(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sitepeek", *args, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    while not (match := re.search(r"http://127\.0\.0\.1:(\d+)/", "".join(lines))):
+        line = proc.stdout.readline()
+        assert line, f"sitepeek exited: {proc.communicate(timeout=5)}"
+        lines.append(line)
+    assert lines[0].endswith("_build\n") or "other" in lines[0], lines[0]
+    return proc, int(match.group(1))
+
+
+def test_plain_sitepeek_serves_the_root_of_its_config_file(
+    tmp_path: Path, worker_model: str
+) -> None:
+    build = tmp_path / "docs" / "_build"
+    build.mkdir(parents=True)
+    (build / "index.html").write_text("<p>the built site</p>\n")
+    (tmp_path / "index.html").write_text("<p>the sources</p>\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "index.html").write_text("<p>other</p>\n")
+    (tmp_path / "sitepeek.toml").write_text(f'root = "docs/_build"\nworkers = "{worker_model}"\n')
+    for args, expected in ((["serve"], b"the built site"), ([], b"the built site"),
+                           (["serve", "other"], b"other")):  # fmt: skip
+        proc, port = _serve_in(tmp_path, *args)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
+                assert expected in response.read()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+        assert proc.returncode == 0

@@ -135,10 +135,11 @@ directory_argument = click.argument(
 def cli(ctx: click.Context, /, **_: Any) -> None:
     """Preview a static site: a fast, correct HTTP/1.1 server with live reload.
 
-    Plain `sitepeek` serves the current directory; `sitepeek serve DIR` serves DIR.
-    Options may come before or after the command. Each option can also be set in
-    sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the current directory), or
-    as SITEPEEK_<OPTION> in the environment; `sitepeek config` shows what is in effect.
+    Plain `sitepeek` serves the current directory (or the config file's `root`);
+    `sitepeek serve DIR` serves DIR. Options may come before or after the command. Each
+    option can also be set in sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the
+    current directory), or as SITEPEEK_<OPTION> in the environment; `sitepeek config`
+    shows what is in effect.
     """
     if ctx.invoked_subcommand is None:
         _run(ctx, Path("."))
@@ -151,7 +152,7 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
 @version_option
 @click.pass_context
 def serve(ctx: click.Context, /, directory: Path, **_: Any) -> None:
-    """Serve DIRECTORY (default: the current directory)."""
+    """Serve DIRECTORY (default: the config file's root, else the current directory)."""
     _run(ctx, directory)
 
 
@@ -278,14 +279,26 @@ def settings_for(ctx: click.Context) -> Settings:
         raise ConfigFileError(str(exc)) from None
 
 
+def _given_directory(ctx: click.Context, directory: Path) -> Path | None:
+    """DIR when the command line gave it; None lets a config file's ``root`` decide."""
+    if "directory" not in ctx.params:
+        return None  # plain `sitepeek`
+    given = ctx.get_parameter_source("directory") is ParameterSource.COMMANDLINE
+    return directory if given else None
+
+
 def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
     settings = settings_for(ctx)
     try:
-        config = settings.config(directory.resolve())
+        root = settings.root_for(_given_directory(ctx, directory))
+    except ConfigError as exc:
+        raise ConfigFileError(str(exc)) from None
+    try:
+        config = settings.config(Path(root.value).resolve())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if print_only or any(context.params.get("print_config") for context in _lineage(ctx)):
-        click.echo(settings.describe(config.root))
+        click.echo(settings.describe(config.root, root))
         return
 
     from sitepeek.server import StartupError, serve

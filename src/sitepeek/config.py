@@ -628,6 +628,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
+# The directory to serve: DIR on the command line, ``root`` in a config file only.
+ROOT_KEY = "root"
+ROOT_OPTION = Option(ROOT_KEY, Text(), ".", "The directory to serve (DIR).")
+
 
 # -- where values come from -------------------------------------------------------------
 class ConfigError(Exception):
@@ -651,6 +655,7 @@ class ConfigFile:
     label: str  # "sitepeek.toml" or "pyproject.toml [tool.sitepeek]"
     values: dict[str, Any]
     shadows: str | None = None  # a [tool.sitepeek] table ignored because sitepeek.toml wins
+    root: str | None = None  # the directory to serve, as written (relative to the file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,7 +671,21 @@ class Settings:
         kwargs = {s.option.name: s.option.to_config(s.value) for s in self.values}
         return Config(root=root, **kwargs)
 
-    def describe(self, root: Path) -> str:
+    def root_for(self, given: Path | None) -> Setting:
+        """The directory to serve: DIR from the command line, else the config file's
+        ``root`` (relative to the file), else the current directory. The Setting's value
+        is the path to serve; raises ConfigError when the file's root is no directory."""
+        if given is not None:
+            return Setting(ROOT_OPTION, given, COMMAND_LINE_SOURCE)
+        if self.file is None or self.file.root is None:
+            return Setting(ROOT_OPTION, Path("."), DEFAULT_SOURCE)
+        path = self.file.path.parent / self.file.root
+        if not path.is_dir():
+            problem = "does not exist" if not path.exists() else "is not a directory"
+            raise ConfigError(f"{self.file.label}: key 'root': {path} {problem}")
+        return Setting(ROOT_OPTION, path, self.file.label)
+
+    def describe(self, root: Path, root_setting: Setting | None = None) -> str:
         """The effective settings as TOML, each with its source as a comment."""
         lines = [f"# sitepeek settings for serving {root}"]
         if self.file is None:
@@ -679,6 +698,11 @@ class Settings:
                 lines.append(f"# ({self.file.shadows} is ignored: {PROJECT_FILE} wins)")
         lines.append("# precedence: command line > SITEPEEK_* environment > file > default")
         rows = [(_toml_line(s), s.source) for s in self.values]
+        if root_setting is not None:
+            from_file = self.file is not None and root_setting.source == self.file.label
+            written = self.file.root if self.file is not None and from_file else None
+            text = written if written is not None else str(root_setting.value)
+            rows.insert(0, (f"root = {ROOT_OPTION.kind.to_toml(text)}", root_setting.source))
         width = max(len(text) for text, _ in rows)
         lines += [f"{text.ljust(width)}  # {source}" for text, source in rows]
         return "\n".join(lines)
@@ -761,12 +785,27 @@ def find_config_file(directory: Path) -> ConfigFile | None:
                 shadows = PYPROJECT_LABEL
         except ConfigError:
             pass  # not ours to complain about: it is not read
-        values = _file_values(_read_toml(project, PROJECT_FILE), PROJECT_FILE)
-        return ConfigFile(project, PROJECT_FILE, values, shadows)
-    table = _pyproject_table(pyproject)
-    if table is None:
+        table = _read_toml(project, PROJECT_FILE)
+        root = _file_root(table, PROJECT_FILE)
+        return ConfigFile(project, PROJECT_FILE, _file_values(table, PROJECT_FILE), shadows, root)
+    tool_table = _pyproject_table(pyproject)
+    if tool_table is None:
         return None
-    return ConfigFile(pyproject, PYPROJECT_LABEL, _file_values(table, PYPROJECT_LABEL))
+    root = _file_root(tool_table, PYPROJECT_LABEL)
+    values = _file_values(tool_table, PYPROJECT_LABEL)
+    return ConfigFile(pyproject, PYPROJECT_LABEL, values, None, root)
+
+
+def _file_root(table: dict[str, Any], label: str) -> str | None:
+    """Take ``root`` (the directory to serve, relative to the file) out of ``table``."""
+    raw = table.pop(ROOT_KEY, None)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(
+            f"{label}: key {ROOT_KEY!r}: expected a directory name, got {_toml_type(raw)}"
+        )
+    return raw
 
 
 def _pyproject_table(path: Path) -> dict[str, Any] | None:
@@ -796,7 +835,9 @@ def _file_values(table: Mapping[str, Any], label: str) -> dict[str, Any]:
     for key, raw in table.items():
         option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
         if option is None or key not in (option.name, option.key):
-            hint = _did_you_mean(key, [o.key for o in OPTIONS])
+            hint = _did_you_mean(key, [o.key for o in OPTIONS]) or _did_you_mean(key, [ROOT_KEY])
+            if key.lower() in ("dir", "directory", "docroot", "document-root", "public"):
+                hint = f" (did you mean {ROOT_KEY!r}?)"
             raise ConfigError(f"{label}: unknown key {key!r}{hint}")
         if option.name in spelled:
             raise ConfigError(f"{label}: {spelled[option.name]!r} and {key!r} are the same key")
