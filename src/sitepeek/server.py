@@ -40,8 +40,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     output, but standard error with ``--log-format json``, so that standard output holds
     nothing but the request log's JSON lines (``sitepeek --log-format json | jq``).
     """
-    if out is None:
-        out = console_stream(config)
+    out = console_stream(config) if out is None else out
     _raise_fd_limit()
     listener = bind(config)
     port = listener.getsockname()[1]
@@ -50,7 +49,8 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     model_class = workers.load(config.workers)
     feed = ChangeFeed()
     # For the summary: the handlers of this process (none here with --workers processes:
-    # they live in the workers) and the reloads the watcher announced.
+    # they live in the workers, which report their counts to the model) and the reloads
+    # the watcher announced.
     handlers: list[Handler] = []
     reloads = 0
 
@@ -99,8 +99,17 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         if watcher is not None:
             watcher.stop()
         shutil.rmtree(notices, ignore_errors=True)
-    requests = sum(handler.requests for handler in handlers) if handlers else None
+    requests = _requests_served(handlers, model)
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
+
+
+def _requests_served(handlers: list[Handler], model: object) -> int | None:
+    """Requests answered: by this process's handlers, or with --workers processes (the
+    handlers live in the workers) as the model added up the workers' reports."""
+    if handlers:
+        return sum(handler.requests for handler in handlers)
+    served = getattr(model, "requests_served", None)
+    return served if isinstance(served, int) else None
 
 
 def console_stream(config: Config) -> TextIO:
