@@ -792,6 +792,20 @@ def test_root_in_a_config_file(tmp_path: Path, name: str) -> None:
     assert source_of(invoke("config", "--no-reload").output, "port") == ("9100", label)
 
 
+def test_root_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "build").mkdir()
+    (tmp_path / "sitepeek.toml").write_text('root = "build"\n')
+    result = invoke("config", env={"SITEPEEK_ROOT": "site"})  # environment > file
+    assert source_of(result.output, "root") == ('"site"', "SITEPEEK_ROOT")
+    assert f"serving {(tmp_path / 'site').resolve()}\n" in result.output
+    given = invoke("config", "build", env={"SITEPEEK_ROOT": "site"})  # command line > env
+    assert source_of(given.output, "root") == ('"build"', "command line")
+    missing = invoke("config", env={"SITEPEEK_ROOT": "nope"})
+    assert missing.exit_code == 2
+    assert missing.output == "Error: environment variable SITEPEEK_ROOT: nope is not a directory\n"
+
+
 def test_root_default_is_the_current_directory(tmp_path: Path) -> None:
     result = invoke("config")
     assert source_of(result.output, "root") == ('"."', "default")

@@ -176,7 +176,7 @@ def completion(shell: str) -> None:
 
     \b
     bash: eval "$(sitepeek completion bash)"   (in ~/.bashrc)
-    zsh:  eval "$(sitepeek completion zsh)"    (in ~/.zshrc)
+    zsh:  eval "$(sitepeek completion zsh)"    (in ~/.zshrc, after compinit)
     fish: sitepeek completion fish > ~/.config/fish/completions/sitepeek.fish
     """
     click.echo(completion_script(shell), nl=False)

@@ -628,8 +628,9 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
-# The directory to serve: DIR on the command line, ``root`` in a config file only.
+# The directory to serve: DIR on the command line, SITEPEEK_ROOT, ``root`` in a file.
 ROOT_KEY = "root"
+ROOT_ENV = ENV_PREFIX + "ROOT"
 ROOT_OPTION = Option(ROOT_KEY, Text(), ".", "The directory to serve (DIR).")
 
 
@@ -665,6 +666,7 @@ class Settings:
     values: tuple[Setting, ...]
     file: ConfigFile | None
     directory: Path  # where config files were looked for
+    env_root: str | None = None  # SITEPEEK_ROOT, relative to the current directory
 
     def config(self, root: Path) -> Config:
         """The Config to serve ``root`` with; raises ValueError on an inconsistency."""
@@ -672,11 +674,16 @@ class Settings:
         return Config(root=root, **kwargs)
 
     def root_for(self, given: Path | None) -> Setting:
-        """The directory to serve: DIR from the command line, else the config file's
-        ``root`` (relative to the file), else the current directory. The Setting's value
-        is the path to serve; raises ConfigError when the file's root is no directory."""
+        """The directory to serve: DIR from the command line, else SITEPEEK_ROOT, else the
+        config file's ``root`` (relative to the file), else the current directory. The
+        Setting's value is the path to serve; raises ConfigError when it is no directory."""
         if given is not None:
             return Setting(ROOT_OPTION, given, COMMAND_LINE_SOURCE)
+        if self.env_root is not None:
+            path = Path(self.env_root)
+            if not path.is_dir():
+                raise ConfigError(f"environment variable {ROOT_ENV}: {path} is not a directory")
+            return Setting(ROOT_OPTION, path, ROOT_ENV)
         if self.file is None or self.file.root is None:
             return Setting(ROOT_OPTION, Path("."), DEFAULT_SOURCE)
         path = self.file.path.parent / self.file.root
@@ -729,7 +736,9 @@ def resolve(
     Raises ConfigError for an unknown key or a bad value in a file or the environment.
     """
     directory = Path.cwd() if directory is None else directory
-    env_values = read_environment(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env_root = environ.get(ROOT_ENV) or None
+    env_values = read_environment({k: v for k, v in environ.items() if k != ROOT_ENV})
     config_file = find_config_file(directory)
     file_values = config_file.values if config_file else {}
     settings = []
@@ -746,7 +755,7 @@ def resolve(
         else:
             value, source = option.default, DEFAULT_SOURCE
         settings.append(Setting(option, value, source))
-    return Settings(tuple(settings), config_file, directory)
+    return Settings(tuple(settings), config_file, directory, env_root)
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
