@@ -676,6 +676,22 @@ def test_open_starts_the_browser_once_serving(site: Path, tmp_path: Path) -> Non
         assert srv.stop() == 0
 
 
+def test_bare_open_with_a_base_opens_the_site(site: Path, tmp_path: Path) -> None:
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    env = {"BROWSER": str(browser), "DISPLAY": ""}
+    srv = start_server(site, "greenlets", "--base", "/docs/", "--open", env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not (opened.exists() and opened.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert opened.read_text() == f"{srv.url}/docs/\n"
+    finally:
+        assert srv.stop() == 0
+
+
 def test_open_without_a_graphical_session_says_so(site: Path) -> None:
     env = {"BROWSER": "", "DISPLAY": "", "WAYLAND_DISPLAY": ""}
     srv = start_server(site, "threads", "--open", env=env)

@@ -600,7 +600,8 @@ OPTIONS: tuple[Option, ...] = (
         "open",
         UrlPath(),
         None,
-        "Open the default browser at the served URL (plus PATH) once the server is up.",
+        "Open the default browser at the served URL (plus PATH; without it, the site under "
+        "--base) once the server is up.",
         bare_value="/",
         default_text="no",
     ),

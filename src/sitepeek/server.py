@@ -84,7 +84,8 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         started = time.monotonic()
         print_banner(config, port, out)
         if config.open is not None:
-            path = urllib.parse.quote(config.open.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
+            where = config.base if config.open == "/" else config.open  # the site's URL
+            path = urllib.parse.quote(where.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
             console.open_browser(url_for(config.host, port) + path)
 
     # Where worker processes agree on what was already reported (see ``claim``).
