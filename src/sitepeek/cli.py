@@ -40,7 +40,7 @@ from sitepeek.config import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROG_NAME = "sitepeek"
-COMPLETE_VAR = "_SITEPEEK_COMPLETE"
+COMPLETE_VAR = "_SITEPEEK_COMPLETE"  # assets/completion.* call sitepeek with it
 SHELLS = ("bash", "zsh", "fish")
 LINE_BREAKS = re.compile(r"[\t\r\n]")  # would split a completion's answer line
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
@@ -314,4 +314,4 @@ def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name=PROG_NAME)
+    cli(prog_name=PROG_NAME, complete_var=COMPLETE_VAR)  # the name the scripts use
