@@ -979,7 +979,6 @@ def test_slowloris_many_connections_do_not_block_a_fresh_one(hostile: Server) ->
         "localhost.evil.example",
         "127.0.0.1.nip.io",
         "evil.example.",
-        "localhost:80@evil.example",
         "0.0.0.0",
         "2130706433",
         "0x7f000001",
@@ -991,6 +990,37 @@ def test_foreign_host_is_421(server: Server, host: str) -> None:
     response = one(server, head("GET", "/small.txt", host=host))
     assert_closing(response, 400, 421)
     assert SMALL not in response.body
+
+
+@pytest.fixture(scope="session")
+def exposed(site: Path, worker_model: str) -> Iterator[Server]:
+    """A server bound to every interface (``--host 0.0.0.0``): no Host allowlist."""
+    srv = start_server(site, worker_model, "--host", "0.0.0.0")
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.stderr_text()
+    assert_quiet(srv)
+
+
+# RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+# HTTP/1.1 request message that lacks a Host header field and to any request message
+# that contains more than one Host header field line or a Host header field with an
+# invalid field value." Host = uri-host [":" port] (RFC 3986 §3.2.2).
+INVALID_HOSTS = ["a b", "a\tb", "a@b", "x:y:z", "a/b", "[::1", "", "localhost:80@evil.example"]
+
+
+@pytest.mark.parametrize("bind", ["loopback", "all interfaces"])
+@pytest.mark.parametrize("host", INVALID_HOSTS)
+def test_invalid_host_is_400_in_every_bind_mode(
+    server: Server, exposed: Server, bind: str, host: str
+) -> None:
+    srv = server if bind == "loopback" else exposed
+    response = one(srv, head("GET", "/small.txt", host=host))
+    assert_closing(response, 400)
+    assert SMALL not in response.body
+    # The same name in valid syntax: 421 on loopback (not ours), 200 on every interface.
+    response = one(srv, head("GET", "/small.txt", host="evil.example:8000"))
+    assert response.status == (421 if bind == "loopback" else 200)
 
 
 def test_foreign_host_is_421_exactly(server: Server) -> None:

@@ -188,6 +188,26 @@ def test_editing_html_reloads_the_page(tab: Tab, server: Server) -> None:
     assert tab.navigations == 1
 
 
+def test_the_client_script_body_is_sent_once(context: BrowserContext, server: Server) -> None:
+    """What the README says of reload.js: its URL is versioned and it is cacheable for
+    good, so its body crosses the wire once; Chromium revalidates it on later page loads
+    (a reload included) and each of those gets a 304 without a body."""
+    page = context.new_page()
+    statuses: list[int] = []
+    page.on(
+        "response",
+        lambda r: statuses.append(r.status) if "/__sitepeek__/reload.js" in r.url else None,
+    )
+    tab = Tab(page).open(server.url + "/")
+    (server.root / "index.html").write_text(page_html("Edited"))
+    tab.wait_reloaded("Edited")
+    (server.root / "index.html").write_text(page_html("Edited again"))
+    tab.wait_reloaded("Edited again")
+    assert statuses[0] == 200
+    assert all(status == 304 for status in statuses[1:]), statuses
+    assert tab.navigations == 2
+
+
 def test_editing_css_swaps_it_without_navigation(tab: Tab, server: Server) -> None:
     assert computed(tab, "h1", "color") == "rgb(255, 0, 0)"
     (server.root / "style.css").write_text(

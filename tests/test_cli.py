@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import start_server
+from conftest import H11Client, start_server
 from sitepeek import __version__, cli, console, server
 from sitepeek.config import OPTIONS, Config
 
@@ -43,6 +43,7 @@ def site(tmp_path: Path) -> Path:
     root = tmp_path / "site"
     root.mkdir()
     (root / "index.html").write_text("<p>hi</p>\n")
+    (root / "app.html").write_text("<p>app</p>\n")  # a --spa fallback
     return root
 
 
@@ -272,6 +273,11 @@ FILE_ERRORS = [
         "pyproject.toml [tool.sitepeek]: key 'host': expected a string, got an integer (1)",
     ),
     ("pyproject.toml", "[tool]\nsitepeek = 3\n", "pyproject.toml [tool.sitepeek]: expected a"),
+    ("sitepeek.toml", "root = 'nope'\n", "sitepeek.toml: key 'root': "),
+    ("sitepeek.toml", "root = 3\n", "key 'root': expected a directory name, got an integer"),
+    ("sitepeek.toml", "root = ''\n", "key 'root': expected a directory name"),
+    ("sitepeek.toml", "dir = 'docs'\n", "unknown key 'dir' (did you mean 'root'?)"),
+    ("pyproject.toml", "[tool.sitepeek]\nroot = 'x'\n", "[tool.sitepeek]: key 'root': "),
 ]
 
 
@@ -452,11 +458,11 @@ def complete(words: str, cword: int) -> list[str]:
 
 def test_completion_knows_the_worker_models_and_completes_directories() -> None:
     assert complete("sitepeek --workers ", 2) == [
-        "plain,greenlets",
-        "plain,threads",
-        "plain,processes",
+        "plain\tgreenlets\t",
+        "plain\tthreads\t",
+        "plain\tprocesses\t",
     ]
-    assert complete("sitepeek serve ", 2) == ["dir,"]
+    assert complete("sitepeek serve ", 2) == ["dir\t\t"]
 
 
 def test_completion_in_process() -> None:
@@ -636,19 +642,21 @@ def test_real_process_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr + bad_file.stderr
 
 
-@pytest.mark.parametrize("model", ["greenlets", "threads", "processes"])
-def test_summary_when_stopped(site: Path, model: str) -> None:
-    srv = start_server(site, model)
-    for _ in range(2):
+def test_summary_when_stopped(site: Path, worker_model: str) -> None:
+    """The request count is summed over every worker process, on separate connections
+    (which the kernel spreads over the workers) and one keep-alive connection."""
+    srv = start_server(site, worker_model, "--processes", "3")
+    for _ in range(7):
         with urllib.request.urlopen(srv.url + "/") as response:
             assert response.status == 200
+    with srv.connect() as sock:
+        client = H11Client(sock)
+        for _ in range(5):
+            assert client.request("GET", "/app.html").status == 200
     assert srv.stop(signal.SIGINT) == 0
     out = "".join(srv.stdout_lines)
     (line,) = [x for x in out.splitlines() if x.startswith("Stopped after")]
-    if model == "processes":  # the requests were counted in the workers
-        assert re.fullmatch(r"Stopped after \d+\.\d s: 0 reloads\.", line), line
-    else:
-        assert re.fullmatch(r"Stopped after \d+\.\d s: 2 requests served, 0 reloads\.", line)
+    assert re.fullmatch(r"Stopped after \d+\.\d s: 12 requests served, 0 reloads\.", line)
     assert out.index("Press Ctrl-C to stop.") < out.index("Stopped after")
 
 
@@ -664,6 +672,22 @@ def test_open_starts_the_browser_once_serving(site: Path, tmp_path: Path) -> Non
         while not (opened.exists() and opened.read_text()) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert opened.read_text() == f"{srv.url}/about/\n"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_bare_open_with_a_base_opens_the_site(site: Path, tmp_path: Path) -> None:
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    env = {"BROWSER": str(browser), "DISPLAY": ""}
+    srv = start_server(site, "greenlets", "--base", "/docs/", "--open", env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not (opened.exists() and opened.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert opened.read_text() == f"{srv.url}/docs/\n"
     finally:
         assert srv.stop() == 0
 
@@ -695,3 +719,148 @@ def test_click_is_imported_only_by_the_cli() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n.split(".")[0] == "click" for n in names), path
+
+
+# -- --spa mistakes and what the banner says ------------------------------------------
+def test_spa_with_a_directory_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    """``sitepeek serve --spa dist`` (the ``serve -s dist`` habit) takes dist for the
+    fallback FILE: exit 2 naming it and the command meant, never serving the wrong
+    directory."""
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.html").write_text("<p>app</p>\n")
+    for argv in (["serve", "--spa", "dist"], ["--spa", "dist"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sitepeek", *argv, "--port", "0"],
+            capture_output=True, text=True, timeout=20, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout
+        assert done.stdout == ""
+        assert done.stderr.splitlines()[-1] == (
+            f"Error: --spa dist: {tmp_path / 'dist'} is a directory, but --spa takes the "
+            "fallback FILE (default index.html); to serve dist as a single-page app, run: "
+            "sitepeek serve dist --spa"
+        )
+
+
+@pytest.mark.parametrize(
+    "args", [["--spa"], ["--spa", "app.html"], ["--spa=missing/index.html"]], ids=str
+)
+def test_spa_fallback_that_does_not_exist_is_exit_2_naming_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "about.html").write_text("<p>not a fallback</p>\n")
+    done = run("serve", str(root), *args, "--port", "0")
+    name = "index.html" if args == ["--spa"] else args[-1].removeprefix("--spa=")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: --spa {name}: the fallback file {root / name} does not exist"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_banner_says_which_modes_are_on(site: Path, worker_model: str) -> None:
+    (site / "_redirects").write_text("/old /new 301\n")
+    srv = start_server(
+        site, worker_model, "--spa", "app.html", "--base", "/docs/",
+        "--proxy", "/api=http://127.0.0.1:3000",
+    )  # fmt: skip
+    try:
+        lines = [line.rstrip("\n") for line in srv.stdout_lines]
+        assert f"  Local:    http://127.0.0.1:{srv.port}/docs/" in lines
+        assert lines[lines.index("  Reload:   on, watching for changes") + 1 :][:5] == [
+            "  SPA:      missing pages get /app.html (status 200), assets 404",
+            "  Base:     the site is served under /docs/",
+            "  Rules:    _redirects (--no-rules to ignore)",
+            "  Proxy:    /api -> http://127.0.0.1:3000",
+            "",
+        ]
+        with urllib.request.urlopen(f"{srv.url}/docs/") as response:  # the URL printed
+            assert response.status == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_banner_without_modes_has_no_mode_lines(site: Path) -> None:
+    text = banner(Config(root=site, rules=True))
+    assert not re.search(r"^  (SPA|Base|Rules|Proxy):", text, re.M)
+    assert "http://127.0.0.1:8000/\n" in text
+
+
+# -- the directory to serve from a config file ------------------------------------------
+@pytest.mark.parametrize("name", ["sitepeek.toml", "pyproject.toml"])
+def test_root_in_a_config_file(tmp_path: Path, name: str) -> None:
+    build = tmp_path / "docs" / "_build"
+    build.mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    text = 'root = "docs/_build"\nport = 9100\n'
+    (tmp_path / name).write_text(text if name == "sitepeek.toml" else "[tool.sitepeek]\n" + text)
+    label = "sitepeek.toml" if name == "sitepeek.toml" else "pyproject.toml [tool.sitepeek]"
+    for args in (["config"], ["serve", "--print-config"], ["--print-config"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert f"serving {build.resolve()}\n" in result.output
+        assert source_of(result.output, "root") == ('"docs/_build"', label)
+    given = invoke("config", "other")  # DIR on the command line wins
+    assert f"serving {(tmp_path / 'other').resolve()}\n" in given.output
+    assert source_of(given.output, "root") == ('"other"', "command line")
+    assert source_of(invoke("config", "--no-reload").output, "port") == ("9100", label)
+
+
+def test_root_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "build").mkdir()
+    (tmp_path / "sitepeek.toml").write_text('root = "build"\n')
+    result = invoke("config", env={"SITEPEEK_ROOT": "site"})  # environment > file
+    assert source_of(result.output, "root") == ('"site"', "SITEPEEK_ROOT")
+    assert f"serving {(tmp_path / 'site').resolve()}\n" in result.output
+    given = invoke("config", "build", env={"SITEPEEK_ROOT": "site"})  # command line > env
+    assert source_of(given.output, "root") == ('"build"', "command line")
+    missing = invoke("config", env={"SITEPEEK_ROOT": "nope"})
+    assert missing.exit_code == 2
+    assert missing.output == "Error: environment variable SITEPEEK_ROOT: nope is not a directory\n"
+
+
+def test_root_default_is_the_current_directory(tmp_path: Path) -> None:
+    result = invoke("config")
+    assert source_of(result.output, "root") == ('"."', "default")
+    assert f"serving {tmp_path.resolve()}\n" in result.output
+
+
+def _serve_in(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sitepeek", *args, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    while not (match := re.search(r"http://127\.0\.0\.1:(\d+)/", "".join(lines))):
+        line = proc.stdout.readline()
+        assert line, f"sitepeek exited: {proc.communicate(timeout=5)}"
+        lines.append(line)
+    assert lines[0].endswith("_build\n") or "other" in lines[0], lines[0]
+    return proc, int(match.group(1))
+
+
+def test_plain_sitepeek_serves_the_root_of_its_config_file(
+    tmp_path: Path, worker_model: str
+) -> None:
+    build = tmp_path / "docs" / "_build"
+    build.mkdir(parents=True)
+    (build / "index.html").write_text("<p>the built site</p>\n")
+    (tmp_path / "index.html").write_text("<p>the sources</p>\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "index.html").write_text("<p>other</p>\n")
+    (tmp_path / "sitepeek.toml").write_text(f'root = "docs/_build"\nworkers = "{worker_model}"\n')
+    for args, expected in ((["serve"], b"the built site"), ([], b"the built site"),
+                           (["serve", "other"], b"other")):  # fmt: skip
+        proc, port = _serve_in(tmp_path, *args)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
+                assert expected in response.read()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+        assert proc.returncode == 0

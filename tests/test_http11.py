@@ -140,6 +140,16 @@ def body_err(
 
 
 H = {"host": "example.com"}
+# Host field values that are not uri-host [":" port] (RFC 9112 §3.2, RFC 3986 §3.2.2).
+INVALID_HOSTS = [
+    b"a b", b"a\tb", b"a@b", b"x:y:z", b"a/b", b"[::1", b"", b"[::1]x", b"[::1]:x",
+    b"a:b", b"a:80:80", b"a?b", b"a#b", b"a\\b", b"a%zz", b"caf\xc3\xa9", b"[1.2.3.4]",
+    b"[fe80::1%eth0]", b"[]", b":80", b"a]", b"a[",
+]  # fmt: skip
+VALID_HOSTS = [
+    b"example.com", b"example.com:8000", b"localhost:", b"127.0.0.1:80", b"[::1]",
+    b"[::1]:8000", b"[v1.fe:x]", b"xn--caf-dma.example", b"a%20b", b"a_b~!$&'()*+,;=",
+]  # fmt: skip
 LONG = "a" * (9 * KIB)
 # Request line of exactly max_request_line bytes: "GET " + target + " HTTP/1.1".
 TARGET_AT_LIMIT = "/" + "a" * (8 * KIB - len("GET / HTTP/1.1"))
@@ -323,6 +333,22 @@ CASES: list[Case] = [
     err("missing-host", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
     err("two-host-fields", b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
     err("two-host-fields-http10", b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    # RFC 9112 §3.2: Host = uri-host [":" port]; anything else is a 400, in 1.0 too.
+    *(
+        err(f"invalid-host-{i}", b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n", 400)
+        for i, value in enumerate(INVALID_HOSTS)
+    ),
+    *(
+        err(f"invalid-host-http10-{i}", b"GET / HTTP/1.0\r\nHost: " + value + b"\r\n\r\n", 400)
+        for i, value in enumerate(INVALID_HOSTS)
+    ),
+    *(
+        ok(f"valid-host-{i}", b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n",
+           {"headers": {"host": value.decode()}})
+        for i, value in enumerate(VALID_HOSTS)
+    ),
+    err("absolute-form-invalid-authority", head("GET http://x:y:z/ HTTP/1.1", "Host: h"), 400),
+    err("absolute-form-with-invalid-host", head("GET http://h/ HTTP/1.1", "Host: a b"), 400),
     # RFC 9112 §5.1: no whitespace between field name and colon.
     err("space-before-colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
     err("tab-before-colon", b"GET / HTTP/1.1\r\nHost\t: x\r\n\r\n", 400),

@@ -14,6 +14,8 @@ import base64
 import gzip
 import hashlib
 import json
+import os
+import shutil
 import signal
 import socket
 import struct
@@ -576,3 +578,48 @@ def test_200_tabs_cost_little_memory_and_all_reload(live: Server) -> None:
     finally:
         for client in clients:
             client.close()
+
+
+# -- validators of injected pages -----------------------------------------------------
+def test_injected_page_validators_change_with_the_client(tmp_path: Path, worker_model: str) -> None:
+    """RFC 9110 §8.8.3: a page with the client injected is a different representation
+    when the client changes (an upgrade of sitepeek): a tab revalidating with the old
+    ETag or date gets the new page with the new script URL, not a 304."""
+    package = tmp_path / "lib"
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "src" / "sitepeek",
+        package / "sitepeek",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    long_ago = time.time() - 30 * 86400
+    for path in package.rglob("*"):
+        os.utime(path, (long_ago, long_ago))
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("<!doctype html><body><p>page</p></body>\n")
+    os.utime(root / "index.html", (long_ago - 86400, long_ago - 86400))
+    env = {"PYTHONPATH": str(package)}
+
+    before = start_server(root, worker_model, env=env)
+    try:
+        first = request(before, "GET", "/")
+        etag, date = first.header("etag"), first.header("last-modified")
+        assert first.status == 200 and etag and date
+        for validator in ({"If-None-Match": etag}, {"If-Modified-Since": date}):
+            assert request(before, "GET", "/", validator).status == 304
+    finally:
+        stop_cleanly(before)
+
+    script = package / "sitepeek" / "assets" / "reload.js"
+    script.write_bytes(script.read_bytes() + b"\n// the next release\n")
+    after = start_server(root, worker_model, env=env)
+    try:
+        for validator in ({"If-None-Match": etag}, {"If-Modified-Since": date}):
+            response = request(after, "GET", "/", validator)
+            assert response.status == 200, validator
+            assert client_tag(script.read_bytes()) in response.body
+            assert response.header("etag") != etag
+        current = {"If-None-Match": response.header("etag") or ""}
+        assert request(after, "GET", "/", current).status == 304
+    finally:
+        stop_cleanly(after)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -321,3 +325,62 @@ def test_make_request_log_defaults_to_stdout(
     log.record("GET", "/x", 200, 0, 0.0)
     log.close()
     assert " GET /x 200 " in capsys.readouterr().out
+
+
+# -- the real process -----------------------------------------------------------------
+def test_json_format_keeps_stdout_for_json_lines(tmp_path: Path, worker_model: str) -> None:
+    """``sitepeek --log-format json | jq``: every stdout line is a JSON object, one per
+    request; the banner, the reload line and the summary go to stderr."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("<p>hi</p>\n")
+    (root / "style.css").write_text("p {}\n")
+    cmd = [sys.executable, "-m", "sitepeek", "serve", str(root), "--port", "0"]
+    cmd += ["--workers", worker_model, "--processes", "2", "--log-format", "json"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    stdout: list[str] = []
+    stderr: list[str] = []
+    pumps = [
+        threading.Thread(target=lambda: stdout.extend(proc.stdout or ()), daemon=True),
+        threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+
+    def wait_for(pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + 15
+        while not (match := re.search(pattern, "".join(stderr))):
+            assert proc.poll() is None, f"sitepeek exited: {''.join(stderr)}"
+            assert time.monotonic() < deadline, (pattern, stderr, stdout)
+            time.sleep(0.02)
+        return match
+
+    try:
+        port = int(wait_for(r"http://127\.0\.0\.1:(\d+)/").group(1))
+        targets = ["/", "/style.css", "/missing", '/q?x="\\"', "/caf%C3%A9"]
+        for target in targets:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        (root / "style.css").write_text("p { color: red }\n")
+        wait_for("reload · ")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        for pump in pumps:
+            pump.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    out = "".join(stdout)
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in out.splitlines()]  # every line, or it fails
+    assert all(isinstance(record, dict) for record in records)
+    assert sorted(record["path"] for record in records) == sorted(targets)
+    assert "Press Ctrl-C to stop." in "".join(stderr)
+    assert "Stopped after" in "".join(stderr)

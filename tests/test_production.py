@@ -492,7 +492,19 @@ def recv_head(sock: socket.socket) -> tuple[bytes, bytes]:
 
 # == SPA fallback =======================================================================
 @pytest.mark.parametrize("accept", [HTML, BROWSER_ACCEPT, {}], ids=["html", "browser", "none"])
-@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/settings/42", "/users/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard",
+        "/dashboard/settings/42",
+        "/users/",
+        # A dot in the last segment does not make an asset (issue 19): the app's route.
+        "/users/john.doe",
+        "/releases/v1.2",
+        "/old-page.html",
+        "/posts/hello.world/",
+    ],
+)
 def test_spa_fallback_serves_index(
     spa_server: Server, spa_site: Path, path: str, accept: dict[str, str]
 ) -> None:
@@ -523,8 +535,12 @@ def test_spa_custom_file(spa_app_server: Server, spa_site: Path) -> None:
     ("path", "headers"),
     [
         ("/dashboard", JSON_ONLY),  # does not accept HTML
-        ("/app.js", HTML),  # a missing asset
+        ("/app.js", HTML),  # a missing asset: its type is in the Content-Type table
         ("/img/logo.png", BROWSER_ACCEPT),
+        ("/users/john.css", BROWSER_ACCEPT),
+        ("/assets/index-4f2a.js.map", HTML),
+        ("/data/USERS.JSON", HTML),
+        ("/fonts/inter.woff2", BROWSER_ACCEPT),
         ("/.hidden", HTML),  # an existing dotfile
         ("/.well-known/x", HTML),
         ("/.secret/route", HTML),

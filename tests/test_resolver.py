@@ -981,9 +981,15 @@ HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
         ("/app.js", "GET", HTML, False),
         ("/assets/app.css", "GET", HTML, False),
         ("/favicon.ico", "GET", HTML, False),
-        ("/page.html", "GET", HTML, False),
+        ("/data.JSON", "GET", HTML, False),  # extensions match case-insensitively
+        ("/app.js.map", "GET", HTML, False),
         ("/app%2Ejs", "GET", HTML, False),
-        ("/x.", "GET", HTML, False),
+        # A last segment named like no asset type is an app route (issue 19).
+        ("/users/john.doe", "GET", HTML, True),
+        ("/v1.2", "GET", HTML, True),
+        ("/page.html", "GET", HTML, True),  # a page, not an asset: the app decides
+        ("/x.", "GET", HTML, True),
+        ("/archive.php", "GET", HTML, True),
         ("/.env", "GET", HTML, False),
         ("/%2Eenv", "GET", HTML, False),
         ("/a/.git/config", "GET", HTML, False),

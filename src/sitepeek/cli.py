@@ -12,14 +12,18 @@ status 2; a server that cannot start is one ``Error:`` line and exit status 1.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import CompletionItem, ShellComplete, add_completion_class
 
 from sitepeek import __version__
 from sitepeek.config import (
@@ -36,8 +40,9 @@ from sitepeek.config import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROG_NAME = "sitepeek"
-COMPLETE_VAR = "_SITEPEEK_COMPLETE"
+COMPLETE_VAR = "_SITEPEEK_COMPLETE"  # assets/completion.* call sitepeek with it
 SHELLS = ("bash", "zsh", "fish")
+LINE_BREAKS = re.compile(r"[\t\r\n]")  # would split a completion's answer line
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 
@@ -130,10 +135,11 @@ directory_argument = click.argument(
 def cli(ctx: click.Context, /, **_: Any) -> None:
     """Preview a static site: a fast, correct HTTP/1.1 server with live reload.
 
-    Plain `sitepeek` serves the current directory; `sitepeek serve DIR` serves DIR.
-    Options may come before or after the command. Each option can also be set in
-    sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the current directory), or
-    as SITEPEEK_<OPTION> in the environment; `sitepeek config` shows what is in effect.
+    Plain `sitepeek` serves the current directory (or the config file's `root`);
+    `sitepeek serve DIR` serves DIR. Options may come before or after the command. Each
+    option can also be set in sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the
+    current directory), or as SITEPEEK_<OPTION> in the environment; `sitepeek config`
+    shows what is in effect.
     """
     if ctx.invoked_subcommand is None:
         _run(ctx, Path("."))
@@ -146,7 +152,7 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
 @version_option
 @click.pass_context
 def serve(ctx: click.Context, /, directory: Path, **_: Any) -> None:
-    """Serve DIRECTORY (default: the current directory)."""
+    """Serve DIRECTORY (default: the config file's root, else the current directory)."""
     _run(ctx, directory)
 
 
@@ -170,19 +176,76 @@ def completion(shell: str) -> None:
 
     \b
     bash: eval "$(sitepeek completion bash)"   (in ~/.bashrc)
-    zsh:  eval "$(sitepeek completion zsh)"    (in ~/.zshrc)
+    zsh:  eval "$(sitepeek completion zsh)"    (in ~/.zshrc, after compinit)
     fish: sitepeek completion fish > ~/.config/fish/completions/sitepeek.fish
     """
     click.echo(completion_script(shell), nl=False)
 
 
 def completion_script(shell: str) -> str:
-    """The script from click's completion machinery; it calls back into sitepeek."""
-    completion_class = get_completion_class(shell)
-    if completion_class is None:  # pragma: no cover - SHELLS are click's own
-        raise click.BadParameter(f"no completion for {shell}")
-    source = completion_class(cli, {}, PROG_NAME, COMPLETE_VAR).source()
-    return source if source.endswith("\n") else source + "\n"
+    """The completion script for ``shell``: sitepeek's own (``assets/completion.*``),
+    so it is the same whichever click release is installed."""
+    return resources.files("sitepeek").joinpath(f"assets/completion.{shell}").read_text()
+
+
+def split_words(text: str) -> list[str]:
+    """Split a command line as the shell would; an unclosed quote keeps what follows it."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    words: list[str] = []
+    try:
+        words.extend(lexer)
+    except ValueError:  # an unclosed quote: the word being typed
+        words.append(lexer.token)
+    return words
+
+
+class SitepeekComplete(ShellComplete):
+    """Shell completion with sitepeek's own scripts and answer format, replacing click's
+    for bash, zsh and fish: click's scripts and formats changed between releases (the
+    fish script of click 8.4.0 runs each completion as a command). The answer is one
+    completion a line, ``TYPE<tab>VALUE<tab>HELP``, which the scripts never evaluate."""
+
+    def source(self) -> str:
+        return completion_script(self.name)
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        """bash and zsh give the words and the index of the one being completed."""
+        words = split_words(os.environ["COMP_WORDS"])
+        index = int(os.environ["COMP_CWORD"])
+        incomplete = words[index] if index < len(words) else ""
+        return words[1:index], incomplete
+
+    def format_completion(self, item: CompletionItem) -> str:
+        fields = (item.type, str(item.value), item.help or "")
+        return "\t".join(LINE_BREAKS.sub(" ", field) for field in fields)
+
+
+class BashComplete(SitepeekComplete):
+    name = "bash"
+
+
+class ZshComplete(SitepeekComplete):
+    name = "zsh"
+
+
+class FishComplete(SitepeekComplete):
+    name = "fish"
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        """fish gives the line up to the cursor and the word being completed, which
+        that line also ends with."""
+        words = split_words(os.environ["COMP_WORDS"])[1:]
+        typed = split_words(os.environ["COMP_CWORD"])
+        incomplete = typed[0] if typed else ""
+        if incomplete and words and words[-1] == incomplete:
+            words.pop()
+        return words, incomplete
+
+
+for _shell_class in (BashComplete, ZshComplete, FishComplete):
+    add_completion_class(_shell_class)
 
 
 def _lineage(ctx: click.Context) -> Iterator[click.Context]:
@@ -216,14 +279,26 @@ def settings_for(ctx: click.Context) -> Settings:
         raise ConfigFileError(str(exc)) from None
 
 
+def _given_directory(ctx: click.Context, directory: Path) -> Path | None:
+    """DIR when the command line gave it; None lets a config file's ``root`` decide."""
+    if "directory" not in ctx.params:
+        return None  # plain `sitepeek`
+    given = ctx.get_parameter_source("directory") is ParameterSource.COMMANDLINE
+    return directory if given else None
+
+
 def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
     settings = settings_for(ctx)
     try:
-        config = settings.config(directory.resolve())
+        root = settings.root_for(_given_directory(ctx, directory))
+    except ConfigError as exc:
+        raise ConfigFileError(str(exc)) from None
+    try:
+        config = settings.config(Path(root.value).resolve())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if print_only or any(context.params.get("print_config") for context in _lineage(ctx)):
-        click.echo(settings.describe(config.root))
+        click.echo(settings.describe(config.root, root))
         return
 
     from sitepeek.server import StartupError, serve
@@ -239,4 +314,4 @@ def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name=PROG_NAME)
+    cli(prog_name=PROG_NAME, complete_var=COMPLETE_VAR)  # the name the scripts use

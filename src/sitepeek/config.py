@@ -107,10 +107,28 @@ class Config:
             raise ValueError(f"--open path {self.open!r} must start with /")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"unknown log format {self.log_format!r}")
+        if self.spa is not None:
+            _check_spa_fallback(self.root, self.spa)
 
     @property
     def process_count(self) -> int:
         return self.processes or os.cpu_count() or 1
+
+
+def _check_spa_fallback(root: Path, name: str) -> None:
+    """The --spa fallback must be a file of the site. ``sitepeek serve --spa dist`` (the
+    ``serve -s dist`` habit) takes ``dist`` as the fallback FILE: say so, not serve the
+    current directory with a fallback that can never be found."""
+    path = root / name
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ValueError(
+            f"--spa {name}: {path} is a directory, but --spa takes the fallback FILE "
+            f"(default index.html); to serve {name} as a single-page app, run: "
+            f"sitepeek serve {name} --spa"
+        )
+    raise ValueError(f"--spa {name}: the fallback file {path} does not exist")
 
 
 # -- kinds of values: parse text (command line, environment) and TOML values -----------
@@ -513,8 +531,10 @@ OPTIONS: tuple[Option, ...] = (
         "spa",
         SiteFile(),
         None,
-        "Single-page app: answer HTML requests for unknown extension-less paths with FILE "
-        "(status 200), as Netlify's /* /index.html 200 does.",
+        "Single-page app: a missing path gets FILE with status 200 when the request "
+        "accepts HTML, as Netlify's /* /index.html 200 does (/users/john.doe too), except "
+        "asset names: a last segment ending in a known non-HTML type (.js, .css, .png, "
+        ".json...) keeps its 404.",
         bare_value="index.html",
         default_text="off",
     ),
@@ -579,7 +599,8 @@ OPTIONS: tuple[Option, ...] = (
         "open",
         UrlPath(),
         None,
-        "Open the default browser at the served URL (plus PATH) once the server is up.",
+        "Open the default browser at the served URL (plus PATH; without it, the site under "
+        "--base) once the server is up.",
         bare_value="/",
         default_text="no",
     ),
@@ -601,10 +622,16 @@ OPTIONS: tuple[Option, ...] = (
         "log_format",
         Choice(LOG_FORMATS, metavar="[" + "|".join(LOG_FORMATS) + "]"),
         "text",
-        "Request log format: text for people, json for tools (one object per line).",
+        "Request log format: text for people, json for tools (one object per line on "
+        "stdout; the banner, reload lines and the summary then go to stderr).",
     ),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+# The directory to serve: DIR on the command line, SITEPEEK_ROOT, ``root`` in a file.
+ROOT_KEY = "root"
+ROOT_ENV = ENV_PREFIX + "ROOT"
+ROOT_OPTION = Option(ROOT_KEY, Text(), ".", "The directory to serve (DIR).")
 
 
 # -- where values come from -------------------------------------------------------------
@@ -629,6 +656,7 @@ class ConfigFile:
     label: str  # "sitepeek.toml" or "pyproject.toml [tool.sitepeek]"
     values: dict[str, Any]
     shadows: str | None = None  # a [tool.sitepeek] table ignored because sitepeek.toml wins
+    root: str | None = None  # the directory to serve, as written (relative to the file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,13 +666,33 @@ class Settings:
     values: tuple[Setting, ...]
     file: ConfigFile | None
     directory: Path  # where config files were looked for
+    env_root: str | None = None  # SITEPEEK_ROOT, relative to the current directory
 
     def config(self, root: Path) -> Config:
         """The Config to serve ``root`` with; raises ValueError on an inconsistency."""
         kwargs = {s.option.name: s.option.to_config(s.value) for s in self.values}
         return Config(root=root, **kwargs)
 
-    def describe(self, root: Path) -> str:
+    def root_for(self, given: Path | None) -> Setting:
+        """The directory to serve: DIR from the command line, else SITEPEEK_ROOT, else the
+        config file's ``root`` (relative to the file), else the current directory. The
+        Setting's value is the path to serve; raises ConfigError when it is no directory."""
+        if given is not None:
+            return Setting(ROOT_OPTION, given, COMMAND_LINE_SOURCE)
+        if self.env_root is not None:
+            path = Path(self.env_root)
+            if not path.is_dir():
+                raise ConfigError(f"environment variable {ROOT_ENV}: {path} is not a directory")
+            return Setting(ROOT_OPTION, path, ROOT_ENV)
+        if self.file is None or self.file.root is None:
+            return Setting(ROOT_OPTION, Path("."), DEFAULT_SOURCE)
+        path = self.file.path.parent / self.file.root
+        if not path.is_dir():
+            problem = "does not exist" if not path.exists() else "is not a directory"
+            raise ConfigError(f"{self.file.label}: key 'root': {path} {problem}")
+        return Setting(ROOT_OPTION, path, self.file.label)
+
+    def describe(self, root: Path, root_setting: Setting | None = None) -> str:
         """The effective settings as TOML, each with its source as a comment."""
         lines = [f"# sitepeek settings for serving {root}"]
         if self.file is None:
@@ -657,6 +705,11 @@ class Settings:
                 lines.append(f"# ({self.file.shadows} is ignored: {PROJECT_FILE} wins)")
         lines.append("# precedence: command line > SITEPEEK_* environment > file > default")
         rows = [(_toml_line(s), s.source) for s in self.values]
+        if root_setting is not None:
+            from_file = self.file is not None and root_setting.source == self.file.label
+            written = self.file.root if self.file is not None and from_file else None
+            text = written if written is not None else str(root_setting.value)
+            rows.insert(0, (f"root = {ROOT_OPTION.kind.to_toml(text)}", root_setting.source))
         width = max(len(text) for text, _ in rows)
         lines += [f"{text.ljust(width)}  # {source}" for text, source in rows]
         return "\n".join(lines)
@@ -683,7 +736,9 @@ def resolve(
     Raises ConfigError for an unknown key or a bad value in a file or the environment.
     """
     directory = Path.cwd() if directory is None else directory
-    env_values = read_environment(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env_root = environ.get(ROOT_ENV) or None
+    env_values = read_environment({k: v for k, v in environ.items() if k != ROOT_ENV})
     config_file = find_config_file(directory)
     file_values = config_file.values if config_file else {}
     settings = []
@@ -700,7 +755,7 @@ def resolve(
         else:
             value, source = option.default, DEFAULT_SOURCE
         settings.append(Setting(option, value, source))
-    return Settings(tuple(settings), config_file, directory)
+    return Settings(tuple(settings), config_file, directory, env_root)
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -739,12 +794,27 @@ def find_config_file(directory: Path) -> ConfigFile | None:
                 shadows = PYPROJECT_LABEL
         except ConfigError:
             pass  # not ours to complain about: it is not read
-        values = _file_values(_read_toml(project, PROJECT_FILE), PROJECT_FILE)
-        return ConfigFile(project, PROJECT_FILE, values, shadows)
-    table = _pyproject_table(pyproject)
-    if table is None:
+        table = _read_toml(project, PROJECT_FILE)
+        root = _file_root(table, PROJECT_FILE)
+        return ConfigFile(project, PROJECT_FILE, _file_values(table, PROJECT_FILE), shadows, root)
+    tool_table = _pyproject_table(pyproject)
+    if tool_table is None:
         return None
-    return ConfigFile(pyproject, PYPROJECT_LABEL, _file_values(table, PYPROJECT_LABEL))
+    root = _file_root(tool_table, PYPROJECT_LABEL)
+    values = _file_values(tool_table, PYPROJECT_LABEL)
+    return ConfigFile(pyproject, PYPROJECT_LABEL, values, None, root)
+
+
+def _file_root(table: dict[str, Any], label: str) -> str | None:
+    """Take ``root`` (the directory to serve, relative to the file) out of ``table``."""
+    raw = table.pop(ROOT_KEY, None)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(
+            f"{label}: key {ROOT_KEY!r}: expected a directory name, got {_toml_type(raw)}"
+        )
+    return raw
 
 
 def _pyproject_table(path: Path) -> dict[str, Any] | None:
@@ -774,7 +844,9 @@ def _file_values(table: Mapping[str, Any], label: str) -> dict[str, Any]:
     for key, raw in table.items():
         option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
         if option is None or key not in (option.name, option.key):
-            hint = _did_you_mean(key, [o.key for o in OPTIONS])
+            hint = _did_you_mean(key, [o.key for o in OPTIONS]) or _did_you_mean(key, [ROOT_KEY])
+            if key.lower() in ("dir", "directory", "docroot", "document-root", "public"):
+                hint = f" (did you mean {ROOT_KEY!r}?)"
             raise ConfigError(f"{label}: unknown key {key!r}{hint}")
         if option.name in spelled:
             raise ConfigError(f"{label}: {spelled[option.name]!r} and {key!r} are the same key")

@@ -160,6 +160,8 @@ class Banner:
     exposed: bool  # reachable from other machines
     workers: str
     reload: str
+    # (label, text) lines for modes that change what URLs serve: SPA, base, rules, proxy.
+    modes: tuple[tuple[str, str], ...] = ()
 
     def render(self, style: Style) -> str:
         label_width = 10
@@ -178,6 +180,7 @@ class Banner:
         lines += [
             "  " + "Workers:".ljust(label_width) + self.workers,
             "  " + "Reload:".ljust(label_width) + self.reload,
+            *("  " + label.ljust(label_width) + text for label, text in self.modes),
             "",
             style("  Press Ctrl-C to stop.", DIM),
             "",  # the request log starts below a blank line

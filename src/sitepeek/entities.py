@@ -12,11 +12,13 @@ a changed file is never served stale, with or without a watcher.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from typing import NamedTuple
 
 from sitepeek import inject
@@ -122,7 +124,7 @@ def load(
                 continue
         if inject_into and body is not None and snippet is not None:
             injected = inject.inject(body, snippet)
-            return _build(path, st, injected, compress, transformed=True), st
+            return _build(path, st, injected, compress, injected=snippet), st
         return _build(path, st, body, compress), st
     raise FileChanged(path)
 
@@ -189,18 +191,46 @@ def _read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def injected_validators(snippet: bytes) -> tuple[str, int]:
+    """(ETag suffix, modification time) of an injection: what a page's validators add.
+
+    A page with the reload client injected is the file plus the snippet, so its
+    validators change when either does (RFC 9110 §8.8.3): after an upgrade of sitepeek
+    the snippet's ``reload.js?v=`` changes, and a tab revalidating with the old ETag or
+    date must get the new page, not a 304 that keeps the old script.
+    """
+    digest = hashlib.blake2b(snippet, digest_size=4).hexdigest()
+    return f"-r{digest}", _injection_modified()
+
+
+@functools.cache
+def _injection_modified() -> int:
+    """The newest modification time (seconds) of what makes the injected snippet: the
+    reload client and the modules that write its tag. 0 when they are not files."""
+    package = resources.files("sitepeek")
+    newest = 0
+    for name in ("assets/reload.js", "inject.py", "livereload.py"):
+        try:
+            newest = max(newest, int(os.stat(str(package.joinpath(name))).st_mtime))
+        except (OSError, TypeError):
+            continue
+    return newest
+
+
 def _build(
     path: str,
     st: os.stat_result,
     body: bytes | None,
     compress: bool,
-    transformed: bool = False,
+    injected: bytes | None = None,
 ) -> Entity:
     size = st.st_size if body is None else len(body)
     etag = strong_etag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    if transformed:
-        etag = etag[:-1] + '-r"'  # not the file's bytes: never the file's tag
     last_modified = int(st.st_mtime)
+    if injected is not None:  # not the file's bytes: never the file's validators
+        suffix, injection_modified = injected_validators(injected)
+        etag = etag[:-1] + suffix + '"'
+        last_modified = max(last_modified, injection_modified)
     ctype = content_type(path)
     compressible = compress and should_compress(ctype, size)
     fields, validator_fields = header_fields(ctype, etag, last_modified, vary=compressible)
@@ -214,7 +244,7 @@ def _build(
         validator_fields=validator_fields,
         body=body,
         compressible=compressible,
-        transformed=transformed,
+        transformed=injected is not None,
     )
 
 

@@ -20,6 +20,7 @@ framing, limits), and one module keeps one definition of each rule.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -146,6 +147,21 @@ _FIELD_VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET_INVALID = re.compile(rb"[^\x21-\x7e]|#")
 # RFC 3986 §3.1 scheme, for absolute-form targets (RFC 9112 §3.2.2).
 _ABSOLUTE_FORM = re.compile(r"(?i)https?://([^/?]*)(.*)")
+# RFC 9112 §3.2: Host = uri-host [ ":" port ], with RFC 3986 §3.2.2 and §3.2.3:
+#   uri-host = IP-literal / IPv4address / reg-name     port = *DIGIT
+#   reg-name = *( unreserved / pct-encoded / sub-delims )   (IPv4address is one too)
+#   IP-literal = "[" ( IPv6address / IPvFuture ) "]"
+#   IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+# reg-name is 1* here: an empty Host names no site, and sitepeek answers it with 400.
+_UNRESERVED_SUB_DELIMS = r"A-Za-z0-9\-._~!$&'()*+,;="
+_REG_NAME = rf"(?:[{_UNRESERVED_SUB_DELIMS}]++|%[0-9A-Fa-f]{{2}})++"
+_URI_HOST_PORT = re.compile(
+    rf"(?:\[([0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[{_UNRESERVED_SUB_DELIMS}:]+)\]"
+    rf"|{_REG_NAME})(?::[0-9]*)?"
+)
+# Host values already found valid (bounded: hostile clients send endless names).
+_VALID_HOSTS: set[str] = set()
+_VALID_HOSTS_MAX = 1024
 # RFC 9112 §7.1: chunk-size = 1*HEXDIG
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;.*)?")
 
@@ -334,6 +350,11 @@ class RequestParser:
         self, method: str, target: str, version: str, headers: dict[str, str]
     ) -> Request:
         path, query, host = _split_target(method, target)
+        field = headers.get("host")
+        if field is not None and not is_valid_host(field):
+            # RFC 9112 §3.2: a server MUST answer 400 to an invalid Host field value,
+            # before anything looks at the name (the loopback allowlist answers 421).
+            raise ProtocolError(400, "Invalid Host header")
         if host is not None:
             # RFC 9112 §3.2.2: absolute-form wins over the Host field.
             headers["host"] = host
@@ -597,7 +618,7 @@ def _split_target(method: str, target: str) -> tuple[str, str | None, str | None
     if match is None:
         raise ProtocolError(400, "Invalid request target")
     authority, rest = match.groups()
-    if not authority or "@" in authority:
+    if not is_valid_host(authority):  # RFC 9112 §3.2.2: no userinfo either
         raise ProtocolError(400, "Invalid authority in request target")
     path, question, query = rest.partition("?")
     return (path or "/"), (query if question else None), authority
@@ -620,6 +641,28 @@ def _keep_alive(version: str, connection: str) -> bool:
         return False
     if version == "1.0":
         return "keep-alive" in tokens
+    return True
+
+
+def is_valid_host(value: str) -> bool:
+    """Is ``value`` a valid Host field value, ``uri-host [":" port]`` (RFC 9112 §3.2)?
+
+    Not empty; no userinfo (``a@b``), no path (``a/b``), at most one port of digits;
+    an IP-literal holds an IPv6 address (no zone) or an IPvFuture.
+    """
+    if value in _VALID_HOSTS:  # clients send the same Host on every request
+        return True
+    match = _URI_HOST_PORT.fullmatch(value)
+    if match is None:
+        return False
+    literal = match.group(1)
+    if literal is not None and not literal.startswith("v"):
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+    if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+        _VALID_HOSTS.add(value)
     return True
 
 

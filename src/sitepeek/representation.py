@@ -197,6 +197,14 @@ _CONTENT_TYPES: dict[str, str] = {
 }
 
 
+def is_asset_name(name: str) -> bool:
+    """Does ``name`` end in the extension of a known type other than an HTML page
+    (``app.js``, ``logo.svg``, ``data.json``; not ``john.doe``, ``v1.2`` or ``a.html``)?
+    The SPA fallback leaves a missing asset its 404 and gives any other path the app."""
+    ctype = content_type(name)
+    return ctype != OCTET_STREAM and not ctype.startswith("text/html")
+
+
 def content_type(name: str) -> str:
     """The Content-Type header value for a file ``name`` (a bare name or a path).
 

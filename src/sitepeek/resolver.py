@@ -56,6 +56,7 @@ from typing import NamedTuple, TypeAlias
 from urllib.parse import quote, unquote_to_bytes
 
 from sitepeek.http11 import QVALUE, TOKEN
+from sitepeek.representation import is_asset_name
 
 __all__ = [
     "BadPath",
@@ -461,9 +462,11 @@ def spa_eligible(raw_path: str, method: str, accept: str) -> bool:
 
     Only for a GET or HEAD whose ``Accept`` allows text/html (an empty field counts as
     "*/*"), and a path that looks like an app route: a valid path whose last segment
-    has no file extension (``/app.js`` must stay a 404 a developer can see), with no
-    dot-segments or dotfiles (which covers ``/.well-known/``), and outside sitepeek's
-    own ``/__sitepeek__/``.
+    is not named like an asset, that is, does not end in the extension of a type in
+    sitepeek's Content-Type table other than HTML (``/app.js``, ``/logo.png`` and
+    ``/data.json`` stay 404s a developer can see; ``/users/john.doe``, ``/v1.2`` and
+    ``/about.html`` get the app), with no dot-segments or dotfiles (which covers
+    ``/.well-known/``), and outside sitepeek's own ``/__sitepeek__/``.
     """
     if method not in ("GET", "HEAD") or media_type_weight(accept, "text/html") == 0:
         return False
@@ -483,7 +486,7 @@ def _is_app_route(raw_path: str) -> bool:
         if isinstance(segment, BadPath) or segment.startswith("."):
             return False  # ".", "..", dotfiles, .well-known
         last = segment
-    return "." not in last
+    return not is_asset_name(last)
 
 
 def media_type_weight(accept: str, media_type: str) -> int:

@@ -34,8 +34,14 @@ class StartupError(Exception):
     """The server cannot start; the message is shown to the user as is."""
 
 
-def serve(config: Config, out: TextIO = sys.stdout) -> None:
-    """Bind, announce, and serve until SIGINT/SIGTERM."""
+def serve(config: Config, out: TextIO | None = None) -> None:
+    """Bind, announce, and serve until SIGINT/SIGTERM.
+
+    The banner, notices, reload lines and the summary go to ``out``: by default standard
+    output, but standard error with ``--log-format json``, so that standard output holds
+    nothing but the request log's JSON lines (``sitepeek --log-format json | jq``).
+    """
+    out = console_stream(config) if out is None else out
     _raise_fd_limit()
     listener = bind(config)
     port = listener.getsockname()[1]
@@ -44,7 +50,8 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
     model_class = workers.load(config.workers)
     feed = ChangeFeed()
     # For the summary: the handlers of this process (none here with --workers processes:
-    # they live in the workers) and the reloads the watcher announced.
+    # they live in the workers, which report their counts to the model) and the reloads
+    # the watcher announced.
     handlers: list[Handler] = []
     reloads = 0
 
@@ -78,7 +85,8 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         started = time.monotonic()
         print_banner(config, port, out)
         if config.open is not None:
-            path = urllib.parse.quote(config.open.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
+            where = config.base if config.open == "/" else config.open  # the site's URL
+            path = urllib.parse.quote(where.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
             console.open_browser(url_for(config.host, port) + path)
 
     # Where worker processes agree on what was already reported (see ``claim``).
@@ -93,8 +101,22 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         if watcher is not None:
             watcher.stop()
         shutil.rmtree(notices, ignore_errors=True)
-    requests = sum(handler.requests for handler in handlers) if handlers else None
+    requests = _requests_served(handlers, model)
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
+
+
+def _requests_served(handlers: list[Handler], model: object) -> int | None:
+    """Requests answered: by this process's handlers, or with --workers processes (the
+    handlers live in the workers) as the model added up the workers' reports."""
+    if handlers:
+        return sum(handler.requests for handler in handlers)
+    served = getattr(model, "requests_served", None)
+    return served if isinstance(served, int) else None
+
+
+def console_stream(config: Config) -> TextIO:
+    """Where the messages for people go: stdout, or stderr when stdout is for tools."""
+    return sys.stderr if config.log_format == "json" else sys.stdout
 
 
 def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
@@ -192,11 +214,12 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
     """The start-up banner (and QR code), printed once the server is ready."""
     root = str(config.root).encode("utf-8", "backslashreplace").decode("utf-8")
     wildcard = config.host in ("", "0.0.0.0", "::")
+    base = config.base.lstrip("/")  # the site's URL, not a redirect to it
     if wildcard or console.is_loopback(config.host):
-        local: str | None = url_for(config.host, port)
-        network = tuple(url_for(a, port) for a in console.network_addresses(config.host))
+        local: str | None = url_for(config.host, port) + base
+        network = tuple(url_for(a, port) + base for a in console.network_addresses(config.host))
     else:  # one address of this machine, reachable from the network
-        local, network = None, (url_for(config.host, port),)
+        local, network = None, (url_for(config.host, port) + base,)
     workers: str = config.workers
     if workers == "processes":
         workers += f" ({config.process_count})"
@@ -208,11 +231,30 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
         exposed=wildcard or local is None,
         workers=workers,
         reload="on, watching for changes" if config.reload else "off",
+        modes=banner_modes(config),
     )
     text = banner.render(console.Style(console.color_enabled(out)))
     if config.qr:
         text += "\n\n" + console.qr_block(network[0] if network else None, out)
     print(text, file=out, flush=True)
+
+
+def banner_modes(config: Config) -> tuple[tuple[str, str], ...]:
+    """Banner lines for what makes URLs serve other than their file: SPA fallback, base
+    path, the site's _redirects/_headers, proxies."""
+    modes = []
+    if config.spa is not None:
+        modes.append(("SPA:", f"missing pages get /{config.spa} (status 200), assets 404"))
+    if config.base != "/":
+        modes.append(("Base:", f"the site is served under {config.base}"))
+    if config.rules:
+        found = [name for name in ("_redirects", "_headers") if (config.root / name).is_file()]
+        if found:
+            modes.append(("Rules:", ", ".join(found) + " (--no-rules to ignore)"))
+    for route in config.proxy:
+        prefix, _, url = route.partition("=")
+        modes.append(("Proxy:", f"{prefix.strip()} -> {url.strip()}"))
+    return tuple(modes)
 
 
 def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: int | None) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import mmap
 import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from sitepeek.changes import ChangeEvent, ChangeFeed, decode, encode
 from sitepeek.config import Config
-from sitepeek.workers.base import HandlerFactory
+from sitepeek.workers.base import ConnectionHandler, HandlerFactory, Io
 
 if TYPE_CHECKING:
     import gevent.event
@@ -35,6 +37,25 @@ _PR_SET_PDEATHSIG = 1
 _PARENT_CHECK_SECONDS = 0.5
 _FAST_EXIT_SECONDS = 1.0  # a worker dying sooner than this after its start is crashing
 _MAX_RESTART_DELAY = 5.0
+_COUNT = struct.Struct("=Q")  # a worker's request count, in its slot of the shared tally
+
+
+class _Tally:
+    """Requests answered per worker slot, in memory shared across the fork: a worker
+    writes its own count (periodically and when it stops), the supervisor adds up the
+    counts of the workers it reaped, so the stop summary covers every worker."""
+
+    def __init__(self, slots: int) -> None:
+        self._memory = mmap.mmap(-1, _COUNT.size * max(slots, 1))  # MAP_SHARED|ANONYMOUS
+        self.finished = 0  # counts of reaped workers (supervisor side)
+
+    def write(self, slot: int, count: int) -> None:
+        _COUNT.pack_into(self._memory, slot * _COUNT.size, count)
+
+    def collect(self, slot: int) -> None:
+        """A worker of ``slot`` was reaped: keep its count, free the slot."""
+        self.finished += _COUNT.unpack_from(self._memory, slot * _COUNT.size)[0]
+        self.write(slot, 0)
 
 
 @dataclass(slots=True)
@@ -57,8 +78,14 @@ class ProcessWorkers:
         self._workers_lock = threading.Lock()  # the watcher thread relays to them
         self._stopping = False
         self._restart_delay = 0.0
+        self._tally = _Tally(config.process_count)
         # One watcher in the supervisor; its events reach every worker.
         feed.subscribe(self._relay)
+
+    @property
+    def requests_served(self) -> int:
+        """Requests the workers reaped so far answered (all of them once run returns)."""
+        return self._tally.finished
 
     def _relay(self, event: ChangeEvent) -> None:
         """Send a change event to every worker (called from the watcher thread)."""
@@ -118,6 +145,7 @@ class ProcessWorkers:
             worker = self._workers.pop(pid, None)
         if worker is not None:
             worker.relay.close()
+            self._tally.collect(worker.index)
         return worker
 
     def _restart(
@@ -162,7 +190,13 @@ class ProcessWorkers:
                     sock.close()
                 self._feed.reset()
                 _child_main(
-                    self._config, self._make_handler, listener, parent, child_end, self._feed
+                    self._config,
+                    self._make_handler,
+                    listener,
+                    parent,
+                    child_end,
+                    self._feed,
+                    lambda count: self._tally.write(index, count),
                 )
                 code = 0
             except BaseException as exc:
@@ -202,8 +236,13 @@ def _child_main(
     parent: int,
     relay: socket.socket,
     feed: ChangeFeed,
+    report: Callable[[int], None],
 ) -> None:
-    """A worker: the greenlet engine on the shared listener, until told to stop."""
+    """A worker: the greenlet engine on the shared listener, until told to stop.
+
+    ``report`` publishes the worker's request count to the supervisor: every parent
+    check and once more when it has stopped.
+    """
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
@@ -219,9 +258,20 @@ def _child_main(
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop.set)
 
+    handlers: list[ConnectionHandler] = []
+
+    def make_counted_handler(io: Io) -> ConnectionHandler:
+        handler = make_handler(io)
+        handlers.append(handler)
+        return handler
+
+    def served() -> int:
+        return sum(handler.requests for handler in handlers)
+
     def watch_parent(stop: gevent.event.Event) -> None:
         while os.getppid() == parent:
             gevent.sleep(_PARENT_CHECK_SECONDS)
+            report(served())
         stop.set()
 
     def read_relay(stop: gevent.event.Event) -> None:
@@ -241,7 +291,12 @@ def _child_main(
 
     if os.getppid() != parent:
         return
-    serve_until(config, make_handler, listener, stop, watchers=(watch_parent, read_relay))
+    try:
+        serve_until(
+            config, make_counted_handler, listener, stop, watchers=(watch_parent, read_relay)
+        )
+    finally:
+        report(served())
 
 
 def _set_parent_death_signal() -> None:
