@@ -44,7 +44,7 @@ IMPORTS: dict[str, set[str]] = {
     "routes": set(),
     "websocket": {"http11"},
     "rules": {"http11"},
-    "resolver": {"http11"},
+    "resolver": {"http11", "representation"},
     "listing": {"console", "resolver"},
     "entities": {"inject", "representation"},
     "compression": {"entities", "http11", "representation"},
@@ -104,7 +104,7 @@ IMPORTS: dict[str, set[str]] = {
     "workers": {"workers.base"},
     "workers.greenlets": {"changes", "config", "workers.base"},
     "workers.threads": {"changes", "config", "workers.base"},
-    "workers.processes": {"changes", "config", "workers.base", "workers.greenlets"},
+    "workers.processes": {"changes", "concurrency", "config", "workers.base", "workers.greenlets"},
     "server": {
         "sitepeek",
         "changes",

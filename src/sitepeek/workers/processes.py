@@ -27,8 +27,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from sitepeek.changes import ChangeEvent, ChangeFeed, decode, encode
+from sitepeek.concurrency import Io
 from sitepeek.config import Config
-from sitepeek.workers.base import ConnectionHandler, HandlerFactory, Io
+from sitepeek.workers.base import ConnectionHandler, HandlerFactory
 
 if TYPE_CHECKING:
     import gevent.event
