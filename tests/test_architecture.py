@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "sitepeek"
-THIRD_PARTY = {"click", "gevent", "watchdog", "brotli", "zstandard", "segno"}
+THIRD_PARTY = {"click", "gevent", "watchdog", "brotli", "zstandard", "segno", "pytest"}
 # Which of our modules may import each third-party package (DESIGN.md "Modules").
 ALLOWED = {
     "click": {"cli"},
@@ -19,6 +19,7 @@ ALLOWED = {
     "brotli": {"compression"},
     "zstandard": {"compression"},
     "segno": {"console"},
+    "pytest": {"pytest_plugin"},
 }
 
 

@@ -36,8 +36,8 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Collection, Mapping
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Any
 
@@ -90,9 +90,12 @@ class Server:
     ``clean_urls``, ``header``, ``workers``, ...; see ``sitepeek --help``), taking the
     values a config file takes, plus paths as ``os.PathLike`` and headers as
     ``(name, value)`` pairs. Two differ from the command line: ``port`` is 0 (a free
-    port) and ``open`` is off unless given. The ``SITEPEEK_*`` environment is not read;
+    port) and ``open`` is off unless given. Nothing else is read unless asked for, so a
+    test's server does not change with the directory or shell it runs from:
     ``config_dir`` names a directory whose ``sitepeek.toml`` or ``[tool.sitepeek]`` in
-    ``pyproject.toml`` applies as the command line would read it there (keywords win).
+    ``pyproject.toml`` applies, and ``environ`` a mapping whose ``SITEPEEK_*`` variables
+    do (pass ``os.environ``), with the command line's precedence: keywords, then
+    variables, then the file.
 
     Raises :class:`OptionError` for a bad option, root or config file, and
     :class:`ServerError` if the server exits or does not print its URL within
@@ -105,6 +108,7 @@ class Server:
         root: str | os.PathLike[str],
         *,
         config_dir: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
         **options: Any,
@@ -123,10 +127,11 @@ class Server:
             self._workdir = tempfile.mkdtemp(prefix="sitepeek-server-")
         cwd = Path(self._workdir or config_dir or ".").resolve()
         try:
-            settings = _settings(given, cwd)
+            variables = {k: v for k, v in (environ or {}).items() if k.startswith(ENV_PREFIX)}
+            settings = _settings(given, variables, cwd)
             # A root that is not a directory is left for the server to report.
             config = _config(settings, self.root) if self.root.is_dir() else None
-            self._proc = self._spawn(given, cwd)
+            self._proc = self._spawn(given, variables, cwd)
         except BaseException:
             self._remove_workdir()
             raise
@@ -182,7 +187,9 @@ class Server:
             raise ServerError(problem, self.log)
         return self._stopped
 
-    def wait_for_reload(self, timeout: float = RELOAD_TIMEOUT) -> ReloadWaiter:
+    def wait_for_reload(
+        self, timeout: float = RELOAD_TIMEOUT, paths: Collection[str] = ()
+    ) -> ReloadWaiter:
         """Connect to the reload socket as a browser tab does, ready to wait for the next
         reload message; connect before the change, so none can slip by unseen::
 
@@ -191,23 +198,25 @@ class Server:
             assert reload.paths == ("index.html",)
 
         Leaving the block waits (up to ``timeout`` seconds; TimeoutError after that);
-        ``waiter.wait()`` waits explicitly and returns the paths.
+        ``waiter.wait()`` waits explicitly and returns the paths. With ``paths`` (relative
+        to the root), only a reload that reports all of them counts.
         """
         if not self.config.reload:
             raise ServerError("live reload is off (reload=False): no reload will come")
         match = self._found[0]
-        return ReloadWaiter(match.group(2), self.port, timeout)
+        return ReloadWaiter(match.group(2), self.port, timeout, paths)
 
     def reload(self, *paths: str, timeout: float = RELOAD_TIMEOUT) -> tuple[str, ...]:
         """Touch ``paths`` (relative to the root; default ``index.html``) as a save in an
         editor would, and return once the server has told its tabs to reload: the paths
         it reported. Open pages reload (a stylesheet is swapped in place, as on a save).
         """
-        files = [self.root / path for path in paths or ("index.html",)]
+        names = [PurePosixPath(path).as_posix() for path in paths or ("index.html",)]
+        files = [self.root / name for name in names]
         for file in files:
             if not file.is_file():
                 raise FileNotFoundError(f"{file} is not a file to touch")
-        with self.wait_for_reload(timeout) as waiter:
+        with self.wait_for_reload(timeout, names) as waiter:
             for file in files:
                 os.utime(file)
         assert waiter.paths is not None
@@ -229,10 +238,13 @@ class Server:
         return f"<sitepeek.Server {self.url} serving {self.root} ({state})>"
 
     # -- start and stop ------------------------------------------------------------
-    def _spawn(self, given: Mapping[str, Any], cwd: Path) -> subprocess.Popen[str]:
-        args, variables = serve_arguments(given)
+    def _spawn(
+        self, given: Mapping[str, Any], variables: Mapping[str, str], cwd: Path
+    ) -> subprocess.Popen[str]:
+        args, overrides = serve_arguments(given)
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update(variables, PYTHONUNBUFFERED="1", PYTHONPATH=_python_path(env))
+        env.update(variables)
+        env.update(overrides, PYTHONUNBUFFERED="1", PYTHONPATH=_python_path(env))
         return subprocess.Popen(
             [sys.executable, "-m", "sitepeek", "serve", str(self.root), *args],
             cwd=cwd,
@@ -290,10 +302,10 @@ class Server:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def _settings(given: Mapping[str, Any], cwd: Path) -> Settings:
+def _settings(given: Mapping[str, Any], variables: Mapping[str, str], cwd: Path) -> Settings:
     """Every option's value, resolved as the command line does when started in ``cwd``."""
     try:
-        return resolve(given, environ={}, directory=cwd)
+        return resolve(given, environ=variables, directory=cwd)
     except ConfigError as exc:
         raise OptionError(str(exc)) from None
 

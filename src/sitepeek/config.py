@@ -871,7 +871,7 @@ def serve_arguments(values: Mapping[str, Any]) -> tuple[list[str], dict[str, str
 
     Switches go through the environment, as do ``spa``/``open`` set to None: not every
     switch has a --no- form, and the environment also overrides a config file. A
-    repeatable option adds its items to those of a config file, as on the command line.
+    repeatable option replaces the config file's list, as on the command line.
     """
     args: list[str] = []
     env: dict[str, str] = {}

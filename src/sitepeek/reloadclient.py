@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Collection
 from types import TracebackType
 
 from sitepeek.livereload import SOCKET_PATH
@@ -49,13 +50,15 @@ def reload_paths(message: bytes) -> tuple[str, ...] | None:
 class ReloadWaiter:
     """One reload-socket connection that waits for the next reload message.
 
-    Connected and subscribed on construction. As a context manager, leaving the block
+    Connected and subscribed on construction; ``expect`` names paths (relative to the
+    root, with "/") the awaited reload must report. As a context manager, leaving the block
     without an exception waits for the reload (if :meth:`wait` was not called) and
     closes the connection; :attr:`paths` then holds the paths the server reported.
     """
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, expect: Collection[str] = ()) -> None:
         self.timeout = timeout
+        self.expect = frozenset(expect)
         self.paths: tuple[str, ...] | None = None
         self._buffer = bytearray()
         deadline = time.monotonic() + timeout
@@ -68,7 +71,9 @@ class ReloadWaiter:
             raise
 
     def wait(self, timeout: float | None = None) -> tuple[str, ...]:
-        """Block until the server sends a reload message; return its paths.
+        """Block until the server sends a reload message (one that names every path of
+        ``expect``, if given: a reload for an earlier change may still be on its way);
+        return its paths.
 
         Raises TimeoutError after ``timeout`` seconds (default: the waiter's timeout),
         ConnectionError if the server closes the socket first.
@@ -81,7 +86,7 @@ class ReloadWaiter:
             except TimeoutError:
                 raise TimeoutError(f"no reload message within {limit:g} s") from None
             paths = reload_paths(message)
-            if paths is not None:
+            if paths is not None and self.expect <= set(paths):
                 self.paths = paths
                 return paths
 
