@@ -302,6 +302,11 @@ class Server:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+# Shown as sitepeek.Server, as users import them (sitepeek.api is where they live).
+for _public in (Server, ServerError, OptionError):
+    _public.__module__ = "sitepeek"
+
+
 def _settings(given: Mapping[str, Any], variables: Mapping[str, str], cwd: Path) -> Settings:
     """Every option's value, resolved as the command line does when started in ``cwd``."""
     try:
