@@ -254,3 +254,16 @@ def test_xdist_runs_one_server_per_worker(pytester: pytest.Pytester) -> None:
     assert len({worker for worker, _, _ in servers}) == 2
     assert len({port for _, _, port in servers}) == 2
     assert_nothing_left(seen)
+
+
+def test_a_failing_test_shows_the_servers_log(pytester: pytest.Pytester) -> None:
+    project(
+        pytester,
+        '[tool.pytest.ini_options]\nsitepeek_root = "site"\n',
+        test_fails="def test_x(sitepeek_server):\n    assert sitepeek_server.port < 0\n",
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*- sitepeek log (last 40 lines) -*", "sitepeek * serving */site"]
+    )

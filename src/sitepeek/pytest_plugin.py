@@ -21,7 +21,7 @@ available; it costs nothing until a test asks for the ``sitepeek_server`` fixtur
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ ROOT_INI = "sitepeek_root"
 ROOT_OPTION = "--sitepeek-root"
 MARKER = "sitepeek"
 FIXTURE = "sitepeek_server"
+REPORT_LINES = 40
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +73,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             )
         options.update(marker.kwargs)
     metafunc.parametrize(FIXTURE, [options], indirect=True, scope="function", ids=[MARKER])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a server shows the server's latest log lines."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get(FIXTURE)
+    if report.failed and server is not None:
+        lines = server.log.splitlines()[-REPORT_LINES:]
+        report.sections.append((f"sitepeek log (last {REPORT_LINES} lines)", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture(scope="session")
