@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import Page, expect
 
 import sitepeek
@@ -29,6 +30,15 @@ def test_missing_page_gets_the_sites_404_page(page: Page) -> None:
     response = page.goto("/no/such/page")
     assert response is not None and response.status == 404
     expect(page.get_by_role("heading", level=1)).to_have_text("Page not found")
+
+
+@pytest.mark.sitepeek(spa="index.html")
+def test_client_side_route_with_a_server_of_its_own(page: Page) -> None:
+    # This test's server falls back to index.html, as a single-page app's host would;
+    # base_url follows it.
+    response = page.goto("/app/settings")
+    assert response is not None and response.status == 200
+    expect(page).to_have_title(re.compile("Tidewater"))
 
 
 def test_live_reload(page: Page, sitepeek_server: sitepeek.Server) -> None:

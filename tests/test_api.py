@@ -346,17 +346,46 @@ def test_reload_helpers_refuse_when_reload_is_off(
 
 
 # -- the caller's process ---------------------------------------------------------------
-def test_importing_sitepeek_loads_no_server_machinery() -> None:
+def test_importing_sitepeek_loads_no_server_machinery(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
     code = (
         "import sys, threading\n"
         "import sitepeek\n"
         "assert 'sitepeek.api' not in sys.modules\n"
-        "sitepeek.Server\n"
-        "heavy = {'gevent', 'click', 'watchdog', 'sitepeek.handler'} & set(sys.modules)\n"
-        "assert not heavy, heavy\n"
+        "heavy = {'gevent', 'click', 'watchdog', 'sitepeek.handler'}\n"
+        f"with sitepeek.Server({str(tmp_path)!r}) as server:\n"
+        "    server.reload()\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
         "assert threading.active_count() == 1\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_server_is_stopped_when_collected(site: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import gc, os, sitepeek
+        server = sitepeek.Server({str(site)!r})
+        pid = server.pid
+        del server
+        gc.collect()
+        assert not os.path.exists(f"/proc/{{pid}}"), "still running"
+        print(pid)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert live_group(int(result.stdout)) == []
+
+
+def test_readme_documents_every_public_member() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Use it from Python and pytest", 1)[1].split("\n## ", 1)[0]
+    members = [name for name in vars(sitepeek.Server) if not name.startswith("_")]
+    members += ["url", "port", "root", "config"]  # set on start
+    assert members and all(f"`{name}" in section for name in members)
 
 
 def test_works_in_a_gevent_patched_process(tmp_path: Path, worker_model: str) -> None:

@@ -33,5 +33,11 @@ def test_playwright_example_passes(worker_model: str, tmp_path: Path) -> None:
         timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for test in ("home_page", "clean_url", "missing_page_gets_the_sites_404_page", "live_reload"):
-        assert f"test_site.py::test_{test}[chromium] PASSED" in result.stdout
+    for test in (
+        "home_page[chromium]",
+        "clean_url[chromium]",
+        "missing_page_gets_the_sites_404_page[chromium]",
+        "client_side_route_with_a_server_of_its_own[chromium-sitepeek]",
+        "live_reload[chromium]",
+    ):
+        assert f"test_site.py::test_{test} PASSED" in result.stdout

@@ -102,9 +102,11 @@ def test_plugin_is_declared_as_a_pytest11_entry_point() -> None:
 
 
 def test_session_server_serves_the_configured_site(
-    pytester: pytest.Pytester, worker_model: str
+    pytester: pytest.Pytester, worker_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    processes = ', "processes": 2' if worker_model == "processes" else ""
+    # The worker model from the environment, as the command line reads it.
+    monkeypatch.setenv("SITEPEEK_WORKERS", worker_model)
+    monkeypatch.setenv("SITEPEEK_PROCESSES", "2")
     project(
         pytester,
         '[tool.pytest.ini_options]\nsitepeek_root = "site"\n[tool.sitepeek]\nspa = "index.html"\n',
@@ -114,7 +116,7 @@ def test_session_server_serves_the_configured_site(
 
             @pytest.fixture(scope="session")
             def sitepeek_options():
-                return {{"workers": {worker_model!r}{processes}}}
+                return {{"header": ["X-From-Fixture: 1"]}}
 
             def test_home(sitepeek_server, record):
                 record(**seen(sitepeek_server, home=fetch(sitepeek_server.url)))
@@ -123,6 +125,7 @@ def test_session_server_serves_the_configured_site(
                 status, body = fetch(sitepeek_server.url + "deep/link")
                 record(**seen(sitepeek_server, spa=[status, body]))
                 assert sitepeek_server.config.workers == {worker_model!r}
+                assert sitepeek_server.config.header == (("X-From-Fixture", "1"),)
         """,
     )
     result = run(pytester)
@@ -264,6 +267,4 @@ def test_a_failing_test_shows_the_servers_log(pytester: pytest.Pytester) -> None
     )
     result = run(pytester)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*- sitepeek log (last 40 lines) -*", "sitepeek * serving */site"]
-    )
+    result.stdout.fnmatch_lines(["*- sitepeek log (last 40 lines) -*", "sitepeek * serving */site"])
