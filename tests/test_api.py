@@ -341,8 +341,11 @@ def test_reload_helpers_refuse_when_reload_is_off(
     server = start(started, site, reload=False)
     with pytest.raises(sitepeek.ServerError, match="live reload is off"):
         server.reload()
+    running = start(started, site)
     with pytest.raises(FileNotFoundError):
-        start(started, site).reload("no-such-file.html")
+        running.reload("no-such-file.html")
+    with pytest.raises(ValueError, match="outside the served root"):
+        running.reload("../root-outside/secret.txt")
 
 
 # -- the caller's process ---------------------------------------------------------------

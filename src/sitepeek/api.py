@@ -214,6 +214,8 @@ class Server:
         names = [PurePosixPath(path).as_posix() for path in paths or ("index.html",)]
         files = [self.root / name for name in names]
         for file in files:
+            if not file.resolve().is_relative_to(self.root):
+                raise ValueError(f"{file} is outside the served root")
             if not file.is_file():
                 raise FileNotFoundError(f"{file} is not a file to touch")
         with self.wait_for_reload(timeout, names) as waiter:
@@ -291,8 +293,9 @@ class Server:
         if _kill_group(self._proc.pid) and problem is None:
             problem = "sitepeek left a process of its group running: killed"
         self._pump.join(self.stop_timeout)
-        assert self._proc.stdout is not None
-        self._proc.stdout.close()
+        if not self._pump.is_alive():  # else closing would wait for its read to end
+            assert self._proc.stdout is not None
+            self._proc.stdout.close()
         self._finalizer.detach()
         self._remove_workdir()
         return problem
