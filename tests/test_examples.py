@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_pytest_plugin import PLUGIN, entry_point_registered
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+@pytest.mark.timeout(300)  # a pytest session with a browser and two servers
 def test_playwright_example_passes(worker_model: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -30,7 +33,7 @@ def test_playwright_example_passes(worker_model: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=280,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for test in (

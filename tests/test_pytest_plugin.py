@@ -21,6 +21,8 @@ import pytest
 from test_api import live_group
 
 pytest_plugins = ("pytester",)
+# Each case is a whole pytest session (and a server or two) in a subprocess.
+pytestmark = pytest.mark.timeout(180)
 
 PLUGIN = "sitepeek.pytest_plugin"
 ROOT = Path(__file__).resolve().parent.parent
