@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "sitepeek"
-THIRD_PARTY = {"click", "gevent", "watchdog", "brotli", "zstandard", "segno"}
+THIRD_PARTY = {"click", "gevent", "watchdog", "brotli", "zstandard", "segno", "pytest"}
 # Which of our modules may import each third-party package (DESIGN.md "Modules").
 ALLOWED = {
     "click": {"cli"},
@@ -26,6 +26,7 @@ ALLOWED = {
     "brotli": {"compression"},
     "zstandard": {"compression"},
     "segno": {"console"},
+    "pytest": {"pytest_plugin"},
 }
 
 

@@ -162,6 +162,10 @@ class Kind:
     def to_toml(self, value: Any) -> str:
         return json.dumps(str(value), ensure_ascii=False)
 
+    def to_text(self, value: Any) -> str:
+        """A parsed value as command-line text: ``parse(to_text(v)) == v``."""
+        return str(value)
+
 
 @dataclass(frozen=True)
 class Text(Kind):
@@ -223,6 +227,9 @@ class Number(Kind):
     def to_toml(self, value: Any) -> str:
         return repr(float(value))
 
+    def to_text(self, value: Any) -> str:
+        return repr(float(value))
+
     def _check(self, number: float) -> float:
         if not math.isfinite(number):
             raise ValueError(f"{number} is not a finite number")
@@ -264,6 +271,9 @@ class Switch(Kind):
 
     def to_toml(self, value: Any) -> str:
         return "true" if value else "false"
+
+    def to_text(self, value: Any) -> str:
+        return self.to_toml(value)
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,9 @@ class HeaderLine(Kind):
 
     def to_toml(self, value: Any) -> str:
         return json.dumps(f"{value[0]}: {value[1]}")
+
+    def to_text(self, value: Any) -> str:
+        return f"{value[0]}: {value[1]}"
 
 
 @dataclass(frozen=True)
@@ -868,3 +881,80 @@ def _from_toml(option: Option, raw: object) -> Any:
 def _did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -- keyword arguments: sitepeek.Server(root, **options) --------------------------------
+class OptionError(ValueError):
+    """A keyword argument names no option, or has a bad value; the message reads as the
+    command line's does: "Invalid value for '--port' / '-p': 'x' is not an integer"."""
+
+
+def option_label(option: Option) -> str:
+    """How an error names the option, as click does on the command line: '--port' / '-p'."""
+    names = [option.flag] + ([option.short] if option.short else [])
+    return " / ".join(f"'{name}'" for name in names)
+
+
+def from_python(name: str, value: object) -> Any:
+    """One keyword argument, parsed as the command line parses the option.
+
+    Names are the Config fields (``clean_urls``); values are what a config file takes,
+    plus ``os.PathLike`` for paths, ``(name, value)`` pairs for headers and ``None``
+    for an option whose default is none (``spa``, ``open``). A repeatable option takes a
+    list or one item. Raises :class:`OptionError` with the command line's message.
+    """
+    option = OPTIONS_BY_NAME.get(name)
+    if option is None:
+        hint = _did_you_mean(name, [o.name for o in OPTIONS])
+        raise OptionError(f"No such option {name!r}{hint}.")
+    try:
+        if value is None:
+            if option.default is None:
+                return None
+            raise ValueError(f"expected {option.kind.expected}, got None")
+        if not option.multiple:
+            return _python_item(option, value)
+        items = value if isinstance(value, list | tuple) and not _is_pair(value) else [value]
+        return tuple(_python_item(option, item) for item in items)
+    except ValueError as exc:
+        raise OptionError(f"Invalid value for {option_label(option)}: {exc}") from None
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def _python_item(option: Option, item: object) -> Any:
+    if isinstance(item, os.PathLike):
+        item = os.fspath(item)
+    if isinstance(option.kind, HeaderLine) and isinstance(item, tuple) and _is_pair(item):
+        item = f"{item[0]}: {item[1]}"
+    if not isinstance(item, str | bool | int | float):
+        raise ValueError(f"expected {option.kind.expected}, got {type(item).__name__}")
+    parsed = option.kind.from_toml(item)
+    # The server runs elsewhere (another process, another directory): paths as absolute.
+    return parsed.resolve() if isinstance(parsed, Path) else parsed
+
+
+def serve_arguments(values: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Command-line arguments and ``SITEPEEK_*`` variables that make ``sitepeek serve``
+    use ``values`` (parsed, by option name) whatever a config file says.
+
+    Switches go through the environment, as do ``spa``/``open`` set to None: not every
+    switch has a --no- form, and the environment also overrides a config file. A
+    repeatable option replaces the config file's list, as on the command line.
+    """
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for name, value in values.items():
+        option = OPTIONS_BY_NAME[name]
+        if option.is_switch:
+            env[option.env] = option.kind.to_text(value)
+        elif value is None:
+            if isinstance(option.kind, UrlPath | SiteFile):
+                env[option.env] = "false"
+        elif option.multiple:
+            args += [f"{option.flag}={option.kind.to_text(item)}" for item in value]
+        else:
+            args.append(f"{option.flag}={option.kind.to_text(value)}")
+    return args, env
