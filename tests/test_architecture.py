@@ -33,7 +33,8 @@ ALLOWED = {
 # Module -> the sitepeek modules it may import ("sitepeek" is the package's __init__).
 # Leaves first, then the layers above them (DESIGN.md "Modules").
 IMPORTS: dict[str, set[str]] = {
-    "sitepeek": set(),
+    "version": set(),
+    "sitepeek": {"api", "version"},
     "changes": set(),
     "concurrency": set(),
     "console": set(),
@@ -52,10 +53,10 @@ IMPORTS: dict[str, set[str]] = {
     "hotcache": {"compression", "entities", "responses", "rules"},
     "config": {"http11", "resolver", "routes"},
     "log": {"concurrency", "config", "console"},
-    "responses": {"sitepeek", "http11", "representation"},
+    "responses": {"version", "http11", "representation"},
     "connections": {"concurrency", "entities", "hotcache", "http11", "responses"},
-    "proxy": {"sitepeek", "concurrency", "http11", "representation", "routes"},
-    "livereload": {"sitepeek", "changes", "concurrency", "inject", "websocket"},
+    "proxy": {"version", "concurrency", "http11", "representation", "routes"},
+    "livereload": {"version", "changes", "concurrency", "inject", "websocket"},
     "plan": {"entities", "hotcache", "resolver", "routes"},
     "site": {
         "config",
@@ -107,7 +108,7 @@ IMPORTS: dict[str, set[str]] = {
     "workers.threads": {"changes", "config", "workers.base"},
     "workers.processes": {"changes", "concurrency", "config", "workers.base", "workers.greenlets"},
     "server": {
-        "sitepeek",
+        "version",
         "changes",
         "concurrency",
         "config",
@@ -117,7 +118,10 @@ IMPORTS: dict[str, set[str]] = {
         "workers",
         "workers.base",
     },
-    "cli": {"sitepeek", "config", "server"},
+    "reloadclient": {"livereload", "websocket"},
+    "api": {"config", "reloadclient"},
+    "pytest_plugin": {"api"},
+    "cli": {"version", "config", "server"},
     "__main__": {"cli"},
 }
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from sitepeek.version import __version__
+
 __all__ = ["OptionError", "Server", "ServerError", "__version__"]
 
 if TYPE_CHECKING:

@@ -25,7 +25,6 @@ import click
 from click.core import ParameterSource
 from click.shell_completion import CompletionItem, ShellComplete, add_completion_class
 
-from sitepeek import __version__
 from sitepeek.config import (
     OPTIONS,
     Choice,
@@ -36,6 +35,7 @@ from sitepeek.config import (
     Settings,
     resolve,
 )
+from sitepeek.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

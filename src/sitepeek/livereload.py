@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from sitepeek import __version__, inject
+from sitepeek import inject
 from sitepeek.changes import ChangeEvent, Pending, Settled
 from sitepeek.concurrency import Channel, Io
+from sitepeek.version import __version__
 from sitepeek.websocket import (
     FrameParser,
     Message,

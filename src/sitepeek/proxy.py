@@ -55,7 +55,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sitepeek import __version__
 from sitepeek.concurrency import Io
 from sitepeek.http11 import (
     HOP_BY_HOP,
@@ -73,6 +72,7 @@ from sitepeek.http11 import (
 )
 from sitepeek.representation import http_date
 from sitepeek.routes import ProxyRoute, match, parse_route
+from sitepeek.version import __version__
 
 __all__ = ["HOP_BY_HOP", "ClientWriter", "ProxyRoute", "forward", "match", "parse_route"]
 

@@ -11,9 +11,9 @@ import html
 import time
 from collections.abc import Sequence
 
-from sitepeek import __version__
 from sitepeek.http11 import FRAMING_FIELDS, reason_phrase
 from sitepeek.representation import http_date
+from sitepeek.version import __version__
 
 __all__ = [
     "ALLOW",

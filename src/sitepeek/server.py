@@ -15,11 +15,12 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, TextIO
 
-from sitepeek import __version__, console, workers
+from sitepeek import console, workers
 from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.handler import Handler
+from sitepeek.version import __version__
 from sitepeek.workers.base import ConnectionHandler
 
 if TYPE_CHECKING:
