@@ -249,6 +249,7 @@ class BuildRunner:
         self._requested = False
         self._reasons: dict[str, None] = {}  # an ordered set of changed sources
         self._stopping = False
+        self._running = False  # from BuildStarted until its BuildFinished is out
         self._child: Child | None = None
         self._thread = threading.Thread(target=self._loop, name="sitepeek-build", daemon=True)
         # The site gate (guarded by _cond): absorbing between BuildStarted and the fence.
@@ -271,10 +272,14 @@ class BuildRunner:
     def request(self, changed: Iterable[str]) -> None:
         """Build (again) for these changed sources; thread-safe. A build running now
         is followed by exactly one more, however many requests come meanwhile."""
+        changed = tuple(changed)
         with self._cond:
             self._requested = True
             self._reasons.update(dict.fromkeys(changed))
             self._cond.notify_all()
+            running = self._running
+        if running and changed:
+            self._terminal.line(f"build · queued next · {_summary(changed)}")
 
     def stop(self) -> None:
         """Stop a running build (its whole group) and the runner thread."""
@@ -307,7 +312,7 @@ class BuildRunner:
         with self._cond:
             if self._stopping:
                 return
-            self._absorbing = True
+            self._absorbing = self._running = True
             self._child = child
         self._emit(BuildStarted())
         why = f" · {_summary(reasons)}" if reasons else ""
@@ -368,7 +373,7 @@ class BuildRunner:
 
     def _release(self, result: _Result) -> None:
         """End absorbing and emit the build's one event; called with ``_cond`` held."""
-        self._absorbing = False
+        self._absorbing = self._running = False
         self._fence = self._result = None
         paths: tuple[str, ...] = ()
         if result.ok:

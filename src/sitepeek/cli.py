@@ -239,9 +239,7 @@ def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
         pass  # Ctrl-C before the signal handlers were installed: still a clean stop
 
 
-def _check_directory(
-    ctx: click.Context, directory: Path, settings: Settings, create: bool
-) -> None:
+def _check_directory(ctx: click.Context, directory: Path, settings: Settings, create: bool) -> None:
     """The served directory must exist, unless a --build command is to fill it: then it
     is created (as the generator would)."""
     if directory.exists():
