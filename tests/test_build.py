@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,3 +368,48 @@ def _no_commands_left(tmp_path: Path) -> Iterator[None]:
         return found
 
     wait_for(lambda: not strays(), f"no process left in {tmp_path}: {strays()}", timeout=5)
+
+
+# -- a real generator ------------------------------------------------------------------
+MKDOCS_YML = "site_name: Build test\n"
+
+
+@pytest.mark.skipif(not shutil.which("mkdocs"), reason="mkdocs is in the test extra")
+def test_mkdocs_builds_reload_once_and_a_broken_config_shows_its_error(
+    tmp_path: Path, model: str
+) -> None:
+    project = tmp_path / "docs-project"
+    (project / "docs").mkdir(parents=True)
+    (project / "mkdocs.yml").write_text(MKDOCS_YML)
+    (project / "docs" / "index.md").write_text("# First\n")
+    go = tmp_path / "go"
+    # The first build waits for the reload client, as sitegen does with GEN_GO.
+    command = f"while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.01; done; mkdocs build"
+    args = ("--build", command, "--watch", "docs", "--watch", "mkdocs.yml")
+    server = start_server(project / "site", model, *args, cwd=project)
+    try:
+        ws = connect_ws(server)
+        go.touch()
+        assert "index.html" in ws.recv_reload(WAIT)
+        for number, heading in enumerate(("Second", "Third"), start=2):
+            (project / "docs" / "index.md").write_text(f"# {heading}\n")
+            # MkDocs cleans the site, then writes it: one reload, after all of it.
+            paths = ws.recv_reload(WAIT)
+            assert {"index.html", "404.html", "sitemap.xml"} <= set(paths)
+            assert len(output_lines(server, r"^build ok ")) == number
+            assert f">{heading}</h1>".encode() in request(server, "GET", "/").body
+        (project / "mkdocs.yml").write_text(MKDOCS_YML + "theme:\n  name: nosuchtheme\n")
+        message = ws.recv_json(WAIT)
+        assert message["type"] == "overlay", message
+        assert str(message["title"]).startswith("build failed (exit 1) ")
+        assert "Unrecognised theme name: 'nosuchtheme'" in str(message["output"])
+        assert b">Third</h1>" in request(server, "GET", "/").body  # the last good site
+        (project / "mkdocs.yml").write_text(MKDOCS_YML)
+        assert ws.recv_json(WAIT) == {"type": "overlay-clear", "id": "build"}
+        assert "index.html" in ws.recv_reload(WAIT)
+        ws.close()
+    finally:
+        stop_cleanly(server)
+    # One reload per good build, never one during a build: the summary counts them all.
+    assert len(output_lines(server, r"^build ok ")) == 4
+    assert output_lines(server, r"reloads?\.$")[-1].endswith(" 4 reloads."), server.stdout_lines
