@@ -324,6 +324,20 @@ def test_stopping_leaves_no_process_behind(tmp_path: Path, model: str, sig: int)
         assert "Traceback" not in server.stderr_text()
 
 
+def test_a_build_that_changes_its_own_sources_gets_a_hint(tmp_path: Path, model: str) -> None:
+    (tmp_path / "site").mkdir()
+    # stamp.txt is in the current directory, so it is a source: every build starts the next.
+    server = start_server(tmp_path / "site", model, "--build", "date +%N > stamp.txt", cwd=tmp_path)
+    try:
+        hint = "build · each build changes stamp.txt, which starts the next: name the sources"
+        wait_for(lambda: output_lines(server, re.escape(hint)), "the hint")
+        builds_then = len(output_lines(server, "^build ok"))
+        wait_for(lambda: len(output_lines(server, "^build ok")) > builds_then + 3, "more builds")
+    finally:
+        stop_cleanly(server)
+    assert len(output_lines(server, re.escape(hint))) == 1  # said once
+
+
 def test_without_build_nothing_of_it_is_loaded() -> None:
     code = (
         "import sys\n"

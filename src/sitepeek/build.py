@@ -52,6 +52,10 @@ OUTPUT_TAIL = 64 * 1024
 FENCE_PREFIX = ".sitepeek-fence-"
 # How long to wait for the watcher to report the fence before giving up on it.
 FENCE_TIMEOUT = 2.0
+# Builds in a row started by the same files changed during the build before: a hint.
+LOOP_HINT_AFTER = 3
+# Words before the program that names a command's output (npx vite -> "vite").
+_LAUNCHERS = frozenset({"npx", "pnpx", "bunx", "exec", "env", "nohup", "time"})
 
 # The wrapper every command runs under: a script, so it starts without sitepeek.
 _WRAPPER = Path(__file__).with_name("_lifeline.py")
@@ -250,6 +254,10 @@ class BuildRunner:
         self._reasons: dict[str, None] = {}  # an ordered set of changed sources
         self._stopping = False
         self._running = False  # from BuildStarted until its BuildFinished is out
+        self._during: set[str] = set()  # sources changed while a build ran
+        self._last: set[str] = set()  # the sources that started the latest build
+        self._loop_streak = 0
+        self._loop_told = False
         self._child: Child | None = None
         self._thread = threading.Thread(target=self._loop, name="sitepeek-build", daemon=True)
         # The site gate (guarded by _cond): absorbing between BuildStarted and the fence.
@@ -278,6 +286,8 @@ class BuildRunner:
             self._reasons.update(dict.fromkeys(changed))
             self._cond.notify_all()
             running = self._running
+            if running:
+                self._during.update(changed)
         if running and changed:
             self._terminal.line(f"build · queued next · {_summary(changed)}")
 
@@ -302,10 +312,25 @@ class BuildRunner:
                 reasons = tuple(self._reasons)
                 self._requested = False
                 self._reasons = {}
+                self._note_loop(reasons)
             try:
                 self._build(reasons)
             except Exception as exc:  # a failing runner must not end the session silently
                 self._terminal.line(f"build · cannot run {self._command!r}: {exc}")
+
+    def _note_loop(self, reasons: Sequence[str]) -> None:
+        """Builds that keep being started by the same files, changed each time during
+        the build before: the build writes its own sources (Hugo's .hugo_build.lock).
+        Say so once; called with ``_cond`` held."""
+        same = bool(reasons) and set(reasons) <= self._during and set(reasons) == self._last
+        self._loop_streak = self._loop_streak + 1 if same else 0
+        self._during, self._last = set(), set(reasons)
+        if self._loop_streak == LOOP_HINT_AFTER and not self._loop_told:
+            self._loop_told = True
+            self._terminal.line(
+                f"build · each build changes {_summary(reasons).split(' · ', 1)[1]}, which "
+                "starts the next: name the sources with --watch, or --ignore these"
+            )
 
     def _build(self, reasons: Sequence[str]) -> None:
         child = Child(self._command, "build", self._terminal, self._cwd)
@@ -481,7 +506,10 @@ def _labels(commands: Sequence[str]) -> list[str]:
             words = shlex.split(command)
         except ValueError:
             words = command.split()
-        program = next((w for w in words if "=" not in w), "run")
+        program = next(
+            (w for w in words if "=" not in w and not w.startswith("-") and w not in _LAUNCHERS),
+            "run",
+        )
         names.append(os.path.basename(program) or "run")
     counts = collections.Counter(names)
     seen: collections.Counter[str] = collections.Counter()
