@@ -21,7 +21,9 @@ sends SIGTERM to its whole process group and SIGKILL after a grace period, so no
 or companion outlives sitepeek. (PR_SET_PDEATHSIG would fire when the *thread* that
 started the child ends, and preexec_fn is unsafe in a process with threads.)
 
-Standard library only; runs in the main process (the supervisor), in OS threads.
+Standard library only; runs in the main process (the supervisor), in OS threads. One
+module of about 500 lines: the runner, the companions and the child-process handling
+they share (output, lifeline, stopping) are one feature, and nothing else uses them.
 """
 
 from __future__ import annotations

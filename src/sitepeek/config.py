@@ -511,7 +511,8 @@ OPTIONS: tuple[Option, ...] = (
         "watch",
         ExistingPath(),
         (),
-        "Also watch PATH for changes (repeatable).",
+        "Also watch PATH for changes (repeatable); with --build, PATH is a source of the "
+        "build instead.",
         multiple=True,
         to_config=_resolved_paths,
     ),
