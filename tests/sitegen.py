@@ -42,12 +42,13 @@ def main() -> int:
         time.sleep(0.01)
     log = Path(os.environ["GEN_LOG"])
     number = 1 + sum(1 for line in log.read_text().splitlines() if line.startswith("start"))
+    # The sources are read before "start" is logged: an edit after it is for the next build.
+    texts = {p.stem: p.read_text().strip() for p in sorted(Path("pages").glob("*.txt"))}
     with log.open("a") as f:
         f.write(f"start {number}\n")
     print(f"building #{number}", flush=True)
-    texts = {p.stem: p.read_text().strip() for p in sorted(Path("pages").glob("*.txt"))}
     hold = os.environ.get("GEN_HOLD")
-    while hold and Path(hold).exists():  # the sources are read: edits now are for later
+    while hold and Path(hold).exists():
         time.sleep(0.01)
     broken = [name for name, text in texts.items() if "FAIL" in text]
     if broken:
