@@ -213,6 +213,39 @@ def test_css_only_output_is_a_css_reload(project: Path, model: str) -> None:
         stop_cleanly(server)
 
 
+def test_with_polling_the_fence_stays_until_seen(project: Path, model: str) -> None:
+    # A poll sees only what exists at poll time: the fence must outlive one poll, and
+    # never show up in a reload or stay behind.
+    server = start_building(project, model, "--poll")
+    try:
+        ws = first_build_seen(server, project)
+        edit(project, "b", "beta two")
+        assert ws.recv_reload(WAIT) == ["b.html"]
+        ws.close()
+    finally:
+        stop_cleanly(server)
+    assert sorted(p.name for p in (project / "site").iterdir()) == [
+        "a.html",
+        "b.html",
+        "c.html",
+        "style.css",
+    ]
+    assert not output_lines(server, re.escape(".sitepeek-fence-"))
+
+
+def test_without_reload_the_build_still_runs(project: Path, model: str) -> None:
+    server = start_building(project, model, "--no-reload")
+    go_file(project).touch()
+    try:
+        wait_for_log(project, "end 1")
+        edit(project, "a", "alpha two")
+        wait_for_log(project, "end 2")
+        wait_for(lambda: len(output_lines(server, "^build ok")) == 2, "build 2's summary")
+        assert complete_page(request(server, "GET", "/a.html").body) == "alpha two"
+    finally:
+        stop_cleanly(server)
+
+
 # -- failures and the overlay ----------------------------------------------------------
 def test_failed_build_keeps_the_site_and_shows_an_overlay(project: Path, model: str) -> None:
     server = start_building(project, model)
