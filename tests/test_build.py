@@ -7,6 +7,7 @@ browser would. Every wait is on a condition (a log line, a message), never a sle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -355,6 +356,44 @@ def test_stopping_leaves_no_process_behind(tmp_path: Path, model: str, sig: int)
     else:
         assert code == 0, server.stderr_text()
         assert "Traceback" not in server.stderr_text()
+
+
+def pipes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("pipe:"):
+                found.add(target)
+    return found
+
+
+def test_a_restarted_worker_holds_no_lifeline(tmp_path: Path) -> None:
+    """A worker forked after the commands started must not keep their lifelines open
+    (after a SIGKILLed supervisor the commands would wait for that worker)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    server = start_server(site, "processes", "--run", "sleep 60", cwd=tmp_path)
+    try:
+        wait_for(lambda: len(sessions_of(server)) == 1, "the companion")
+        (wrapper,) = sessions_of(server)
+        # The wrapper's first argument is the descriptor of the lifeline's read end.
+        fd = Path(f"/proc/{wrapper}/cmdline").read_bytes().split(b"\0")[-6].decode()
+        lifeline = os.readlink(f"/proc/{wrapper}/fd/{fd}")
+        assert lifeline.startswith("pipe:")
+        assert lifeline in pipes(server.proc.pid)  # the supervisor holds the write end
+        workers = set(children(server.proc.pid)) - {wrapper}
+        os.kill(min(workers), signal.SIGKILL)
+
+        def new_workers() -> set[int]:
+            return set(children(server.proc.pid)) - {wrapper, *workers}
+
+        wait_for(lambda: len(new_workers()) == 1, "a new worker")
+        (new,) = new_workers()
+        wait_for(lambda: b"sitepeek" in Path(f"/proc/{new}/cmdline").read_bytes(), "forked")
+        assert lifeline not in pipes(new)
+    finally:
+        stop_cleanly(server)
 
 
 def test_a_build_that_changes_its_own_sources_gets_a_hint(tmp_path: Path, model: str) -> None:

@@ -63,6 +63,22 @@ _LAUNCHERS = frozenset({"npx", "pnpx", "bunx", "exec", "env", "nohup", "time"})
 _WRAPPER = Path(__file__).with_name("_lifeline.py")
 
 
+# The write ends of every lifeline: a process forked from sitepeek (a restarted worker
+# of --workers processes) closes them at once, or it would keep them open after a
+# SIGKILLed sitepeek and the commands would wait for it too.
+_lifelines: set[int] = set()
+
+
+def _close_lifelines_in_child() -> None:
+    for fd in list(_lifelines):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lifelines.clear()
+
+
+os.register_at_fork(after_in_child=_close_lifelines_in_child)
+
+
 def shell_argv(command: str, environ: dict[str, str] | None = None) -> list[str]:
     """How ``command`` is run: through the user's shell, ``sh`` as the fallback."""
     env = os.environ if environ is None else environ
@@ -172,6 +188,7 @@ class Child:
         finally:
             os.close(read_end)
         self._lifeline = write_end
+        _lifelines.add(write_end)
         assert self._proc.stdout is not None
         self._reader = threading.Thread(
             target=self._read, args=(self._proc.stdout,), name="sitepeek-output", daemon=True
@@ -217,6 +234,7 @@ class Child:
     def _close_lifeline(self) -> None:
         lifeline, self._lifeline = self._lifeline, None
         if lifeline is not None:
+            _lifelines.discard(lifeline)
             os.close(lifeline)
 
 
