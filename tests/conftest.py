@@ -120,10 +120,12 @@ def start_server(
     *args: str,
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = SITEPEEK,
+    cwd: Path | None = None,
 ) -> Server:
     """Start ``sitepeek serve ROOT --port 0`` and wait for its URL line.
 
-    ``launcher`` is the command that runs sitepeek (a shim may set limits first).
+    ``launcher`` is the command that runs sitepeek (a shim may set limits first);
+    ``cwd`` its working directory (where config files and --build sources are).
     """
     cmd = [*launcher, "serve", str(root), "--port", "0", "--workers", model]
     if model == "processes" and "--processes" not in args:
@@ -136,6 +138,7 @@ def start_server(
         text=True,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        cwd=cwd,
     )
     server = Server(proc, 0, root, model)
     _STARTED.append(server)

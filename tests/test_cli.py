@@ -112,6 +112,8 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     ),
     (["--proxy", "/api=http://127.0.0.1:3000"], {"proxy": ("/api=http://127.0.0.1:3000",)}),
     (["--allowed-host", "dev.test"], {"allowed_host": ("dev.test",)}),
+    (["--build", "mkdocs build -q"], {"build": "mkdocs build -q"}),
+    (["--run", "tsc --watch", "--run", "npm start"], {"run": ("tsc --watch", "npm start")}),
 ]
 
 
@@ -189,6 +191,8 @@ USAGE_ERRORS = [
     (["--proxy", "api"], "expected PREFIX=URL, for example /api=http://127.0.0.1:8000"),
     (["--base", "/a%20b/"], "not a valid base path: '/a%20b/'"),
     (["--spa=../x"], "'../x' is not a file name inside the site"),
+    (["--build", " "], "Invalid value for '--build': the command is empty"),
+    (["--run", ""], "Invalid value for '--run': the command is empty"),
     (["--no-such-option"], "--no-such-option"),  # click words it differently by version
     (["serve", "--bogus"], "--bogus"),
     (["completion", "tcsh"], "Invalid value for '{bash|zsh|fish}': 'tcsh' is not one of"),
@@ -225,6 +229,24 @@ def test_sitepeek_toml(captured: Captured, tmp_path: Path, site: Path) -> None:
         open="/",
         log_format="json",
     )
+
+
+def test_build_and_run_in_config_files(captured: Captured, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.sitepeek]\nbuild = "make html"\nrun = ["tsc -w", "npm start"]\n'
+    )
+    assert invoke("serve", "missing/site").exit_code == 0
+    assert captured.config.build == "make html"
+    assert captured.config.run == ("tsc -w", "npm start")
+    # The directory a build fills is created for it; without --build it must exist.
+    assert (tmp_path / "missing" / "site").is_dir()
+    result = invoke("serve", "other", "--build", "")
+    assert result.exit_code == 2
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "sitepeek.toml").write_text("build = ''\n")
+    result = invoke()
+    assert result.exit_code == 2
+    assert "sitepeek.toml: key 'build': the command is empty" in result.output
 
 
 def test_pyproject_tool_table(captured: Captured, tmp_path: Path, site: Path) -> None:

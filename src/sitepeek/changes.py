@@ -2,7 +2,9 @@
 
 The watcher (:mod:`sitepeek.reload`, watchdog threads) emits two kinds of event into a
 :class:`ChangeFeed`: :class:`Pending` when a burst of changes begins and
-:class:`Settled` once it has gone quiet. Each handler subscribes to the feed and moves
+:class:`Settled` once it has gone quiet. With ``--build`` and ``--run``
+(:mod:`sitepeek.build`) three more travel the same way: :class:`BuildStarted`,
+:class:`BuildFinished` and :class:`CompanionExited`. Each handler subscribes to the feed and moves
 the event into its worker model's context with ``call_soon_threadsafe``. In the process
 model the supervisor relays events to every worker over a socket, as JSON lines.
 
@@ -16,7 +18,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ChangeEvent", "ChangeFeed", "Pending", "Settled", "decode", "encode"]
+__all__ = [
+    "BuildFinished",
+    "BuildStarted",
+    "ChangeEvent",
+    "ChangeFeed",
+    "CompanionExited",
+    "Pending",
+    "Settled",
+    "decode",
+    "encode",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +43,35 @@ class Settled:
     paths: tuple[str, ...]
 
 
-ChangeEvent = Pending | Settled
+@dataclass(frozen=True, slots=True)
+class BuildStarted:
+    """The ``--build`` command started: HTML requests wait until it has finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFinished:
+    """The build ended and what it wrote has been seen by the watcher.
+
+    ``ok``: tabs reload once for ``paths`` (none changed: no reload) and any build
+    overlay goes away; otherwise tabs keep their page and show ``title`` and ``output``.
+    """
+
+    ok: bool
+    title: str
+    output: str = ""
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompanionExited:
+    """A ``--run`` command ended on its own: tabs show ``title`` and its last ``output``."""
+
+    command: str
+    title: str
+    output: str = ""
+
+
+ChangeEvent = Pending | Settled | BuildStarted | BuildFinished | CompanionExited
 Sink = Callable[[ChangeEvent], None]
 
 
@@ -66,7 +106,17 @@ def encode(event: ChangeEvent) -> bytes:
     """One JSON line, for relaying an event to a worker process."""
     if isinstance(event, Pending):
         return b'{"type":"pending"}\n'
-    return json.dumps({"type": "settled", "paths": list(event.paths)}).encode() + b"\n"
+    if isinstance(event, Settled):
+        data: dict[str, object] = {"type": "settled", "paths": list(event.paths)}
+    elif isinstance(event, BuildStarted):
+        data = {"type": "build-started"}
+    elif isinstance(event, BuildFinished):
+        data = {"type": "build-finished", "ok": event.ok, "title": event.title}
+        data |= {"output": event.output, "paths": list(event.paths)}
+    else:
+        data = {"type": "companion-exited", "command": event.command, "title": event.title}
+        data["output"] = event.output
+    return json.dumps(data).encode() + b"\n"
 
 
 def decode(line: bytes) -> ChangeEvent | None:
@@ -77,9 +127,19 @@ def decode(line: bytes) -> ChangeEvent | None:
         return None
     if not isinstance(data, dict):
         return None
-    if data.get("type") == "pending":
+    kind = data.get("type")
+    if kind == "pending":
         return Pending()
-    paths = data.get("paths")
-    if data.get("type") == "settled" and isinstance(paths, list):
+    if kind == "build-started":
+        return BuildStarted()
+    paths = data.get("paths", [])
+    title, output, command = (data.get(key, "") for key in ("title", "output", "command"))
+    if not isinstance(paths, list) or not all(isinstance(t, str) for t in (title, output, command)):
+        return None
+    if kind == "settled" and "paths" in data:
         return Settled(tuple(str(p) for p in paths))
+    if kind == "build-finished" and isinstance(data.get("ok"), bool):
+        return BuildFinished(data["ok"], title, output, tuple(str(p) for p in paths))
+    if kind == "companion-exited":
+        return CompanionExited(command, title, output)
     return None

@@ -120,9 +120,10 @@ print_config_option = click.option(
     is_flag=True,
     help="Print the effective settings and where each came from, then exit.",
 )
+# Whether the directory must exist is decided in _run: with --build it may not yet.
 directory_argument = click.argument(
     "directory",
-    type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path),
+    type=click.Path(file_okay=False, dir_okay=True, path_type=Path),
     default=".",
 )
 
@@ -289,6 +290,7 @@ def _given_directory(ctx: click.Context, directory: Path) -> Path | None:
 
 def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
     settings = settings_for(ctx)
+    _check_directory(ctx, directory, settings, create=not print_only)
     try:
         root = settings.root_for(_given_directory(ctx, directory))
     except ConfigError as exc:
@@ -310,6 +312,22 @@ def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         pass  # Ctrl-C before the signal handlers were installed: still a clean stop
+
+
+def _check_directory(ctx: click.Context, directory: Path, settings: Settings, create: bool) -> None:
+    """The served directory must exist, unless a --build command is to fill it: then it
+    is created (as the generator would)."""
+    if directory.exists():
+        return
+    building = any(s.option.name == "build" and s.value is not None for s in settings.values)
+    if not building:
+        param = next((p for p in ctx.command.params if p.name == "directory"), None)
+        raise click.BadParameter(f"Directory '{directory}' does not exist.", ctx, param)
+    if create:
+        try:
+            directory.mkdir(parents=True)
+        except OSError as exc:
+            raise click.UsageError(f"cannot create {directory}: {exc.strerror}") from None
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ class Config:
     watch: tuple[Path, ...] = ()
     ignore: tuple[str, ...] = ()
     poll: bool = False
+    # --build: a command run at start and on source changes; --run: companion commands.
+    build: str | None = None
+    run: tuple[str, ...] = ()
     # Production-like behaviour (issue "preview what production will serve").
     spa: str | None = None  # the SPA fallback file, relative to the root
     clean_urls: bool = True
@@ -105,6 +108,10 @@ class Config:
             raise ValueError("max_connections must be at least 1")
         if self.open is not None and not self.open.startswith("/"):
             raise ValueError(f"--open path {self.open!r} must start with /")
+        if self.build is not None and not self.build.strip():
+            raise ValueError("the --build command is empty")
+        if any(not command.strip() for command in self.run):
+            raise ValueError("a --run command is empty")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"unknown log format {self.log_format!r}")
         if self.spa is not None:
@@ -274,6 +281,18 @@ class Switch(Kind):
 
     def to_text(self, value: Any) -> str:
         return self.to_toml(value)
+
+
+@dataclass(frozen=True)
+class ShellCommand(Kind):
+    """A command line for the user's shell; never blank."""
+
+    metavar: str = "CMD"
+
+    def parse(self, text: str) -> str:
+        if not text.strip():
+            raise ValueError("the command is empty")
+        return text
 
 
 @dataclass(frozen=True)
@@ -522,7 +541,8 @@ OPTIONS: tuple[Option, ...] = (
         "watch",
         ExistingPath(),
         (),
-        "Also watch PATH for changes (repeatable).",
+        "Also watch PATH for changes (repeatable); with --build, PATH is a source of the "
+        "build instead.",
         multiple=True,
         to_config=_resolved_paths,
     ),
@@ -539,6 +559,24 @@ OPTIONS: tuple[Option, ...] = (
         Switch(),
         False,
         "Poll for changes instead of OS events (Docker, WSL, network drives).",
+    ),
+    Option(
+        "build",
+        ShellCommand(),
+        None,
+        "Run CMD (with $SHELL -c) at start and whenever a source changes, one build at "
+        "a time; pages wait for it, tabs reload once per good build and show its output "
+        "when it fails. Sources: the --watch paths, else the current directory without "
+        "the served one.",
+        default_text="none",
+    ),
+    Option(
+        "run",
+        ShellCommand(),
+        (),
+        "Keep CMD running while serving, e.g. a watcher or an API backend (repeatable); "
+        "an exit is reported in the terminal and in the tabs.",
+        multiple=True,
     ),
     Option(
         "spa",

@@ -3,7 +3,10 @@
 The :class:`Broadcaster` receives change events (already moved into the worker
 model's context), tells every connected tab exactly once per settled burst, and holds
 HTML requests while a burst is in flight so a reload never shows a half-written build.
-:func:`serve_websocket` runs one reload WebSocket connection (RFC 6455).
+While a ``--build`` command runs the gate stays closed (longer: :data:`BUILD_WAIT`);
+a failed build or a companion that exited shows an overlay in every tab, also in tabs
+that connect later, until a good build clears it. :func:`serve_websocket` runs one reload WebSocket
+connection (RFC 6455).
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ import hashlib
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 from sitepeek import inject
-from sitepeek.changes import ChangeEvent, Pending, Settled
+from sitepeek.changes import (
+    BuildFinished,
+    BuildStarted,
+    ChangeEvent,
+    CompanionExited,
+    Pending,
+    Settled,
+)
 from sitepeek.concurrency import Channel, Io
 from sitepeek.version import __version__
 from sitepeek.websocket import (
@@ -38,6 +48,10 @@ SOCKET_PATH = PREFIX + "ws"
 PING_INTERVAL = 20.0
 RECV_SIZE = 4096
 MAX_CLIENT_MESSAGE = 64 * 1024
+# How long a page request waits for a running --build (a burst of plain file changes
+# waits ``settle_timeout``): long enough for a real generator, bounded all the same.
+BUILD_WAIT = 30.0
+BUILD_OVERLAY = "build"
 
 
 def client_script() -> bytes:
@@ -72,6 +86,9 @@ class Broadcaster:
         self._settled = io.signal()
         self._settled.set()
         self._settle_timeout = settle_timeout
+        self._building = False
+        # The overlays on show, by id ("build", "run:CMD"): sent to every tab that connects.
+        self._overlays: dict[str, bytes] = {}
 
     def subscribe(self) -> Channel:
         channel = self._io.channel()
@@ -89,14 +106,50 @@ class Broadcaster:
             self._settled.clear()
             return
         if isinstance(event, Settled):
-            frame = encode_frame(
-                Opcode.TEXT, json.dumps({"type": "reload", "paths": list(event.paths)}).encode()
-            )
-            with self._lock:
-                channels = list(self._channels)
-            for channel in channels:
-                channel.put(frame)
+            if event.paths:  # none: a burst that turned out to be nothing to reload for
+                self._send({"type": "reload", "paths": list(event.paths)})
             self._settled.set()
+        elif isinstance(event, BuildStarted | BuildFinished | CompanionExited):
+            self._on_command_event(event)
+
+    def _send(self, message: Mapping[str, object]) -> None:
+        frame = encode_frame(Opcode.TEXT, json.dumps(message).encode())
+        with self._lock:
+            channels = list(self._channels)
+        for channel in channels:
+            channel.put(frame)
+
+    def _on_command_event(self, event: BuildStarted | BuildFinished | CompanionExited) -> None:
+        """--build and --run: hold pages during a build, show or clear overlays."""
+        if isinstance(event, BuildStarted):
+            self._building = True
+            self._settled.clear()
+            return
+        if isinstance(event, CompanionExited):
+            self._show_overlay("run:" + event.command, event.title, event.output)
+            return
+        self._building = False
+        if event.ok:
+            with self._lock:
+                shown = self._overlays.pop(BUILD_OVERLAY, None)
+            if shown is not None:
+                self._send({"type": "overlay-clear", "id": BUILD_OVERLAY})
+            if event.paths:
+                self._send({"type": "reload", "paths": list(event.paths)})
+        else:
+            self._show_overlay(BUILD_OVERLAY, event.title, event.output)
+        self._settled.set()
+
+    def _show_overlay(self, overlay_id: str, title: str, output: str) -> None:
+        message = {"type": "overlay", "id": overlay_id, "title": title, "output": output}
+        with self._lock:
+            self._overlays[overlay_id] = encode_frame(Opcode.TEXT, json.dumps(message).encode())
+        self._send(message)
+
+    def greeting(self) -> list[bytes]:
+        """Frames a newly connected tab gets after the hello: the overlays on show."""
+        with self._lock:
+            return list(self._overlays.values())
 
     @property
     def settled(self) -> bool:
@@ -104,9 +157,9 @@ class Broadcaster:
         return self._settled.is_set()
 
     def wait_until_settled(self) -> None:
-        """Block (bounded) while a burst of changes is still being written."""
+        """Block (bounded) while a burst of changes or a build is still being written."""
         if not self._settled.is_set():
-            self._settled.wait(self._settle_timeout)
+            self._settled.wait(BUILD_WAIT if self._building else self._settle_timeout)
 
 
 def serve_websocket(
@@ -133,6 +186,8 @@ def serve_websocket(
     try:
         hello = {"type": "hello", "version": __version__}
         write(encode_frame(Opcode.TEXT, json.dumps(hello).encode()))
+        for frame in broadcaster.greeting():
+            write(frame)
         unanswered = 0
         while not stopping():
             item = channel.get(PING_INTERVAL)

@@ -327,7 +327,8 @@ class Watcher:
 
     An extra directory is watched recursively and filtered relative to itself; an extra
     file is watched through its parent directory, so an atomic save (rename onto it) is
-    seen. Symbolic links are not followed, by either observer.
+    seen. Symbolic links are not followed, by either observer. With ``watch_root=False``
+    only the extra paths are watched; ``root`` still decides how paths are reported.
     """
 
     def __init__(
@@ -341,8 +342,10 @@ class Watcher:
         on_start: Callable[[], None],
         on_settle: Callable[[ChangeBatch], None],
         log: Callable[[str], None] = print_to_stderr,
+        watch_root: bool = True,
     ) -> None:
         self._root = os.fspath(root)
+        self._watch_root = watch_root
         self._extra_paths = tuple(os.fspath(p) for p in extra_paths)
         self._ignore = ignore
         self._delay = delay
@@ -393,7 +396,7 @@ class Watcher:
         real_root = _checked_real_path(self._root, "site root")
         if not os.path.isdir(real_root):
             raise WatchError(f"sitepeek: cannot watch {self._root}: not a directory")
-        targets = [_Target(real_root, recursive=True, report_prefix="")]
+        targets = [_Target(real_root, recursive=True, report_prefix="")] if self._watch_root else []
         for extra in self._extra_paths:
             target = _extra_target(extra, _checked_real_path(extra, "watched path"), real_root)
             if target not in targets:

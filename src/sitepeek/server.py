@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import resource
 import shutil
@@ -11,12 +12,14 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import console, workers
-from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled
+from sitepeek.changes import BuildFinished, ChangeEvent, ChangeFeed, Pending, Settled
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.handler import Handler
@@ -24,6 +27,7 @@ from sitepeek.version import __version__
 from sitepeek.workers.base import ConnectionHandler
 
 if TYPE_CHECKING:
+    from sitepeek.build import BuildRunner, Companions
     from sitepeek.reload import ChangeBatch, Watcher
 
 # A busy port moves on to the next one; this many are tried before giving up.
@@ -73,22 +77,24 @@ def serve(config: Config, out: TextIO | None = None) -> None:
 
     def count_reload(event: ChangeEvent) -> None:
         nonlocal reloads
-        if isinstance(event, Settled):
+        if isinstance(event, Settled | BuildFinished) and event.paths:
             reloads += 1
 
     feed.subscribe(count_reload)
     model = model_class(config, make_handler, feed)
-    watcher = _start_watcher(config, feed, out) if config.reload else None
+    runner, companions = _commands(config, feed, out)
+    watchers = _start_watchers(config, feed, out, runner)
     started = time.monotonic()
 
     def ready() -> None:
         nonlocal started
         started = time.monotonic()
         print_banner(config, port, out)
+        for commands in (companions, runner):
+            if commands is not None:
+                commands.start()
         if config.open is not None:
-            where = config.base if config.open == "/" else config.open  # the site's URL
-            path = urllib.parse.quote(where.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
-            console.open_browser(url_for(config.host, port) + path)
+            _open_browser(config, config.open, port)
 
     # Where worker processes agree on what was already reported (see ``claim``).
     notices = tempfile.mkdtemp(prefix="sitepeek-notices-")
@@ -99,11 +105,19 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         # exit into a kill (Python restores default handlers while it finalizes).
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
-        if watcher is not None:
+        _stop_commands(runner, companions)
+        for watcher in watchers:
             watcher.stop()
         shutil.rmtree(notices, ignore_errors=True)
     requests = _requests_served(handlers, model)
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
+
+
+def _open_browser(config: Config, where: str, port: int) -> None:
+    """Open ``where`` (a bare --open means the site's URL, under --base) in a browser."""
+    where = config.base if where == "/" else where
+    path = urllib.parse.quote(where.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
+    console.open_browser(url_for(config.host, port) + path)
 
 
 def _requests_served(handlers: list[Handler], model: object) -> int | None:
@@ -120,28 +134,133 @@ def console_stream(config: Config) -> TextIO:
     return sys.stderr if config.log_format == "json" else sys.stdout
 
 
-def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
-    """Watch the root (and --watch paths); events go to every worker through ``feed``."""
-    from sitepeek.reload import IgnoreFilter, Watcher, WatchError
+def _start_watchers(
+    config: Config, feed: ChangeFeed, out: TextIO, runner: BuildRunner | None
+) -> list[Watcher]:
+    """The site's watcher (with --reload) and the build's sources watcher (with --build)."""
+    watchers: list[Watcher] = []
+    try:
+        if config.reload:
+            watchers.append(_start_watcher(config, feed, out, runner))
+        if runner is not None:
+            watchers.append(_start_sources_watcher(config, runner))
+    except BaseException:
+        for watcher in watchers:
+            watcher.stop()
+        raise
+    return watchers
+
+
+def _start_watcher(
+    config: Config, feed: ChangeFeed, out: TextIO, runner: BuildRunner | None
+) -> Watcher:
+    """Watch the root (and --watch paths); events go to every worker through ``feed``.
+
+    With --build the runner sees each burst first: what a build writes becomes one
+    BuildFinished, and the --watch paths are the build's sources, not the site.
+    """
+    from sitepeek.reload import ChangeBatch, IgnoreFilter, Watcher
+
+    def started() -> None:
+        if runner is None or not runner.absorb_start():
+            feed.emit(Pending())
 
     def settled(batch: ChangeBatch) -> None:
-        print(f"reload · {batch.summary()}", file=out, flush=True)
-        feed.emit(Settled(batch.paths))
+        paths = batch.paths if runner is None else runner.absorb_settled(batch.paths)
+        if paths is None:
+            return  # part of a build: its BuildFinished tells the tabs
+        if paths:
+            print(f"reload · {ChangeBatch(paths).summary()}", file=out, flush=True)
+        feed.emit(Settled(paths))
 
     watcher = Watcher(
         str(config.root),
-        extra_paths=[str(path) for path in config.watch],
+        extra_paths=[] if runner is not None else [str(path) for path in config.watch],
         ignore=IgnoreFilter(extra=config.ignore),
         delay=config.reload_delay,
         poll=config.poll,
-        on_start=lambda: feed.emit(Pending()),
+        on_start=started,
         on_settle=settled,
     )
+    _start(watcher)
+    if runner is not None:
+        runner.set_polling(watcher.polling)
+    return watcher
+
+
+def _start(watcher: Watcher) -> None:
+    from sitepeek.reload import WatchError
+
     try:
         watcher.start()
     except WatchError as exc:
         raise StartupError(str(exc)) from None
+
+
+def _commands(
+    config: Config, feed: ChangeFeed, out: TextIO
+) -> tuple[BuildRunner | None, Companions | None]:
+    """The --build runner and the --run companions, not started yet (lazy import: a
+    server without them starts without loading any of it)."""
+    if config.build is None and not config.run:
+        return None, None
+    from sitepeek.build import BuildRunner, Companions, Terminal
+
+    terminal = Terminal(out)
+    cwd = Path.cwd()
+    runner = companions = None
+    if config.build is not None:
+        from sitepeek.reload import ChangeBatch
+
+        def announce(paths: tuple[str, ...]) -> None:
+            terminal.line(f"reload · {ChangeBatch(paths).summary()}")
+
+        fence_dir = config.root if config.reload else None
+        runner = BuildRunner(config.build, terminal, feed.emit, cwd, fence_dir, announce)
+    if config.run:
+        companions = Companions(config.run, terminal, feed.emit, cwd)
+    return runner, companions
+
+
+def _start_sources_watcher(config: Config, runner: BuildRunner) -> Watcher:
+    """Watch the build's sources: the --watch paths, else the current directory minus
+    the served one (a build writing there must not trigger itself), .git/,
+    node_modules/ and the --ignore globs."""
+    from sitepeek.reload import IgnoreFilter, Watcher
+
+    cwd = Path.cwd().resolve()
+    ignore = list(config.ignore)
+    if not config.watch:
+        root = config.root.resolve()
+        if root == cwd or root in cwd.parents:
+            raise StartupError(
+                "--build: the served directory holds the current directory, so the build "
+                "would trigger itself; name its sources with --watch"
+            )
+        if cwd in root.parents:
+            ignore.append("/" + glob.escape(root.relative_to(cwd).as_posix()) + "/")
+    watcher = Watcher(
+        str(cwd),
+        extra_paths=[str(path) for path in config.watch],
+        watch_root=not config.watch,
+        ignore=IgnoreFilter(extra=ignore),
+        delay=config.reload_delay,
+        poll=config.poll,
+        on_start=lambda: None,
+        on_settle=lambda batch: runner.request(batch.paths),
+    )
+    _start(watcher)
     return watcher
+
+
+def _stop_commands(runner: BuildRunner | None, companions: Companions | None) -> None:
+    """Stop a running build and the companions together (each may take its grace)."""
+    stoppers = [part.stop for part in (runner, companions) if part is not None]
+    threads = [threading.Thread(target=stop, daemon=True) for stop in stoppers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _raise_fd_limit() -> None:

@@ -2,6 +2,8 @@
 // One WebSocket per tab (never SSE: that would hold one of the browser's six
 // connections per origin). CSS changes swap stylesheets in place, image changes
 // refresh the images, anything else reloads the page and restores the scroll position.
+// With --build / --run, a failed build or a companion that ended shows its output in an
+// overlay (see overlay() below) until a good build clears it or the user dismisses it.
 (() => {
   "use strict";
   if (window.__sitepeek__) return;
@@ -37,6 +39,7 @@
         return;
       }
       if (message.type === "reload") apply(message.paths || []);
+      else if (message.type === "overlay" || message.type === "overlay-clear") overlay(message);
     };
     socket.onclose = () => {
       if (state.connected) lostConnection = true;
@@ -140,5 +143,136 @@
     const scroll = () => window.scrollTo(x, y);
     if (document.readyState === "complete") scroll();
     else window.addEventListener("load", scroll, { once: true });
+  }
+  // -- the build overlay: self-contained, in a shadow root so the page's CSS cannot
+  // touch it (nor it the page). Messages: {type: "overlay", id, title, output} shows or
+  // replaces one section, {type: "overlay-clear", id} removes it. Output is text: ANSI
+  // colours become styled spans, everything else is set as textContent (escaped).
+  function overlay(message) {
+    const shown = (overlay.shown = overlay.shown || new Map());
+    if (message.type === "overlay") shown.set(String(message.id), message);
+    else shown.delete(String(message.id));
+    state.overlays = [...shown.keys()];
+    let host = document.getElementById("__sitepeek_overlay__");
+    if (!shown.size || (message.type === "overlay-clear" && !host)) {
+      if (host) host.remove();
+      return;
+    }
+    if (!host) {
+      host = document.createElement("div");
+      host.id = "__sitepeek_overlay__";
+      host.attachShadow({ mode: "open" });
+      (document.body || document.documentElement).appendChild(host);
+      const dismiss = () => {
+        host.remove();
+        document.removeEventListener("keydown", onKey, true);
+      };
+      const onKey = (event) => {
+        if (event.key === "Escape") dismiss();
+      };
+      document.addEventListener("keydown", onKey, true);
+      host.dismiss = dismiss;
+    }
+    const root = host.shadowRoot;
+    root.replaceChildren();
+    const style = document.createElement("style");
+    style.textContent =
+      ":host{all:initial}" +
+      ".backdrop{position:fixed;inset:0;z-index:2147483647;background:rgba(0,0,0,.55);" +
+      "display:flex;align-items:flex-start;justify-content:center;padding:4vh 2vw;" +
+      "box-sizing:border-box;font:14px/1.45 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}" +
+      ".panel{position:relative;background:#181818;color:#e8e8e8;border-top:4px solid #e5484d;" +
+      "border-radius:6px;max-width:min(1100px,100%);width:100%;max-height:92vh;overflow:auto;" +
+      "box-shadow:0 10px 40px rgba(0,0,0,.5);padding:16px 20px;box-sizing:border-box}" +
+      "h2{font:inherit;font-weight:bold;color:#ff6369;margin:0 2em 8px 0}" +
+      "pre{margin:0 0 16px;white-space:pre-wrap;word-break:break-word;font:inherit}" +
+      "button{position:absolute;top:8px;right:10px;background:none;border:0;color:#aaa;" +
+      "font:20px/1 sans-serif;cursor:pointer}button:hover{color:#fff}" +
+      ".hint{color:#888;font-size:12px}";
+    const backdrop = document.createElement("div");
+    backdrop.className = "backdrop";
+    const panel = document.createElement("div");
+    panel.className = "panel";
+    panel.setAttribute("role", "alertdialog");
+    const close = document.createElement("button");
+    close.textContent = "\u00d7";
+    close.title = "Dismiss (Esc)";
+    close.setAttribute("aria-label", "Dismiss");
+    close.onclick = () => host.dismiss();
+    panel.appendChild(close);
+    for (const item of shown.values()) {
+      const title = document.createElement("h2");
+      title.textContent = String(item.title || "");
+      const pre = document.createElement("pre");
+      pre.appendChild(ansiToNodes(String(item.output || "")));
+      panel.append(title, pre);
+    }
+    const hint = document.createElement("div");
+    hint.className = "hint";
+    hint.textContent = "sitepeek keeps serving the last good build. Fix the error and save: this goes away.";
+    panel.appendChild(hint);
+    backdrop.appendChild(panel);
+    root.append(style, backdrop);
+  }
+
+  // ANSI SGR colours (16, 256 and 24-bit) to spans; other escape sequences are dropped.
+  function ansiToNodes(text) {
+    const BASIC = ["#000", "#e5484d", "#46a758", "#f5d90a", "#3e63dd", "#ab4aba", "#12a594", "#ccc",
+      "#666", "#ff6369", "#63c174", "#ffef5c", "#849dff", "#d19dff", "#0ac5b3", "#fff"];
+    const palette = (n) => {
+      if (n < 16) return BASIC[n];
+      if (n >= 232) { const v = 8 + (n - 232) * 10; return `rgb(${v},${v},${v})`; }
+      const c = n - 16, level = (x) => (x ? 55 + x * 40 : 0);
+      return `rgb(${level(Math.floor(c / 36))},${level(Math.floor(c / 6) % 6)},${level(c % 6)})`;
+    };
+    const fragment = document.createDocumentFragment();
+    let sgr = {};
+    const pattern = /\x1b\[([0-9;]*)m|\x1b\[[0-9;?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]/g;
+    let last = 0;
+    const emit = (chunk) => {
+      if (!chunk) return;
+      const span = document.createElement("span");
+      span.textContent = chunk;
+      if (sgr.fg) span.style.color = sgr.fg;
+      if (sgr.bg) span.style.backgroundColor = sgr.bg;
+      if (sgr.bold) span.style.fontWeight = "bold";
+      if (sgr.dim) span.style.opacity = "0.7";
+      if (sgr.italic) span.style.fontStyle = "italic";
+      if (sgr.underline) span.style.textDecoration = "underline";
+      fragment.appendChild(span);
+    };
+    for (let match; (match = pattern.exec(text)); ) {
+      emit(text.slice(last, match.index));
+      last = pattern.lastIndex;
+      if (match[1] === undefined) continue;
+      const codes = match[1] === "" ? [0] : match[1].split(";").map(Number);
+      for (let i = 0; i < codes.length; i++) {
+        const code = codes[i];
+        if (code === 0) sgr = {};
+        else if (code === 1) sgr.bold = true;
+        else if (code === 2) sgr.dim = true;
+        else if (code === 3) sgr.italic = true;
+        else if (code === 4) sgr.underline = true;
+        else if (code === 22) sgr.bold = sgr.dim = false;
+        else if (code === 23) sgr.italic = false;
+        else if (code === 24) sgr.underline = false;
+        else if (code >= 30 && code <= 37) sgr.fg = BASIC[code - 30];
+        else if (code >= 90 && code <= 97) sgr.fg = BASIC[code - 82];
+        else if (code >= 40 && code <= 47) sgr.bg = BASIC[code - 40];
+        else if (code >= 100 && code <= 107) sgr.bg = BASIC[code - 92];
+        else if (code === 39) sgr.fg = null;
+        else if (code === 49) sgr.bg = null;
+        else if ((code === 38 || code === 48) && codes[i + 1] === 5) {
+          sgr[code === 38 ? "fg" : "bg"] = palette(codes[i + 2] & 255);
+          i += 2;
+        } else if ((code === 38 || code === 48) && codes[i + 1] === 2) {
+          const [r, g, b] = codes.slice(i + 2, i + 5).map((v) => (v || 0) & 255);
+          sgr[code === 38 ? "fg" : "bg"] = `rgb(${r},${g},${b})`;
+          i += 4;
+        }
+      }
+    }
+    emit(text.slice(last));
+    return fragment;
   }
 })();

@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -135,7 +135,7 @@ class ProcessWorkers:
                 with contextlib.suppress(BlockingIOError):
                     while wake_r.recv(512):
                         pass
-                for pid, status in _reap():
+                for pid, status in _reap(list(self._workers)):
                     worker = self._forget(pid)
                     if worker is None or self._stopping:
                         continue
@@ -218,7 +218,7 @@ class ProcessWorkers:
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self._config.shutdown_grace + 0.2
         while self._workers and time.monotonic() < deadline:
-            for pid, _status in _reap():
+            for pid, _status in _reap(list(self._workers)):
                 self._forget(pid)
             time.sleep(0.01)
         for pid in self._workers:
@@ -311,16 +311,17 @@ def _set_parent_death_signal() -> None:
         pass  # the parent-pid check still covers it
 
 
-def _reap() -> list[tuple[int, int]]:
+def _reap(pids: Iterable[int]) -> list[tuple[int, int]]:
+    """The workers among ``pids`` that have exited. Only these: waiting for any child
+    would steal the exit status of a --build or --run command from its own waiter."""
     reaped = []
-    while True:
+    for pid in pids:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        reaped.append((pid, status))
+            continue
+        if done:
+            reaped.append((pid, status))
     return reaped
 
 
