@@ -34,6 +34,8 @@ ALLOWED = {
 # Leaves first, then the layers above them (DESIGN.md "Modules").
 IMPORTS: dict[str, set[str]] = {
     "version": set(),
+    "_lifeline": set(),
+    "build": {"changes"},
     "sitepeek": {"api", "version"},
     "changes": set(),
     "concurrency": set(),
@@ -108,6 +110,7 @@ IMPORTS: dict[str, set[str]] = {
     "workers.threads": {"changes", "config", "workers.base"},
     "workers.processes": {"changes", "concurrency", "config", "workers.base", "workers.greenlets"},
     "server": {
+        "build",
         "version",
         "changes",
         "concurrency",
