@@ -167,21 +167,15 @@ class Handler:
         return self._table.wait_closed(timeout)
 
     # -- one connection ------------------------------------------------------------
-    def serve(self, sock: socket.socket, peer: object = None) -> None:
-        """Serve one accepted connection until it closes, in the caller's task; never
-        raises."""
-        conn = self._open(sock, peer)
-        if conn is not None:
-            self._run(conn)
-
     def adopt(self, sock: socket.socket, peer: object = None) -> None:
         """Take an accepted connection without a task of its own; never blocks or raises.
 
-        Where the model can wait for readability without a task (gevent), a
-        connection waiting for its next request is only a watcher: a request the hot
-        cache answers is answered right in the event loop's callback, and a task is
-        spawned only for the others, until the connection is idle again. Elsewhere
-        it is :meth:`serve` in a new task.
+        Where the model can wait for readability without a task (gevent's watchers,
+        the threads model's selector), a connection waiting for its next request is
+        only a watcher: a request the hot cache answers is answered right in the event
+        loop's callback, and a task is dispatched only for the others, until the
+        connection is idle again (where tasks are pooled, it is parked after every
+        answer). Elsewhere the connection is served in a task of its own.
         """
         conn = self._open(sock, peer)
         if conn is None:
