@@ -167,6 +167,13 @@ class Handler:
         return self._table.wait_closed(timeout)
 
     # -- one connection ------------------------------------------------------------
+    def serve(self, sock: socket.socket, peer: object = None) -> None:
+        """Serve one accepted connection until it closes, in the caller's task; never
+        raises (for serving in-process, as the tests do)."""
+        conn = self._open(sock, peer)
+        if conn is not None:
+            self._run(conn)
+
     def adopt(self, sock: socket.socket, peer: object = None) -> None:
         """Take an accepted connection without a task of its own; never blocks or raises.
 
