@@ -2,7 +2,7 @@
 
 No gevent anywhere in this model. The way gunicorn's ``gthread`` worker does it:
 
-- the selector thread (the main thread: :mod:`selectors`, epoll on Linux) owns the
+- the selector thread (the main thread: epoll, or :mod:`selectors` without it) owns the
   listening socket and every idle keep-alive connection. When one has bytes, it reads
   them without blocking (MSG_DONTWAIT); a request the hot cache answers is answered
   right there in one non-blocking send, exactly as the greenlet model answers it in
