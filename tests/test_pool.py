@@ -151,3 +151,29 @@ def test_stop_with_every_thread_busy_and_clients_queued(
     assert code == 0, server.stderr_text()
     assert elapsed < 1.0
     assert "Traceback" not in server.stderr_text()
+
+
+def test_reload_sockets_hold_no_pool_thread(pool_site: Path, model: str) -> None:
+    server = start_server(pool_site, model, "--threads", POOL, "--processes", "1")
+    sockets = []
+    try:
+        # More open reload WebSockets (each lives as long as its tab) than pool threads.
+        for _ in range(int(POOL) + 3):
+            sock = server.connect()
+            sock.sendall(
+                f"GET /__sitepeek__/ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: {server.url}\r\n\r\n".encode()
+            )
+            assert sock.recv(1024).startswith(b"HTTP/1.1 101 ")
+            sockets.append(sock)
+        for index in range(5):
+            with server.connect() as sock:
+                response = H11Client(sock).request("GET", f"/index.html?n={index}")
+                assert response.status == 200 and response.body.startswith(PAGE)
+    finally:
+        for sock in sockets:
+            sock.close()
+        assert server.stop() == 0, server.stderr_text()
+    assert "Traceback" not in server.stderr_text()
