@@ -16,9 +16,10 @@ No gevent anywhere in this model. The way gunicorn's ``gthread`` worker does it:
 - a reload WebSocket or a proxied exchange may last long: its thread leaves the pool
   (Io.detach), so it never holds a pool slot.
 
-At ``max_connections`` the selector stops accepting (the idle connection used least
-recently is closed for a waiting newcomer; when every one is busy, newcomers wait in
-the kernel's listen backlog) and resumes as soon as there is room.
+At ``max_connections`` the idle connection used least recently is closed for a
+newcomer known to be waiting, and the selector stops accepting for a moment (50 ms)
+before it looks again; when every connection is busy, newcomers wait in the kernel's
+listen backlog meanwhile, never dropped.
 """
 
 from __future__ import annotations
