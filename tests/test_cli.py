@@ -81,6 +81,7 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--strict-port"], {"strict_port": True}),
     (["--workers", "threads"], {"workers": "threads"}),
     (["--workers", "processes", "--processes", "3"], {"workers": "processes", "processes": 3}),
+    (["--workers", "threads", "--threads", "5"], {"workers": "threads", "threads": 5}),
     (["--max-connections", "7"], {"max_connections": 7}),
     (["--keepalive-timeout", "1.5"], {"keepalive_timeout": 1.5}),
     (["--header-timeout", "2"], {"header_timeout": 2.0}),
@@ -177,6 +178,9 @@ USAGE_ERRORS = [
         "Invalid value for '--workers': 'fibers' is not one of greenlets, threads, processes",
     ),
     (["--processes", "0"], "Invalid value for '--processes': 0 is less than the minimum of 1"),
+    (["--threads", "0"], "Invalid value for '--threads': 0 is less than the minimum of 1"),
+    (["--threads", "many"], "Invalid value for '--threads': 'many' is not an integer"),
+    (["--threads", "-3"], "Invalid value for '--threads': -3 is less than the minimum of 1"),
     (["--max-connections", "0"], "0 is less than the minimum of 1"),
     (["--keepalive-timeout", "0.01"], "0.01 is less than the minimum of 0.1"),
     (["--header-timeout", "soon"], "'soon' is not a number"),
@@ -358,6 +362,7 @@ ENV_ERRORS = [
     ("SITEPEEK_PORT", "abc", "environment variable SITEPEEK_PORT: 'abc' is not an integer"),
     ("SITEPEEK_RELOAD", "maybe", "SITEPEEK_RELOAD: 'maybe' is not a boolean"),
     ("SITEPEEK_WORKERS", "fibers", "SITEPEEK_WORKERS: 'fibers' is not one of"),
+    ("SITEPEEK_THREADS", "0", "SITEPEEK_THREADS: 0 is less than the minimum of 1"),
     ("SITEPEEK_WATCH", "a,nope", "SITEPEEK_WATCH: path 'nope' does not exist"),
     ("SITEPEEK_PROT", "1", "unknown environment variable SITEPEEK_PROT (did you mean"),
     ("SITEPEEK_port", "1", "unknown environment variable SITEPEEK_port"),
@@ -525,6 +530,16 @@ def test_banner_on_loopback(site: Path) -> None:
     assert "  Workers:  processes (3)" in text
     assert "  Reload:   off" in text
     assert "\x1b" not in text
+
+
+def test_banner_shows_the_thread_pool(site: Path) -> None:
+    text = banner(Config(root=site, workers="threads", threads=3, reload=False))
+    assert "  Workers:  threads (3 threads)" in text
+    default = Config(root=site, workers="threads", reload=False).thread_count
+    assert default == 8 * (os.cpu_count() or 1)
+    assert f"  Workers:  threads ({default} threads)" in banner(
+        Config(root=site, workers="threads", reload=False)
+    )
 
 
 def test_banner_on_every_interface_lists_network_urls_and_warns(

@@ -7,12 +7,11 @@ them knows whether it runs in a greenlet or an OS thread.
 
 from __future__ import annotations
 
-import _socket
 import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-__all__ = ["Channel", "FdWait", "Io", "Signal"]
+__all__ = ["Channel", "FdWait", "Io", "RawSocket", "Signal"]
 
 T = TypeVar("T")
 
@@ -52,13 +51,29 @@ class FdWait(Protocol):
     def close(self) -> None: ...
 
 
+class RawSocket(Protocol):
+    """Non-blocking send and receive on a connection's socket: BlockingIOError, never
+    a wait, when the kernel has no bytes or no room."""
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def send(self, data: bytes, /) -> int: ...
+
+    def fileno(self) -> int: ...
+
+
 class Io(Protocol):
     """Blocking primitives that differ between greenlets and threads."""
 
-    def raw_socket(self, sock: socket.socket) -> _socket.socket | None:
-        """The non-blocking OS-level socket under ``sock``, when sending and receiving
-        on it directly skips a slower wrapper (gevent's cooperative socket); None
-        where ``sock`` is used as it is (threads)."""
+    # Tasks come from a bounded pool (threads): an idle connection must not keep one,
+    # so it always waits for its next request as a watcher (see Handler.adopt).
+    pooled: bool
+
+    def raw_socket(self, sock: socket.socket) -> RawSocket | None:
+        """Non-blocking access to ``sock`` beside its own (maybe blocking) calls: the
+        OS-level socket under gevent's cooperative one (skipping its slower wrapper),
+        or a thread model's blocking socket used with MSG_DONTWAIT; None where the
+        model has no event loop to wait for a connection's next request."""
 
     def read_wait(self, fd: int) -> FdWait | None:
         """A wait for ``fd`` to become readable, for a non-blocking socket; None where
@@ -72,6 +87,14 @@ class Io(Protocol):
 
     def spawn(self, task: Callable[[], None]) -> None:
         """Run ``task`` concurrently (a greenlet or a daemon thread)."""
+
+    def dispatch(self, task: Callable[[], None]) -> None:
+        """Run a connection's ``task``: a greenlet, or the next free thread of a pool
+        (ready connections queue first come, first served while all are busy)."""
+
+    def detach(self) -> None:
+        """The current task will run long (a WebSocket, a proxied exchange): where
+        tasks come from a bounded pool, it leaves the pool so as not to hold a slot."""
 
     def channel(self) -> Channel:
         """A new queue for tasks of this model."""

@@ -40,6 +40,10 @@ PYPROJECT_FILE = "pyproject.toml"
 PYPROJECT_LABEL = "pyproject.toml [tool.sitepeek]"
 DEFAULT_SOURCE = "default"
 COMMAND_LINE_SOURCE = "command line"
+# The default pool of the threads model: a thread is busy only while it reads a
+# request or writes an answer (idle connections wait in the selector), so a few per
+# core keep the CPUs fed while some block on slow clients or large files.
+THREADS_PER_CPU = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class Config:
     strict_port: bool = False
     workers: WorkerName = "greenlets"
     processes: int = 0  # 0: one per CPU
+    threads: int = 0  # worker threads of the threads model; 0: THREADS_PER_CPU per CPU
     max_connections: int = 1000
     # Seconds an idle keep-alive connection is kept open.
     keepalive_timeout: float = 5.0
@@ -99,6 +104,8 @@ class Config:
             raise ValueError(f"unknown worker model {self.workers!r}")
         if self.processes < 0:
             raise ValueError("processes must be 0 (one per CPU) or more")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 ({THREADS_PER_CPU} per CPU) or more")
         if self.reload_delay < 0:
             raise ValueError("reload delay must not be negative")
         for path in self.watch:
@@ -120,6 +127,10 @@ class Config:
     @property
     def process_count(self) -> int:
         return self.processes or os.cpu_count() or 1
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or THREADS_PER_CPU * (os.cpu_count() or 1)
 
 
 def _check_spa_fallback(root: Path, name: str) -> None:
@@ -478,9 +489,10 @@ OPTIONS: tuple[Option, ...] = (
         Choice(WORKER_NAMES, metavar="[" + "|".join(WORKER_NAMES) + "]"),
         "greenlets",
         "Concurrency model. greenlets: one process, one event loop, a greenlet per busy "
-        "connection (default; fastest, lightest). threads: one process, an OS thread "
-        "per connection (no gevent; pick it when debugging or profiling). processes: "
-        "pre-forked greenlet workers (pick it to use every core).",
+        "connection (default; fastest, lightest). threads: one process, a selector "
+        "thread and a pool of --threads worker threads (no gevent; pick it when "
+        "debugging or profiling). processes: pre-forked greenlet workers (pick it to "
+        "use every core).",
     ),
     Option(
         "processes",
@@ -488,6 +500,16 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Worker processes with --workers processes.",
         default_text="one per CPU",
+        to_config=lambda value: value or 0,
+    ),
+    Option(
+        "threads",
+        Integer(1),
+        None,
+        "Worker threads with --workers threads: requests are answered by this pool "
+        "(idle connections wait in one selector thread, not in a thread each); "
+        "a full pool queues ready connections, first come, first served.",
+        default_text=f"{THREADS_PER_CPU} per CPU",
         to_config=lambda value: value or 0,
     ),
     Option(

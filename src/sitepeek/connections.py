@@ -9,7 +9,6 @@ reload WebSocket); both count what went out, for the request log.
 
 from __future__ import annotations
 
-import _socket
 import contextlib
 import os
 import socket
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sitepeek.concurrency import FdWait, Io
+from sitepeek.concurrency import FdWait, Io, RawSocket
 from sitepeek.entities import FileVersion, content_identity
 from sitepeek.hotcache import Candidate
 from sitepeek.http11 import RequestParser
@@ -70,6 +69,9 @@ class Connection:
     # The reaper enforces it, so no I/O call needs a per-call timer.
     deadline: float = 0.0
     reading: bool = False
+    # When the request head being read must be complete (0: none begun). Kept here, as
+    # a connection waiting for the rest of one may be parked (threads model).
+    head_deadline: float = 0.0
     expired: bool = False
     status: int = 0  # of the response being sent (for the request log)
     sent: int = 0
@@ -86,8 +88,8 @@ class Connection:
 
     # The non-blocking OS socket under ``sock`` when the worker model offers one
     # (Io.raw_socket): tried first, it skips the model's wrapper whenever the kernel
-    # takes the bytes at once. None: use ``sock`` (threads).
-    raw: _socket.socket | None = None
+    # takes the bytes at once. None: use ``sock``.
+    raw: RawSocket | None = None
     readable: FdWait | None = None  # waits for ``raw`` to have bytes
     writable: FdWait | None = None  # waits for room in ``raw`` (made when first needed)
     # Adopted (see Handler.adopt): waits for its next request as a watcher, not a task.

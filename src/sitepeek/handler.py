@@ -169,7 +169,7 @@ class Handler:
     # -- one connection ------------------------------------------------------------
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes, in the caller's task; never
-        raises."""
+        raises (for serving in-process, as the tests do)."""
         conn = self._open(sock, peer)
         if conn is not None:
             self._run(conn)
@@ -177,17 +177,18 @@ class Handler:
     def adopt(self, sock: socket.socket, peer: object = None) -> None:
         """Take an accepted connection without a task of its own; never blocks or raises.
 
-        Where the model can wait for readability without a task (gevent), a
-        connection waiting for its next request is only a watcher: a request the hot
-        cache answers is answered right in the event loop's callback, and a task is
-        spawned only for the others, until the connection is idle again. Elsewhere
-        it is :meth:`serve` in a new task.
+        Where the model can wait for readability without a task (gevent's watchers,
+        the threads model's selector), a connection waiting for its next request is
+        only a watcher: a request the hot cache answers is answered right in the event
+        loop's callback, and a task is dispatched only for the others, until the
+        connection is idle again (where tasks are pooled, it is parked after every
+        answer). Elsewhere the connection is served in a task of its own.
         """
         conn = self._open(sock, peer)
         if conn is None:
             return
         if conn.readable is None or conn.raw is None:
-            self._io.spawn(lambda: self._run(conn))
+            self._io.dispatch(lambda: self._run(conn))
             return
         conn.parkable = True
         conn.on_readable = lambda: self._poll(conn)
@@ -232,12 +233,16 @@ class Handler:
             self._park(conn)
 
     def _park(self, conn: Connection) -> None:
-        """Wait for the next request as a watcher (the connection is idle)."""
+        """Wait for the next request as a watcher (the connection is idle), or, where
+        tasks are pooled, for the rest of a request head (its deadline stands)."""
         if self.stopping:
             self._table.close(conn)
             return
-        conn.idle = True
-        conn.deadline = time.monotonic() + self._config.keepalive_timeout
+        if conn.head_deadline:
+            conn.reading = True  # (the reaper shuts it for reading only: 408 can go out)
+        else:
+            conn.idle = True
+            conn.deadline = time.monotonic() + self._config.keepalive_timeout
         assert conn.readable is not None and conn.on_readable is not None
         conn.readable.notify(conn.on_readable)
 
@@ -255,6 +260,11 @@ class Handler:
                 data = raw.recv(RECV_SIZE)
             except BlockingIOError:
                 self._park(conn)
+                return
+            parser = conn.parser
+            if parser is not None and not parser.drained:  # (never a hot answer)
+                readable.notify(None)
+                self._io.dispatch(lambda: self._run(conn, data))  # (b"": 408 or close)
                 return
             if not data or conn.expired:
                 self._table.close(conn)  # closed by the peer, or by the reaper (idle too long)
@@ -288,11 +298,11 @@ class Handler:
                 conn.idle = False
                 conn.deadline = started + self._config.send_timeout
                 conn.parkable = entry.keep_alive
-                self._io.spawn(lambda: self._run(conn, pending=response[sent:]))
+                self._io.dispatch(lambda: self._run(conn, pending=response[sent:]))
                 return
             readable.notify(None)
             conn.idle = False
-            self._io.spawn(lambda: self._run(conn, data))
+            self._io.dispatch(lambda: self._run(conn, data))
         except OSError:
             self._table.close(conn)
         except Exception as exc:  # never into the event loop
@@ -356,7 +366,6 @@ class Handler:
         its whole head must arrive within ``header_timeout`` (a trickle of bytes does
         not extend it).
         """
-        head_deadline = 0.0
         hot = self._hot
         conn.hot_key = None
         if first:
@@ -367,6 +376,7 @@ class Handler:
             request = parser.next_request()
             if request is not None or parser.eof:
                 conn.idle = False
+                conn.head_deadline = 0.0
                 if conn.hot_key is not None and (
                     request is None or request.has_body or not parser.drained
                 ):
@@ -377,18 +387,19 @@ class Handler:
             if conn.idle:
                 if self.stopping:
                     return None
-                if conn.hot_streak and conn.parkable and parser.drained:
+                if conn.parkable and parser.drained and (conn.hot_streak or self._io.pooled):
                     raise Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:
+                head_deadline = conn.head_deadline
                 if not head_deadline:
-                    head_deadline = now + self._config.header_timeout
+                    head_deadline = conn.head_deadline = now + self._config.header_timeout
                 if now >= head_deadline:
                     raise TimeoutError
                 conn.deadline = head_deadline
             conn.reading = True
             try:
-                data = conn.recv(RECV_SIZE)
+                data = self._receive(conn)
             except OSError:
                 # gevent wakes a reader whose socket was shut down with an error, not
                 # with EOF; either way an expired wait is a timeout.
@@ -410,6 +421,17 @@ class Handler:
             else:
                 conn.hot_key = None
             parser.feed(data)
+
+    def _receive(self, conn: Connection) -> bytes:
+        """The next bytes of a request head being read; raises Park where a pooled task
+        must not wait for a slow client's next bytes (it waits as a watcher instead)."""
+        raw = conn.raw
+        if raw is not None and conn.parkable and self._io.pooled:
+            try:
+                return raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                raise Park from None
+        return conn.recv(RECV_SIZE)
 
     def _body_limit(self, path: str) -> int:
         """Proxied requests may carry large bodies; ours are only ever discarded."""
@@ -434,6 +456,7 @@ class Handler:
             if isinstance(plan, Upgrade):
                 assert out.parser is not None and self._broadcaster is not None
                 out.deadline = 0.0
+                self._io.detach()
                 self._upgrade(out, request, out.parser, self._broadcaster)
                 return False
         if request.has_body and request.expects_continue:
@@ -458,6 +481,7 @@ class Handler:
         """Forward to a ``--proxy`` backend, through this connection's counting writer."""
         assert out.parser is not None
         out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
+        self._io.detach()
         keep = proxy.forward(
             out.sock,
             request,

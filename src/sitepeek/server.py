@@ -343,6 +343,8 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
     workers: str = config.workers
     if workers == "processes":
         workers += f" ({config.process_count})"
+    elif workers == "threads":
+        workers += f" ({config.thread_count} threads)"
     banner = console.Banner(
         version=__version__,
         root=root,

@@ -75,6 +75,8 @@ class GeventFdWait:
 class GeventIo:
     """Cooperative blocking primitives for the handler."""
 
+    pooled = False
+
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
         self._tasks = gevent.pool.Group()  # so that shutdown can end what is left
@@ -101,6 +103,12 @@ class GeventIo:
 
     def spawn(self, task: Callable[[], None]) -> None:
         self._tasks.spawn(task)
+
+    def dispatch(self, task: Callable[[], None]) -> None:
+        self._tasks.spawn(task)
+
+    def detach(self) -> None:
+        return None  # a greenlet is no pool's
 
     def kill_all(self, timeout: float) -> None:
         """End every task still running (the shutdown grace has passed)."""
