@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import resource
@@ -37,6 +38,9 @@ class StartupError(Exception):
 def serve(config: Config, out: TextIO = sys.stdout) -> None:
     """Bind, announce, and serve until SIGINT/SIGTERM."""
     _raise_fd_limit()
+    ca_cert: bytes | None = None
+    if config.https and config.cert is None:
+        config, ca_cert = _local_certificate(config, out)
     listener = bind(config)
     port = listener.getsockname()[1]
     if config.port and port != config.port:
@@ -59,7 +63,7 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
         return True
 
     def make_handler(io: Io) -> ConnectionHandler:
-        handler = Handler(config, io, feed, claim)
+        handler = Handler(config, io, feed, claim, ca_cert)
         handlers.append(handler)
         return handler
 
@@ -76,10 +80,10 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
     def ready() -> None:
         nonlocal started
         started = time.monotonic()
-        print_banner(config, port, out)
+        print_banner(config, port, out, phone_help=ca_cert is not None)
         if config.open is not None:
             path = urllib.parse.quote(config.open.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
-            console.open_browser(url_for(config.host, port) + path)
+            console.open_browser(url_for(config.host, port, _scheme(config)) + path)
 
     # Where worker processes agree on what was already reported (see ``claim``).
     notices = tempfile.mkdtemp(prefix="sitepeek-notices-")
@@ -119,6 +123,28 @@ def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
     except WatchError as exc:
         raise StartupError(str(exc)) from None
     return watcher
+
+
+def _local_certificate(config: Config, out: TextIO) -> tuple[Config, bytes]:
+    """--https: a leaf from the local CA for every name the server is reached by."""
+    from sitepeek import certs
+
+    extra = list(console.network_addresses(config.host))
+    if config.host not in ("", "0.0.0.0", "::"):
+        extra.append(config.host)
+    extra += [name for name in config.allowed_host if not name.startswith("*.")]
+    try:
+        leaf = certs.issue_leaf(certs.local_names(extra))
+    except certs.CertError as exc:
+        raise StartupError(str(exc)) from None
+    if leaf.authority.created:
+        print(
+            f"Created sitepeek's local CA in {leaf.authority.directory}; "
+            "run `sitepeek https trust` once to make this machine's browsers trust it.",
+            file=out,
+        )
+    replaced = dataclasses.replace(config, cert=leaf.cert_path, key=leaf.key_path)
+    return replaced, leaf.authority.pem
 
 
 def _raise_fd_limit() -> None:
@@ -177,7 +203,7 @@ def _bind_error(config: Config, port: int, ports: list[int], exc: OSError) -> st
     return f"cannot listen on {config.host}:{port}: {exc.strerror}"
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, scheme: str = "http") -> str:
     """The URL a browser on this machine should open."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
@@ -185,18 +211,22 @@ def url_for(host: str, port: int) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
 
 
-def print_banner(config: Config, port: int, out: TextIO) -> None:
-    """The start-up banner (and QR code), printed once the server is ready."""
+def print_banner(config: Config, port: int, out: TextIO, phone_help: bool = False) -> None:
+    """The start-up banner (and QR code), printed once the server is ready.
+
+    ``phone_help``: say how a phone comes to trust the local CA (--https)."""
     root = str(config.root).encode("utf-8", "backslashreplace").decode("utf-8")
     wildcard = config.host in ("", "0.0.0.0", "::")
+    scheme = _scheme(config)
     if wildcard or console.is_loopback(config.host):
-        local: str | None = url_for(config.host, port)
-        network = tuple(url_for(a, port) for a in console.network_addresses(config.host))
+        local: str | None = url_for(config.host, port, scheme)
+        addresses = console.network_addresses(config.host)
+        network = tuple(url_for(a, port, scheme) for a in addresses)
     else:  # one address of this machine, reachable from the network
-        local, network = None, (url_for(config.host, port),)
+        local, network = None, (url_for(config.host, port, scheme),)
     workers: str = config.workers
     if workers == "processes":
         workers += f" ({config.process_count})"
@@ -210,9 +240,33 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
         reload="on, watching for changes" if config.reload else "off",
     )
     text = banner.render(console.Style(console.color_enabled(out)))
+    if phone_help and network:
+        text += "\n" + _phone_help(network[0])
     if config.qr:
         text += "\n\n" + console.qr_block(network[0] if network else None, out)
     print(text, file=out, flush=True)
+
+
+def _scheme(config: Config) -> str:
+    return "https" if config.tls else "http"
+
+
+def _phone_help(url: str) -> str:
+    """How a phone comes to trust sitepeek's local CA (--https on the network)."""
+    from sitepeek.site import CA_CERT_PATH
+
+    download = url.replace("https://", "http://", 1).rstrip("/") + CA_CERT_PATH
+    return "\n".join(
+        (
+            "  Phones: to trust this server, download sitepeek's CA from " + download,
+            "  (plain HTTP on purpose: the phone does not trust the CA yet), then:",
+            "    iOS: Settings > General > VPN & Device Management > install; then",
+            "         Settings > General > About > Certificate Trust Settings > turn it on.",
+            "    Android: Settings > Security > Encryption & credentials >",
+            "         Install a certificate > CA certificate.",
+            "",
+        )
+    )
 
 
 def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: int | None) -> None:
