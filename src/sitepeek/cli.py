@@ -1,6 +1,7 @@
 """Command line: ``sitepeek [OPTIONS]`` serves the current directory,
 ``sitepeek serve [DIR] [OPTIONS]`` serves DIR, ``sitepeek config [DIR] [OPTIONS]``
-prints the effective settings, ``sitepeek completion SHELL`` prints a completion script.
+prints the effective settings, ``sitepeek completion SHELL`` prints a completion script,
+``sitepeek https [trust|untrust]`` shows the local CA (``--https``) and installs or removes it.
 
 Every option comes from one table, :data:`sitepeek.config.OPTIONS`; this module turns
 each entry into a click option on the group, ``serve`` and ``config`` (so options may
