@@ -43,7 +43,7 @@ IMPORTS: dict[str, set[str]] = {
     "representation": set(),
     "routes": set(),
     "certs": set(),
-    "tls": set(),
+    "tls": {"concurrency"},
     "websocket": {"http11"},
     "rules": {"http11"},
     "resolver": {"http11"},

@@ -286,7 +286,10 @@ class Handler:
         if not tls.is_client_hello(first):
             self._redirect_to_https(conn, first)
             return False
-        secure = tls.TlsSocket(conn.sock, self._tls, first)
+        raw = self._io.raw_socket(conn.sock)
+        if raw is not None:
+            conn.readable = self._io.read_wait(raw.fileno())  # (closed with conn)
+        secure = tls.TlsSocket(conn.sock, self._tls, first, raw, conn.readable)
         secure.handshake()
         if conn.expired:
             return False

@@ -14,11 +14,14 @@ Standard library only.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import socket
 import ssl
 import threading
 from pathlib import Path
+
+from sitepeek.concurrency import FdWait
 
 __all__ = [
     "TlsError",
@@ -33,6 +36,8 @@ ALPN_PROTOCOLS = ("http/1.1",)
 # begins with it; an HTTP request line never does (a method is a token).
 _HANDSHAKE = 0x16
 _RECV_SIZE = 64 * 1024
+# A TLS record carries at most 16 KiB of plaintext, and one read returns one record's.
+_RECORD_SIZE = 16 * 1024
 
 
 class TlsError(ValueError):
@@ -99,8 +104,20 @@ class TlsSocket:
     # Bytes pass through user space to be encrypted: never sendfile on fileno().
     encrypted = True
 
-    def __init__(self, tcp: socket.socket, context: ssl.SSLContext, first: bytes = b"") -> None:
+    def __init__(
+        self,
+        tcp: socket.socket,
+        context: ssl.SSLContext,
+        first: bytes = b"",
+        raw: _socket.socket | None = None,
+        readable: FdWait | None = None,
+    ) -> None:
+        """``raw`` and ``readable``: the non-blocking socket under ``tcp`` and a wait
+        for it (gevent), used while no timeout is set, as the connection does."""
         self._tcp = tcp
+        self._raw = raw if readable is not None else None
+        self._readable = readable
+        self._timeout: float | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -127,10 +144,10 @@ class TlsSocket:
                     raise
                 out = self._outgoing.read()
             if out:
-                self._tcp.sendall(out)
+                self._send_tcp(out)
             if done:
                 return
-            data = self._tcp.recv(_RECV_SIZE)
+            data = self._recv_tcp()
             if not data:
                 raise ConnectionAbortedError("the client left during the TLS handshake")
             with self._lock:
@@ -150,16 +167,46 @@ class TlsSocket:
         return self._tls.selected_alpn_protocol()
 
     # -- the socket interface the connection code uses -----------------------------------
+    # -- TCP underneath ------------------------------------------------------------------
+    def _recv_tcp(self) -> bytes:
+        raw = self._raw
+        if raw is None or self._timeout is not None:
+            return self._tcp.recv(_RECV_SIZE)
+        readable = self._readable
+        assert readable is not None
+        while True:
+            try:
+                return raw.recv(_RECV_SIZE)
+            except BlockingIOError:
+                readable.wait()  # cooperatively; the reaper's shutdown wakes it
+
+    def _send_tcp(self, data: bytes) -> None:
+        raw = self._raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._tcp.sendall(data)
+
     def recv(self, size: int) -> bytes:
+        size = min(size, _RECORD_SIZE)
         while True:
             with self._lock:
-                try:
-                    return self._tls.read(size)
-                except ssl.SSLWantReadError:
-                    pass
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    return b""  # close_notify, or TCP closed without it
-            data = self._tcp.recv(_RECV_SIZE)
+                # Nothing buffered at either level: a read could only fail; go to TCP.
+                if self._incoming.pending or self._tls.pending():
+                    try:
+                        return self._tls.read(size)
+                    except ssl.SSLWantReadError:
+                        pass
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        return b""  # close_notify, or TCP closed without it
+                elif self._incoming.eof:
+                    return b""
+            data = self._recv_tcp()
             with self._lock:
                 if data:
                     self._incoming.write(data)
@@ -173,7 +220,7 @@ class TlsSocket:
                 written = self._tls.write(view)
                 view = view[written:]
             out = self._outgoing.read()
-        self._tcp.sendall(out)
+        self._send_tcp(out)
 
     def send(self, data: bytes) -> int:
         self.sendall(data)
@@ -201,6 +248,7 @@ class TlsSocket:
         return self._tcp.fileno()
 
     def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
         self._tcp.settimeout(timeout)
 
     def gettimeout(self) -> float | None:
