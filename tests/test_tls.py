@@ -380,3 +380,39 @@ def test_https_replaces_a_leaf_that_no_longer_fits(
     assert leaf.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + certs.RENEW_BEFORE
     # A leaf that fits is kept: the next start serves the same one.
     assert certs.issue_leaf(names, directory).issued is False
+
+
+def test_local_names_are_what_a_certificate_can_carry() -> None:
+    names = certs.local_names(
+        ["192.0.2.7", "FE80::1", "[2001:db8::1]", "*.Dev.test", "bücher.example", "a b", "x/y"]
+    )
+    assert names[:3] == ("localhost", "127.0.0.1", "::1")
+    assert socket.gethostname().lower() in names
+    assert names[-5:] == (
+        "192.0.2.7",
+        "fe80::1",
+        "2001:db8::1",
+        "*.dev.test",
+        "xn--bcher-kva.example",
+    )
+
+
+def test_a_leaf_is_reissued_when_the_names_change_and_kept_otherwise(tmp_path: Path) -> None:
+    first = certs.issue_leaf(("localhost", "127.0.0.1"), tmp_path)
+    assert first.issued and first.authority.created
+    assert stat_mode(first.key_path) == 0o600 and stat_mode(first.authority.key_path) == 0o600
+    again = certs.issue_leaf(("localhost", "127.0.0.1"), tmp_path)
+    assert not again.issued and not again.authority.created
+    more = certs.issue_leaf(("localhost", "127.0.0.1", "192.0.2.9"), tmp_path)
+    assert more.issued
+    leaf = x509.load_pem_x509_certificate(more.cert_path.read_bytes())
+    assert _sans(leaf) == {"localhost", "127.0.0.1", "192.0.2.9"}
+    ca = x509.load_pem_x509_certificate(more.authority.pem)
+    leaf.verify_directly_issued_by(ca)
+    # Near expiry (within RENEW_BEFORE of the end): reissued.
+    later = NOW + certs.LEAF_LIFETIME - certs.RENEW_BEFORE + DAY
+    assert certs.issue_leaf(("localhost", "127.0.0.1", "192.0.2.9"), tmp_path, later).issued
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

@@ -136,12 +136,26 @@ def issue_leaf(
 
 def local_names(extra: Sequence[str] = ()) -> tuple[str, ...]:
     """localhost, the loopback addresses, this machine's name, and ``extra``."""
-    names = ["localhost", "127.0.0.1", "::1"]
-    host = socket.gethostname()
-    if host and host != "localhost":
-        names.append(host)
-    names += extra
-    return tuple(dict.fromkeys(name.lower() for name in names))
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), *extra]
+    return tuple(dict.fromkeys(n for n in map(_dns_form, names) if n is not None))
+
+
+def _dns_form(name: str) -> str | None:
+    """How ``name`` goes into a certificate: lowercase ASCII (IDNA for others), or
+    None for a name no certificate can carry."""
+    name = name.strip().strip("[]").rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name or any(c.isspace() or c in "/@:" for c in name):
+        return None
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 # -- the CA -----------------------------------------------------------------------------
