@@ -120,9 +120,13 @@ def test_requests_over_tls_on_one_connection(
 def test_connection_close_over_tls_ends_with_close_notify(
     tls_server: Server, pair: tuple[Path, Path, Path]
 ) -> None:
-    with tls_connect(tls_server, client_context(pair[0])) as sock:
+    plain = tls_server.connect()
+    context = client_context(pair[0])
+    # A close without close_notify would raise SSLEOFError here, not return b"".
+    strict = context.wrap_socket(plain, server_hostname="localhost", suppress_ragged_eofs=False)
+    with strict as sock:
         sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        data = recv_until_closed(sock)  # a clean TLS close: recv returns b"", no SSLError
+        data = recv_until_closed(sock)
     response, body = parse_one(data)
     assert response.status_code == 200 and len(body) == 1000
 

@@ -242,6 +242,18 @@ class TlsSocket:
         self._tcp.shutdown(how)
 
     def close(self) -> None:
+        """close_notify first, as far as it goes without waiting (RFC 8446 §6.1): a
+        client reading to the end then sees a clean close, not a truncation."""
+        with self._lock:
+            with contextlib.suppress(ssl.SSLError):
+                self._tls.unwrap()
+            out = self._outgoing.read()
+        if out:
+            with contextlib.suppress(OSError):
+                if self._raw is not None:
+                    self._raw.send(out)
+                else:
+                    self._tcp.send(out, socket.MSG_DONTWAIT)
         self._tcp.close()
 
     def fileno(self) -> int:
