@@ -28,7 +28,7 @@ from types import FrameType
 
 from loadgen import LoadSpec, LoadTool, run_load, wrk_version
 from report import Outcome, Probe, render_table
-from scenarios import LARGE_PATH, SCENARIOS, Scenario
+from scenarios import LARGE_PATH, SCENARIOS, TLS_BASELINE, Scenario
 from servers import (
     BASELINE,
     SERVERS,
@@ -36,6 +36,7 @@ from servers import (
     RunningServer,
     ServerSpec,
     StartError,
+    make_certificate,
     raise_open_files_limit,
 )
 from testsite import build_site
@@ -109,6 +110,7 @@ class Run:
     tool: LoadTool
     # Servers that could not start once, so later scenarios skip them instead of waiting.
     cannot_start: dict[str, Outcome] = field(default_factory=dict)
+    tls: tuple[Path, Path] | None = None  # the certificate every HTTPS server uses
 
 
 # -- Command line ---------------------------------------------------------------------------
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     try:
         with tempfile.TemporaryDirectory(prefix="sitepeek-bench-") as tmp:
-            run = Run(Path(tmp) / "site", Path(tmp) / "runs", args.duration, cpus, tool)
+            tls = make_certificate(Path(tmp) / "tls") if any(s.tls for s in scenarios) else None
+            run = Run(Path(tmp) / "site", Path(tmp) / "runs", args.duration, cpus, tool, tls=tls)
             _progress(f"building the test site in {run.site}")
             build_site(run.site, with_large=any(s.path == LARGE_PATH for s in scenarios))
             for scenario in scenarios:
@@ -192,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows += [
                     Outcome(scenario.name, name, "not installed", reason)
                     for name, reason in missing.items()
-                    if scenario.kind != "startup" or SERVERS[name].in_startup
+                    if (scenario.kind != "startup" or SERVERS[name].in_startup)
+                    and (not scenario.tls or SERVERS[name].tls)
                 ]
-                print(render_table(scenario, rows, BASELINE), flush=True)
+                baseline = TLS_BASELINE if scenario.tls else BASELINE
+                print(render_table(scenario, rows, baseline), flush=True)
                 outcomes += rows
     except KeyboardInterrupt:
         _progress("interrupted; servers stopped")
@@ -228,6 +233,8 @@ def _run_scenario(run: Run, scenario: Scenario, servers: list[ServerSpec]) -> li
     for spec in servers:
         if scenario.kind == "startup" and not spec.in_startup:
             continue
+        if scenario.tls and not spec.tls:
+            continue
         broken = run.cannot_start.get(spec.name)
         if broken is not None:
             detail = f"could not start in `{broken.scenario}`, see above"
@@ -247,7 +254,7 @@ def _run_scenario(run: Run, scenario: Scenario, servers: list[ServerSpec]) -> li
 def _measure_load(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
     outcome = Outcome(scenario.name, spec.name, "ok")
     try:
-        with _server(run, spec, scenario.name) as server:
+        with _server(run, spec, scenario.name, scenario.tls) as server:
             outcome.notes += server.launch.notes
             outcome.startup_s.append(server.startup_s)
             if scenario.probe:
@@ -284,8 +291,11 @@ def _measure_startup(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
 
 
 @contextmanager
-def _server(run: Run, spec: ServerSpec, label: str) -> Iterator[RunningServer]:
-    ctx = LaunchContext(run.site, run.scratch / f"{spec.name}-{label}", run.cpus.pinned)
+def _server(
+    run: Run, spec: ServerSpec, label: str, tls: bool = False
+) -> Iterator[RunningServer]:
+    workdir = run.scratch / f"{spec.name}-{label}"
+    ctx = LaunchContext(run.site, workdir, run.cpus.pinned, run.tls if tls else None)
     with RunningServer(spec, ctx, CpuPlan.prefix(run.cpus.server)) as server:
         yield server
 

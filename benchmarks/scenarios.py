@@ -25,6 +25,8 @@ class Scenario:
     # Every request differs (a counter in the query): no cache keyed by the request's
     # bytes can answer, so this measures the full path of a request never seen before.
     unique: bool = False
+    # Over HTTPS, against the servers that speak it (the same certificate for each).
+    tls: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -51,6 +53,16 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("large", "GET /large.bin (64 MiB), 4 connections", "/large.bin", 4),
         Scenario("c1000", "GET /small.txt, 1000 concurrent connections", connections=1000),
+        Scenario("tls-small", "HTTPS: GET /small.txt (1 KiB), 50 keep-alive connections", tls=True),
+        Scenario(
+            "tls-close",
+            "HTTPS: GET /small.txt with Connection: close (a full TLS handshake per request)",
+            headers=(("Connection", "close"),),
+            tls=True,
+        ),
+        Scenario(
+            "tls-large", "HTTPS: GET /large.bin (64 MiB), 4 connections", "/large.bin", 4, tls=True
+        ),
         Scenario(
             "startup",
             "launch to first byte of a 200 for /small.txt, median of 10 launches",
@@ -59,3 +71,5 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 LARGE_PATH = "/large.bin"
+# HTTPS rows are compared with nginx (python -m http.server speaks no TLS).
+TLS_BASELINE = "nginx"

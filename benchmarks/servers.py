@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ STOP_GRACE_S = 3.0
 POLL_INTERVAL_S = 0.005
 READY_PATH = "/small.txt"
 MIN_OPEN_FILES = 4096
-STARTUP_URL = re.compile(rb"http://127\.0\.0\.1:(\d+)/")
+STARTUP_URL = re.compile(rb"https?://127\.0\.0\.1:(\d+)/")
 
 
 class StartError(Exception):
@@ -46,6 +47,7 @@ class LaunchContext:
     site: Path
     workdir: Path  # scratch space for this launch: logs, configs
     pinned: bool  # the server gets a single CPU
+    tls: tuple[Path, Path] | None = None  # serve HTTPS with this certificate and key
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ServerSpec:
     command: str | None = None  # must be on PATH for the server to run
     optional: bool = False  # skipped silently when `command` is missing
     in_startup: bool = False  # takes part in the `startup` scenario
+    tls: bool = False  # can serve HTTPS (takes part in the tls-* scenarios)
 
     def missing_reason(self) -> str | None:
         if self.command is None or shutil.which(self.command):
@@ -93,6 +96,8 @@ def _sitepeek(model: str, log: bool = False) -> Callable[[LaunchContext], Launch
         notes: list[str] = ["request log on (text, to a file)"] if log else []
         if not log:
             argv.append("--quiet")
+        if ctx.tls is not None:
+            argv += ["--cert", str(ctx.tls[0]), "--key", str(ctx.tls[1])]
         if model == "processes" and ctx.pinned:
             argv += ["--processes", "1"]
             notes.append("--processes 1 (pinned to one core)")
@@ -115,20 +120,26 @@ def _http_server(ctx: LaunchContext) -> Launch:
 def _nginx(ctx: LaunchContext) -> Launch:
     port = free_port()
     conf = ctx.workdir / "nginx.conf"
-    conf.write_text(nginx_conf(ctx.site, ctx.workdir, port))
+    conf.write_text(nginx_conf(ctx.site, ctx.workdir, port, ctx.tls))
     argv = ["nginx", "-c", str(conf), "-p", str(ctx.workdir)]
     if _nginx_supports_e():
         argv += ["-e", str(ctx.workdir / "error.log")]
     return Launch(argv, port, notes=("1 process, gzip level 6",))
 
 
-def nginx_conf(site: Path, workdir: Path, port: int) -> str:
+def nginx_conf(
+    site: Path, workdir: Path, port: int, tls: tuple[Path, Path] | None = None
+) -> str:
     mime = Path("/etc/nginx/mime.types")
     types = f"include {mime};" if mime.exists() else _MINIMAL_TYPES
     temp = "\n".join(
         f"  {kind}_temp_path {workdir / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    listen = f"listen 127.0.0.1:{port}"
+    if tls is not None:
+        # nginx's defaults otherwise (no kTLS: sendfile is not used through TLS).
+        listen += f" ssl;\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]}"
     # worker_connections is raised from the default 512 so that `c1000` measures nginx,
     # not its configuration.
     return f"""daemon off;
@@ -150,7 +161,7 @@ http {{
   gzip_types text/javascript application/javascript text/css;
 {temp}
   server {{
-    listen 127.0.0.1:{port};
+    {listen};
     root {site};
   }}
 }}
@@ -190,12 +201,12 @@ def _node(command: str, *flags: str) -> Callable[[LaunchContext], Launch]:
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
-        ServerSpec("sitepeek-greenlets", _sitepeek("greenlets"), in_startup=True),
+        ServerSpec("sitepeek-greenlets", _sitepeek("greenlets"), in_startup=True, tls=True),
         ServerSpec("sitepeek-greenlets-log", _sitepeek("greenlets", log=True)),
-        ServerSpec("sitepeek-threads", _sitepeek("threads"), in_startup=True),
-        ServerSpec("sitepeek-processes", _sitepeek("processes"), in_startup=True),
+        ServerSpec("sitepeek-threads", _sitepeek("threads"), in_startup=True, tls=True),
+        ServerSpec("sitepeek-processes", _sitepeek("processes"), in_startup=True, tls=True),
         ServerSpec("python-http.server", _http_server, in_startup=True),
-        ServerSpec("nginx", _nginx, command="nginx"),
+        ServerSpec("nginx", _nginx, command="nginx", tls=True),
         ServerSpec(
             "sirv",
             _node("sirv", "--port", "{port}", "--host", "127.0.0.1", "--quiet"),
@@ -265,7 +276,8 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ctx.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def startup_s(self) -> float:
@@ -315,7 +327,8 @@ class RunningServer:
         while time.perf_counter() < deadline:
             self._check_alive()
             try:
-                status, at = first_response_byte(self.port, READY_PATH)
+                tls = self.ctx.tls is not None
+                status, at = first_response_byte(self.port, READY_PATH, tls=tls)
             except OSError as error:
                 last_error = repr(error)
             else:
@@ -381,10 +394,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def first_response_byte(port: int, path: str, timeout: float = 1.0) -> tuple[int, float]:
+def first_response_byte(
+    port: int, path: str, timeout: float = 1.0, tls: bool = False
+) -> tuple[int, float]:
     """GET `path`; return the status code and the perf_counter() when its first byte came."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        sock = _unverified().wrap_socket(plain) if tls else plain
         sock.sendall(request.encode())
         head = sock.recv(64)
         at = time.perf_counter()
@@ -393,10 +409,36 @@ def first_response_byte(port: int, path: str, timeout: float = 1.0) -> tuple[int
             if not more:
                 break
             head += more
+        if sock is not plain:
+            sock.close()
     parts = head.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         raise ConnectionError(f"not an HTTP response: {head[:40]!r}")
     return int(parts[1]), at
+
+
+def _unverified() -> ssl.SSLContext:
+    """Readiness only: the benchmark's own throwaway certificate is not checked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate for 127.0.0.1 (openssl), shared by every server."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def process_tree(root: int) -> list[int]:

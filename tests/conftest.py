@@ -26,7 +26,7 @@ from sitepeek.inject import inject
 from sitepeek.livereload import client_tag
 
 WORKER_MODELS = ("greenlets", "threads", "processes")
-URL_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)/")
+URL_LINE = re.compile(r"(https?)://127\.0\.0\.1:(\d+)/")
 START_TIMEOUT = 15.0
 
 
@@ -41,10 +41,11 @@ class Server:
     stderr_lines: list[str] = field(default_factory=list)
     stdout_lines: list[str] = field(default_factory=list)
     pumps: list[threading.Thread] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -154,7 +155,7 @@ def start_server(
         server.stdout_lines.append(line)
         match = URL_LINE.search(line)
         if match:
-            server.port = int(match.group(1))
+            server.scheme, server.port = match.group(1), int(match.group(2))
             server.pumps.append(_start_pump(proc.stdout, server.stdout_lines))
             return server
     proc.kill()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from conftest import H11Client, start_server
+from pki import write_pair
 from sitepeek import __version__, cli, console, server
 from sitepeek.config import OPTIONS, Config
 
@@ -115,6 +118,12 @@ OPTION_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["--allowed-host", "dev.test"], {"allowed_host": ("dev.test",)}),
     (["--build", "mkdocs build -q"], {"build": "mkdocs build -q"}),
     (["--run", "tsc --watch", "--run", "npm start"], {"run": ("tsc --watch", "npm start")}),
+    (["--https"], {"https": True}),
+    # (relative to the test's directory, where a certificate pair is written)
+    (
+        ["--cert", "cert.pem", "--key", "key.pem"],
+        {"cert": Path("cert.pem"), "key": Path("key.pem")},
+    ),
 ]
 
 
@@ -133,6 +142,9 @@ def test_every_option_reaches_the_config(
     if where == "before" and args == ["--spa"]:
         args = ["--spa=index.html"]  # likewise
     argv = ["serve", str(site), *args] if where == "after" else [*args, "serve", str(site)]
+    if "--cert" in args:
+        write_pair(Path.cwd())
+        expected = {name: Path.cwd() / value for name, value in expected.items()}
     result = invoke(*argv)
     assert result.exit_code == 0, result.output
     assert captured.config == replace(Config(root=site.resolve()), **expected)
@@ -901,3 +913,141 @@ def test_plain_sitepeek_serves_the_root_of_its_config_file(
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=10)
         assert proc.returncode == 0
+
+
+# -- HTTPS: --https, --cert/--key ------------------------------------------------------
+def test_https_from_the_environment_and_the_config_file(
+    captured: Captured, tmp_path: Path, site: Path
+) -> None:
+    write_pair(tmp_path)
+    assert invoke("serve", str(site), env={"SITEPEEK_HTTPS": "yes"}).exit_code == 0
+    assert captured.configs[-1].https is True
+    (tmp_path / "sitepeek.toml").write_text('cert = "cert.pem"\nkey = "key.pem"\n')
+    result = invoke("serve", str(site))
+    assert result.exit_code == 0, result.output
+    assert captured.configs[-1].cert == tmp_path / "cert.pem"
+    assert captured.configs[-1].tls
+
+
+def _other_key(directory: Path) -> Path:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pki import key_pem
+
+    path = directory / "other-key.pem"
+    path.write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+    return path
+
+
+CERT_ERRORS = [
+    (["--cert", "cert.pem", "--key", "missing.pem"], "missing.pem: no such file"),
+    (["--cert", "missing.pem", "--key", "key.pem"], "missing.pem: no such file"),
+    (["--cert", "cert.pem", "--key", "other-key.pem"], "the key does not belong to the cert"),
+    (["--cert", "site/index.html", "--key", "key.pem"], "not a PEM certificate chain"),
+    (["--cert", "site", "--key", "key.pem"], "site: not a file"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CERT_ERRORS, ids=str)
+def test_a_bad_certificate_pair_is_one_line_and_status_2(
+    captured: Captured, tmp_path: Path, site: Path, args: list[str], message: str
+) -> None:
+    write_pair(tmp_path)
+    _other_key(tmp_path)
+    for env in ({}, {"SITEPEEK_CERT": args[1], "SITEPEEK_KEY": args[3]}):
+        result = invoke("serve", str(site), *(args if not env else []), env=env)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.splitlines()
+        assert line.startswith("Error: ") and message in line, line
+    assert captured.configs == []
+
+
+def test_cert_without_key_is_refused(captured: Captured, tmp_path: Path, site: Path) -> None:
+    write_pair(tmp_path)
+    result = invoke("serve", str(site), "--cert", "cert.pem")
+    assert result.exit_code == 2
+    assert "--cert and --key go together" in result.output
+    assert captured.configs == []
+
+
+SITEPEEK_ARGV = (sys.executable, "-m", "sitepeek")
+
+
+def test_a_bad_pair_exits_2_from_a_real_process(tmp_path: Path, site: Path) -> None:
+    write_pair(tmp_path)
+    _other_key(tmp_path)
+    done = subprocess.run(
+        [*SITEPEEK_ARGV, "serve", str(site), "--cert", "cert.pem", "--key", "other-key.pem"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: --cert ")
+
+
+def test_https_command_prints_the_ca_and_trusts_it_in_nss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sitepeek https` makes and shows the CA; trust/untrust change the NSS db."""
+    if shutil.which("certutil") is None:
+        pytest.fail("certutil is missing: install libnss3-tools")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": ""}
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "sitepeek", "https", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    shown = run()
+    assert shown.returncode == 0, shown.stderr
+    ca_path = home / ".local" / "share" / "sitepeek" / "ca.crt"
+    assert f"Certificate: {ca_path}" in shown.stdout
+    assert stat.S_IMODE((ca_path.parent / "ca-key.pem").stat().st_mode) == 0o600
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    assert f"SHA-256:     {fingerprint}" in shown.stdout
+    assert "sitepeek local CA (" in shown.stdout and "@" in shown.stdout
+    again = run()
+    assert again.stdout == shown.stdout.replace(shown.stdout.splitlines()[0] + "\n", "")
+
+    db = home / ".pki" / "nssdb"
+    trusted = run("trust", "--no-system")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert "adding 'sitepeek local CA" in trusted.stdout and str(db) in trusted.stdout
+    listed = subprocess.run(["certutil", "-d", f"sql:{db}", "-L"], capture_output=True, text=True)
+    assert "sitepeek local CA" in listed.stdout
+    untrusted = run("untrust", "--no-system")
+    assert untrusted.returncode == 0, untrusted.stdout + untrusted.stderr
+    assert "removing 'sitepeek local CA" in untrusted.stdout
+    listed = subprocess.run(["certutil", "-d", f"sql:{db}", "-L"], capture_output=True, text=True)
+    assert "sitepeek local CA" not in listed.stdout
+    nothing = run("untrust", "--no-system")
+    assert "nothing to remove" in nothing.stdout
+
+
+def test_https_trust_says_which_tool_is_missing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": "", "PATH": str(empty_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "sitepeek", "https", "trust"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "update-ca-certificates not found" in done.stdout
+    assert "certutil not found: install libnss3-tools" in done.stdout
+    assert "Traceback" not in done.stderr

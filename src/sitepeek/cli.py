@@ -1,6 +1,7 @@
 """Command line: ``sitepeek [OPTIONS]`` serves the current directory,
 ``sitepeek serve [DIR] [OPTIONS]`` serves DIR, ``sitepeek config [DIR] [OPTIONS]``
-prints the effective settings, ``sitepeek completion SHELL`` prints a completion script.
+prints the effective settings, ``sitepeek completion SHELL`` prints a completion script,
+``sitepeek https [trust|untrust]`` shows the local CA (``--https``) and installs or removes it.
 
 Every option comes from one table, :data:`sitepeek.config.OPTIONS`; this module turns
 each entry into a click option on the group, ``serve`` and ``config`` (so options may
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -36,6 +37,9 @@ from sitepeek.config import (
     resolve,
 )
 from sitepeek.version import __version__
+
+if TYPE_CHECKING:
+    from sitepeek.certs import Authority
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +80,10 @@ class ConfigFileError(click.ClickException):
     """A config file or environment variable is invalid: ``Error: ...``, exit status 2."""
 
     exit_code = 2
+
+
+class CertificateError(ConfigFileError):
+    """--cert/--key cannot be served with: ``Error: ...``, exit status 2."""
 
 
 def click_option(option: Option) -> Callable[[F], F]:
@@ -181,6 +189,79 @@ def completion(shell: str) -> None:
     fish: sitepeek completion fish > ~/.config/fish/completions/sitepeek.fish
     """
     click.echo(completion_script(shell), nl=False)
+
+
+@cli.group("https", invoke_without_command=True, context_settings=CONTEXT_SETTINGS)
+@click.pass_context
+def https_command(ctx: click.Context) -> None:
+    """Show sitepeek's local CA (used by --https): its path and SHA-256 fingerprint.
+
+    The CA is created on first use. `sitepeek https trust` makes this machine's
+    browsers trust it; `sitepeek https untrust` undoes that.
+    """
+    if ctx.invoked_subcommand is None:
+        ca = _authority()
+        if ca.created:
+            click.echo(f"Created sitepeek's local CA in {ca.directory}")
+        click.echo(f"CA:          {ca.name}")
+        click.echo(f"Certificate: {ca.cert_path}")
+        click.echo(f"Key:         {ca.key_path} (never leaves this directory)")
+        click.echo(f"SHA-256:     {ca.fingerprint}")
+
+
+def _authority() -> Authority:
+    from sitepeek import certs
+
+    try:
+        return certs.authority()
+    except certs.CertError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_store_options = (
+    click.option(
+        "--system/--no-system",
+        default=True,
+        show_default=True,
+        help="The system store (update-ca-certificates; needs root, asks sudo).",
+    ),
+    click.option(
+        "--browsers/--no-browsers",
+        default=True,
+        show_default=True,
+        help="The NSS databases of Chromium (~/.pki/nssdb) and Firefox profiles.",
+    ),
+)
+
+
+def _with_store_options(func: F) -> F:
+    for option in reversed(_store_options):
+        func = option(func)
+    return func
+
+
+@https_command.command("trust", context_settings=CONTEXT_SETTINGS)
+@_with_store_options
+def https_trust(system: bool, browsers: bool) -> None:
+    """Install the local CA in the system store and the browsers' NSS databases."""
+    from sitepeek.trust import trust
+
+    ca = _authority()
+    click.echo(f"Trusting {ca.name} ({ca.cert_path}, SHA-256 {ca.fingerprint})")
+    if not trust(ca, click.echo, system=system, browsers=browsers):
+        sys.exit(1)
+
+
+@https_command.command("untrust", context_settings=CONTEXT_SETTINGS)
+@_with_store_options
+def https_untrust(system: bool, browsers: bool) -> None:
+    """Remove the local CA from where `sitepeek https trust` installed it."""
+    from sitepeek.trust import untrust
+
+    ca = _authority()
+    click.echo(f"Untrusting {ca.name} ({ca.cert_path})")
+    if not untrust(ca, click.echo, system=system, browsers=browsers):
+        sys.exit(1)
 
 
 def completion_script(shell: str) -> str:
@@ -302,6 +383,14 @@ def _run(ctx: click.Context, directory: Path, print_only: bool = False) -> None:
     if print_only or any(context.params.get("print_config") for context in _lineage(ctx)):
         click.echo(settings.describe(config.root, root))
         return
+
+    if config.cert is not None and config.key is not None:
+        from sitepeek.tls import TlsError, server_context
+
+        try:
+            server_context(config.cert, config.key)
+        except TlsError as exc:
+            raise CertificateError(str(exc)) from None
 
     from sitepeek.server import StartupError, serve
 

@@ -91,6 +91,11 @@ class Config:
     open: str | None = None
     # Print a QR code of the network URL under the banner.
     qr: bool = False
+    # HTTPS: with a certificate from sitepeek's local CA (``https``), or the given
+    # certificate chain and key (``cert``, ``key``; they imply HTTPS).
+    https: bool = False
+    cert: Path | None = None
+    key: Path | None = None
     # Request log: errors (status >= 500) only, and the line format.
     quiet: bool = False
     log_format: LogFormat = "text"
@@ -123,6 +128,13 @@ class Config:
             raise ValueError(f"unknown log format {self.log_format!r}")
         if self.spa is not None:
             _check_spa_fallback(self.root, self.spa)
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together: give both, or use --https")
+
+    @property
+    def tls(self) -> bool:
+        """Served over TLS (https:// URLs)."""
+        return self.https or self.cert is not None
 
     @property
     def process_count(self) -> int:
@@ -317,6 +329,16 @@ class ExistingPath(Kind):
         if not path.exists():
             raise ValueError(f"path {text!r} does not exist")
         return path
+
+
+@dataclass(frozen=True)
+class FilePath(ExistingPath):
+    """A file whose user checks it (a missing one is then named with the reason)."""
+
+    metavar: str = "FILE"
+
+    def parse(self, text: str) -> Path:
+        return Path(text).expanduser()
 
 
 @dataclass(frozen=True)
@@ -683,6 +705,31 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Print a QR code of the network URL, to open the site on a phone "
         "(needs the qr extra: pip install 'sitepeek[qr]').",
+    ),
+    Option(
+        "https",
+        Switch(),
+        False,
+        "Serve HTTPS with a certificate from sitepeek's own local CA, created on first "
+        "use (needs the https extra: pip install 'sitepeek[https]'); `sitepeek https "
+        "trust` makes browsers trust it.",
+    ),
+    Option(
+        "cert",
+        FilePath(),
+        None,
+        "Serve HTTPS with this certificate chain (PEM, leaf first), made elsewhere "
+        "(mkcert, a company CA); needs --key.",
+        default_text="none",
+        to_config=lambda path: None if path is None else path.resolve(),
+    ),
+    Option(
+        "key",
+        FilePath(),
+        None,
+        "The unencrypted private key (PEM) of --cert.",
+        default_text="none",
+        to_config=lambda path: None if path is None else path.resolve(),
     ),
     Option(
         "quiet",

@@ -298,7 +298,8 @@ def send_file_range(
     The connection's deadline is renewed for every chunk: a large download may take
     long, but a client that stops reading is cut off after send_timeout.
     """
-    if identity is not None and count <= COPY_LIMIT:
+    # Through TLS (tls.TlsSocket) every byte is encrypted in user space: always copied.
+    if getattr(out.sock, "encrypted", False) or (identity is not None and count <= COPY_LIMIT):
         _send_copy(out, fd, offset, count, identity, send_timeout)
         return
     fileno = out.sock.fileno()
@@ -331,13 +332,19 @@ def send_file_range(
 
 
 def _send_copy(
-    out: Connection, fd: int, offset: int, count: int, identity: FileVersion, send_timeout: float
+    out: Connection,
+    fd: int,
+    offset: int,
+    count: int,
+    identity: FileVersion | None,
+    send_timeout: float,
 ) -> None:
-    """Read a chunk, check the file is still that version, send it; repeat."""
-    expected = identity.content
+    """Read a chunk, check the file is still that version (with ``identity``), send
+    it; repeat."""
+    expected = None if identity is None else identity.content
     while count > 0:
         data = os.pread(fd, min(count, COPY_CHUNK), offset)
-        if not data or content_identity(os.fstat(fd)) != expected:
+        if not data or (expected is not None and content_identity(os.fstat(fd)) != expected):
             raise CloseConnection  # shrank or rewritten: never send a mix
         out.deadline = time.monotonic() + send_timeout
         out.sock.sendall(data)

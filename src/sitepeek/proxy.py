@@ -236,7 +236,9 @@ class _Exchange:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            backend = type(self.sock)(family, socket.SOCK_STREAM)
+            # (Under TLS, the kind of socket the TLS layer runs on.)
+            kind = getattr(self.sock, "tcp_type", type(self.sock))
+            backend = kind(family, socket.SOCK_STREAM)
             try:
                 backend.settimeout(remaining)
                 backend.connect(address)

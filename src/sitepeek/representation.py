@@ -71,6 +71,7 @@ _MEDIA_TYPES: dict[str, str] = {
     "md": "text/markdown",  # RFC 7763
     "markdown": "text/markdown",
     "csv": "text/csv",  # RFC 4180
+    "crt": "application/x-x509-ca-cert",  # (nginx mime.types too): phones install it
     "tsv": "text/tab-separated-values",
     "ics": "text/calendar",
     "vcf": "text/vcard",

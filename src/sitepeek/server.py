@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import os
@@ -48,6 +49,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     """
     out = console_stream(config) if out is None else out
     _raise_fd_limit()
+    config, ca_cert = _local_certificate(config, out)
     listener = bind(config)
     port = listener.getsockname()[1]
     if config.port and port != config.port:
@@ -71,7 +73,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         return True
 
     def make_handler(io: Io) -> ConnectionHandler:
-        handler = Handler(config, io, feed, claim)
+        handler = Handler(config, io, feed, claim, ca_cert)
         handlers.append(handler)
         return handler
 
@@ -89,7 +91,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     def ready() -> None:
         nonlocal started
         started = time.monotonic()
-        print_banner(config, port, out)
+        print_banner(config, port, out, phone_help=ca_cert is not None)
         for commands in (companions, runner):
             if commands is not None:
                 commands.start()
@@ -117,7 +119,7 @@ def _open_browser(config: Config, where: str, port: int) -> None:
     """Open ``where`` (a bare --open means the site's URL, under --base) in a browser."""
     where = config.base if where == "/" else where
     path = urllib.parse.quote(where.lstrip("/"), safe="/?#&=%:@!$'()*+,;~")
-    console.open_browser(url_for(config.host, port) + path)
+    console.open_browser(url_for(config.host, port, _scheme(config)) + path)
 
 
 def _requests_served(handlers: list[Handler], model: object) -> int | None:
@@ -263,6 +265,31 @@ def _stop_commands(runner: BuildRunner | None, companions: Companions | None) ->
         thread.join()
 
 
+def _local_certificate(config: Config, out: TextIO) -> tuple[Config, bytes | None]:
+    """--https without --cert: a leaf from the local CA for every name the server is
+    reached by, and the CA's certificate; otherwise ``config`` as it is and None."""
+    if not config.https or config.cert is not None:
+        return config, None
+    from sitepeek import certs
+
+    extra = list(console.network_addresses(config.host))
+    if config.host not in ("", "0.0.0.0", "::"):
+        extra.append(config.host)
+    extra += config.allowed_host  # ("*.dev.test" is a wildcard name in a certificate too)
+    try:
+        leaf = certs.issue_leaf(certs.local_names(extra))
+    except certs.CertError as exc:
+        raise StartupError(str(exc)) from None
+    if leaf.authority.created:
+        print(
+            f"Created sitepeek's local CA in {leaf.authority.directory}; "
+            "run `sitepeek https trust` once to make this machine's browsers trust it.",
+            file=out,
+        )
+    replaced = dataclasses.replace(config, cert=leaf.cert_path, key=leaf.key_path)
+    return replaced, leaf.authority.pem
+
+
 def _raise_fd_limit() -> None:
     """Every connection is a descriptor: allow as many as the hard limit permits."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -319,7 +346,7 @@ def _bind_error(config: Config, port: int, ports: list[int], exc: OSError) -> st
     return f"cannot listen on {config.host}:{port}: {exc.strerror}"
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, scheme: str = "http") -> str:
     """The URL a browser on this machine should open."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
@@ -327,19 +354,23 @@ def url_for(host: str, port: int) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
 
 
-def print_banner(config: Config, port: int, out: TextIO) -> None:
-    """The start-up banner (and QR code), printed once the server is ready."""
+def print_banner(config: Config, port: int, out: TextIO, phone_help: bool = False) -> None:
+    """The start-up banner (and QR code), printed once the server is ready.
+
+    ``phone_help``: say how a phone comes to trust the local CA (--https)."""
     root = str(config.root).encode("utf-8", "backslashreplace").decode("utf-8")
     wildcard = config.host in ("", "0.0.0.0", "::")
+    scheme = _scheme(config)
     base = config.base.lstrip("/")  # the site's URL, not a redirect to it
     if wildcard or console.is_loopback(config.host):
-        local: str | None = url_for(config.host, port) + base
-        network = tuple(url_for(a, port) + base for a in console.network_addresses(config.host))
+        local: str | None = url_for(config.host, port, scheme) + base
+        addresses = console.network_addresses(config.host)
+        network = tuple(url_for(a, port, scheme) + base for a in addresses)
     else:  # one address of this machine, reachable from the network
-        local, network = None, (url_for(config.host, port) + base,)
+        local, network = None, (url_for(config.host, port, scheme) + base,)
     workers: str = config.workers
     if workers == "processes":
         workers += f" ({config.process_count})"
@@ -356,6 +387,8 @@ def print_banner(config: Config, port: int, out: TextIO) -> None:
         modes=banner_modes(config),
     )
     text = banner.render(console.Style(console.color_enabled(out)))
+    if phone_help and network:
+        text += "\n" + _phone_help(network[0])
     if config.qr:
         text += "\n\n" + console.qr_block(network[0] if network else None, out)
     print(text, file=out, flush=True)
@@ -377,6 +410,28 @@ def banner_modes(config: Config) -> tuple[tuple[str, str], ...]:
         prefix, _, url = route.partition("=")
         modes.append(("Proxy:", f"{prefix.strip()} -> {url.strip()}"))
     return tuple(modes)
+
+
+def _scheme(config: Config) -> str:
+    return "https" if config.tls else "http"
+
+
+def _phone_help(url: str) -> str:
+    """How a phone comes to trust sitepeek's local CA (--https on the network)."""
+    from sitepeek.site import CA_CERT_PATH
+
+    download = url.replace("https://", "http://", 1).rstrip("/") + CA_CERT_PATH
+    return "\n".join(
+        (
+            "  Phones: to trust this server, download sitepeek's CA from " + download,
+            "  (plain HTTP on purpose: the phone does not trust the CA yet), then:",
+            "    iOS: Settings > General > VPN & Device Management > install; then",
+            "         Settings > General > About > Certificate Trust Settings > turn it on.",
+            "    Android: Settings > Security > Encryption & credentials >",
+            "         Install a certificate > CA certificate.",
+            "",
+        )
+    )
 
 
 def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: int | None) -> None:

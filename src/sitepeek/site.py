@@ -50,7 +50,10 @@ from sitepeek.responses import ALLOW
 from sitepeek.routes import ProxyRoute, match, parse_route
 from sitepeek.rules import RuleMatch, RuleSet, RulesFile
 
-__all__ = ["MISDIRECTED", "Site", "may_be_html"]
+__all__ = ["CA_CERT_PATH", "MISDIRECTED", "Site", "may_be_html"]
+
+# The local CA's certificate (public part), for installing on a phone (--https).
+CA_CERT_PATH = livereload.PREFIX + "ca.crt"
 
 MISDIRECTED = (
     "This server answers to localhost names only (DNS rebinding protection). "
@@ -74,9 +77,11 @@ class Site:
         client: Entity | None = None,
         snippet: bytes | None = None,
         claim: Callable[[str], bool] | None = None,
+        ca_cert: Entity | None = None,
     ) -> None:
         """``broadcaster``: live reload is on (the WebSocket and the build gate);
-        ``client``: its script; ``snippet``: the tag injected into pages made here.
+        ``client``: its script; ``snippet``: the tag injected into pages made here;
+        ``ca_cert``: the local CA's certificate, for phones (--https).
         ``claim(key)`` is True for the first caller of a key across the server's
         processes: a rules warning is printed once, not once per worker."""
         self.config = config
@@ -90,6 +95,7 @@ class Site:
         self._broadcaster = broadcaster
         self._client = client
         self._snippet = snippet
+        self._ca_cert = ca_cert
 
     def route(self, path: str) -> ProxyRoute | None:
         """The ``--proxy`` route for ``path``, if any."""
@@ -245,6 +251,8 @@ class Site:
         """sitepeek's own URLs under /__sitepeek__/ (never files of the site)."""
         if request.path == livereload.CLIENT_PATH and self._client is not None:
             return SendEntity(self._client)
+        if request.path == CA_CERT_PATH and self._ca_cert is not None:
+            return SendEntity(self._ca_cert)
         if request.path == livereload.SOCKET_PATH and self._broadcaster is not None:
             return Error(
                 426,
