@@ -366,7 +366,11 @@ def test_handshake_is_accepted(shared: Server) -> None:
         assert "sec-websocket-extensions" not in got
         assert "sec-websocket-protocol" not in got
         hello = WsClient(sock, trailing).recv_json()
-    assert hello == {"type": "hello", "version": __version__}
+    assert hello["type"] == "hello" and hello["version"] == __version__
+    # The site version and build state a tab compares with what its page shows.
+    assert (hello["site"], hello["ended"], hello["building"]) == (0, 0.0, False)
+    assert isinstance(hello["server"], str) and hello["server"]
+    assert abs(hello["now"] - time.time() * 1000) < 60_000  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("version", [None, "8", "14", "13, 8"])
@@ -455,7 +459,14 @@ def test_a_change_reaches_every_socket_exactly_once(live: Server) -> None:
     try:
         (live.root / "index.html").write_text("<p>changed</p>\n")
         for client in clients:
-            assert client.recv_json() == {"type": "reload", "paths": ["index.html"]}
+            message = client.recv_json()
+            # A client that reported nothing of what it loaded is told to reload.
+            assert {k: message[k] for k in ("type", "site", "paths", "action")} == {
+                "type": "reload",
+                "site": 1,
+                "paths": ["index.html"],
+                "action": "reload",
+            }
         # Exactly once: the next message on every socket is the next change's.
         (live.root / "style.css").write_text("body { color: blue }\n")
         for client in clients:

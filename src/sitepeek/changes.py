@@ -1,10 +1,15 @@
 """How file-change events travel from the watcher to the connections of a process.
 
 The watcher (:mod:`sitepeek.reload`, watchdog threads) emits two kinds of event into a
-:class:`ChangeFeed`: :class:`Pending` when a burst of changes begins and
-:class:`Settled` once it has gone quiet. Each handler subscribes to the feed and moves
-the event into its worker model's context with ``call_soon_threadsafe``. In the process
-model the supervisor relays events to every worker over a socket, as JSON lines.
+:class:`ChangeFeed`: :class:`Pending` when a build (a burst of changes) begins and
+:class:`Settled` once it is over. Each handler subscribes to the feed and moves the event
+into its worker model's context with ``call_soon_threadsafe``. In the process model the
+supervisor relays events to every worker over a socket, as JSON lines.
+
+Every settled build that changed something gets the next *site version*; events carry
+it, and the wall-clock times the build began and ended, so that every process of one
+server (and every tab) agrees on it. A subscriber that comes late (a worker process
+restarted by the supervisor) is told the latest build and whether one is in flight.
 
 Standard library only: workers import this without importing watchdog.
 """
@@ -12,23 +17,50 @@ Standard library only: workers import this without importing watchdog.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ChangeEvent", "ChangeFeed", "Pending", "Settled", "decode", "encode"]
+__all__ = [
+    "INSTANCE",
+    "ChangeEvent",
+    "ChangeFeed",
+    "Pending",
+    "Settled",
+    "decode",
+    "encode",
+    "wall_ms",
+]
+
+# Names this server run: a tab that reconnects to another run reloads. Worker processes
+# are forked after this module is imported, so they all share the supervisor's value.
+INSTANCE = f"{os.getpid():x}-{time.time_ns():x}"
+
+
+def wall_ms() -> float:
+    """Wall-clock milliseconds: what tabs compare with their own timestamps."""
+    return time.time() * 1000.0
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A burst of changes has begun; HTML requests should wait for it to settle."""
+    """A build has begun at ``started`` (wall ms); HTML requests wait for it to settle."""
+
+    started: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """A burst has settled: ``paths`` changed (root-relative POSIX paths)."""
+    """A build is over: ``paths`` changed (root-relative POSIX paths; empty when
+    nothing really changed). ``version`` counts the builds that changed something;
+    ``started`` and ``ended`` are wall ms."""
 
     paths: tuple[str, ...]
+    version: int = 0
+    started: float = 0.0
+    ended: float = 0.0
 
 
 ChangeEvent = Pending | Settled
@@ -41,16 +73,22 @@ class ChangeFeed:
     def __init__(self) -> None:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
+        self._latest: Settled | None = None  # the latest build that changed something
+        self._pending: Pending | None = None  # a build in flight
 
     def subscribe(self, sink: Sink) -> None:
+        """Add ``sink``; it is told at once about the latest build and one in flight."""
         with self._lock:
             self._sinks.append(sink)
+            replay = [event for event in (self._latest, self._pending) if event is not None]
+        for event in replay:
+            sink(event)
 
     def reset(self) -> None:
         """Forget every subscriber (a forked worker starts with its own).
 
         The lock is replaced, not taken: after a fork, the watcher thread that may
-        have held it no longer exists.
+        have held it no longer exists. What the feed knows about builds is kept.
         """
         self._lock = threading.Lock()
         self._sinks = []
@@ -58,6 +96,12 @@ class ChangeFeed:
     def emit(self, event: ChangeEvent) -> None:
         with self._lock:
             sinks = list(self._sinks)
+            if isinstance(event, Pending):
+                self._pending = event
+            else:
+                self._pending = None
+                if event.paths:
+                    self._latest = event
         for sink in sinks:
             sink(event)
 
@@ -65,8 +109,15 @@ class ChangeFeed:
 def encode(event: ChangeEvent) -> bytes:
     """One JSON line, for relaying an event to a worker process."""
     if isinstance(event, Pending):
-        return b'{"type":"pending"}\n'
-    return json.dumps({"type": "settled", "paths": list(event.paths)}).encode() + b"\n"
+        return json.dumps({"type": "pending", "started": event.started}).encode() + b"\n"
+    data = {
+        "type": "settled",
+        "paths": list(event.paths),
+        "version": event.version,
+        "started": event.started,
+        "ended": event.ended,
+    }
+    return json.dumps(data).encode() + b"\n"
 
 
 def decode(line: bytes) -> ChangeEvent | None:
@@ -78,8 +129,18 @@ def decode(line: bytes) -> ChangeEvent | None:
     if not isinstance(data, dict):
         return None
     if data.get("type") == "pending":
-        return Pending()
+        return Pending(_number(data.get("started")))
     paths = data.get("paths")
     if data.get("type") == "settled" and isinstance(paths, list):
-        return Settled(tuple(str(p) for p in paths))
+        version = data.get("version", 0)
+        return Settled(
+            tuple(str(p) for p in paths),
+            version if isinstance(version, int) else 0,
+            _number(data.get("started")),
+            _number(data.get("ended")),
+        )
     return None
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sitepeek import __version__, inject
-from sitepeek.changes import ChangeEvent, Pending, Settled
+from sitepeek.changes import INSTANCE, ChangeEvent, Pending, Settled, wall_ms
+from sitepeek.tabs import TabReport, decide
 from sitepeek.websocket import (
     FrameParser,
     Message,
@@ -37,6 +39,9 @@ SOCKET_PATH = PREFIX + "ws"
 PING_INTERVAL = 20.0
 RECV_SIZE = 4096
 MAX_CLIENT_MESSAGE = 64 * 1024
+# How long an HTML request waits for a build in flight to end. Builds of big sites take
+# seconds; past this the page is served as it is, and the tab reloads when it ends.
+SETTLE_TIMEOUT = 5.0
 
 
 def client_script() -> bytes:
@@ -62,50 +67,127 @@ class _Closed:
 
 
 class Broadcaster:
-    """Per-process fan-out of reload messages; also the gate for HTML requests."""
+    """Per-process fan-out of reload messages; also the gate for HTML requests.
 
-    def __init__(self, io: Io, settle_timeout: float = 2.0) -> None:
+    Every tab gets one message per build that changed something, with the new site
+    version and what that tab is to do (see :mod:`sitepeek.tabs`): its own report of
+    the URLs it loaded decides. ``root`` and ``base`` (the site root and base path) let
+    it tell a page that is one file from a listing or a 404 page; without a root every
+    tab is reloaded.
+    """
+
+    def __init__(
+        self,
+        io: Io,
+        settle_timeout: float = SETTLE_TIMEOUT,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        base: str = "/",
+    ) -> None:
         self._io = io
-        self._channels: set[Channel] = set()
+        self._tabs: dict[Channel, TabReport] = {}
         self._lock = threading.Lock()
         self._settled = io.signal()
         self._settled.set()
         self._settle_timeout = settle_timeout
+        self._root = None if root is None else os.fspath(root)
+        self._base = base
+        self._version = 0  # of the latest build that changed something
+        self._ended = 0.0  # when it ended (wall ms)
+        self._started: float | None = None  # when the build in flight began (wall ms)
 
     def subscribe(self) -> Channel:
         channel = self._io.channel()
         with self._lock:
-            self._channels.add(channel)
+            self._tabs[channel] = TabReport()
         return channel
 
     def unsubscribe(self, channel: Channel) -> None:
         with self._lock:
-            self._channels.discard(channel)
+            self._tabs.pop(channel, None)
+
+    def hello(self) -> dict[str, object]:
+        """The first message on a reload socket: which server run and site version this
+        is, and whether a build is in flight, so a tab that is behind reloads once."""
+        with self._lock:
+            return {
+                "type": "hello",
+                "version": __version__,
+                "server": INSTANCE,
+                "site": self._version,
+                "ended": self._ended,
+                "building": self._started is not None,
+                "now": wall_ms(),
+            }
+
+    def note(self, channel: Channel, payload: bytes) -> bytes | None:
+        """Take a client's text message; the frame to answer with, if any.
+
+        ``{"type": "loaded", "page": ..., "status": ..., "urls": [...]}`` adds to what
+        the tab loaded; the answer ``{"type": "noted", "count": n}`` says how many URLs
+        the server now knows for it.
+        """
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("type") != "loaded":
+            return None
+        with self._lock:
+            report = self._tabs.get(channel)
+            if report is None:
+                return None
+            report.add(message.get("page"), message.get("status"), message.get("urls"))
+            count = report.count
+        return _text({"type": "noted", "count": count})
 
     def on_event(self, event: ChangeEvent) -> None:
         """Handle a change event; runs in the worker model's context."""
         if isinstance(event, Pending):
+            with self._lock:
+                self._started = event.started
             self._settled.clear()
             return
-        if isinstance(event, Settled):
-            frame = encode_frame(
-                Opcode.TEXT, json.dumps({"type": "reload", "paths": list(event.paths)}).encode()
-            )
-            with self._lock:
-                channels = list(self._channels)
-            for channel in channels:
-                channel.put(frame)
-            self._settled.set()
+        with self._lock:
+            self._started = None
+            fresh = bool(event.paths) and event.version > self._version
+            if fresh:
+                self._version = event.version
+                self._ended = event.ended
+            tabs = list(self._tabs.items()) if fresh else []
+        for channel, report in tabs:
+            channel.put(self._message(event, report))
+        self._settled.set()
+
+    def _message(self, event: Settled, report: TabReport) -> bytes:
+        decision = decide(report, event.paths, self._base, self._exists)
+        return _text(
+            {
+                "type": "reload",
+                "site": event.version,
+                "ended": event.ended,
+                "paths": list(event.paths),
+                "action": decision.action,
+                "files": list(decision.files),
+            }
+        )
+
+    def _exists(self, path: str) -> bool:
+        return self._root is not None and os.path.exists(os.path.join(self._root, path))
 
     @property
     def settled(self) -> bool:
-        """False while a burst of changes is being written."""
+        """False while a build is being written."""
         return self._settled.is_set()
 
     def wait_until_settled(self) -> None:
-        """Block (bounded) while a burst of changes is still being written."""
+        """Block (bounded) while a build is still being written."""
         if not self._settled.is_set():
             self._settled.wait(self._settle_timeout)
+
+
+def _text(message: dict[str, object]) -> bytes:
+    return encode_frame(Opcode.TEXT, json.dumps(message, separators=(",", ":")).encode())
 
 
 def serve_websocket(
@@ -127,8 +209,7 @@ def serve_websocket(
     sock.settimeout(PING_INTERVAL * 3)
     io.spawn(lambda: _read_frames(sock, parser, channel))
     try:
-        hello = {"type": "hello", "version": __version__}
-        sock.sendall(encode_frame(Opcode.TEXT, json.dumps(hello).encode()))
+        sock.sendall(_text(broadcaster.hello()))
         unanswered = 0
         while not stopping():
             item = channel.get(PING_INTERVAL)
@@ -145,6 +226,10 @@ def serve_websocket(
                     sock.sendall(encode_frame(Opcode.PONG, item.payload))
                 elif item.opcode is Opcode.PONG:
                     unanswered = 0
+                elif item.opcode is Opcode.TEXT:
+                    answer = broadcaster.note(channel, item.payload)
+                    if answer is not None:
+                        sock.sendall(answer)
                 elif item.opcode is Opcode.CLOSE:
                     # RFC 6455 §5.5.1: echo the close, then the server closes TCP.
                     sock.sendall(close_frame(1000))

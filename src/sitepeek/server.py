@@ -16,7 +16,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import __version__, console, workers
-from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled
+from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled, wall_ms
 from sitepeek.config import Config
 from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler, Io
@@ -64,7 +64,7 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
 
     def count_reload(event: ChangeEvent) -> None:
         nonlocal reloads
-        if isinstance(event, Settled):
+        if isinstance(event, Settled) and event.paths:
             reloads += 1
 
     feed.subscribe(count_reload)
@@ -100,9 +100,23 @@ def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
     """Watch the root (and --watch paths); events go to every worker through ``feed``."""
     from sitepeek.reload import IgnoreFilter, Watcher, WatchError
 
+    # Both callbacks run in the watcher's debounce thread, one after the other.
+    version = 0
+    began = 0.0
+
+    def started() -> None:
+        nonlocal began
+        began = wall_ms()
+        feed.emit(Pending(began))
+
     def settled(batch: ChangeBatch) -> None:
-        print(f"reload · {batch.summary()}", file=out, flush=True)
-        feed.emit(Settled(batch.paths))
+        # A build of identical rewrites (or of nothing that is served) still ends: the
+        # gate opens; only a real change is a new version of the site, and a reload.
+        nonlocal version
+        if batch.paths:
+            version += 1
+            print(f"reload · {batch.summary()}", file=out, flush=True)
+        feed.emit(Settled(batch.paths, version, began, wall_ms()))
 
     watcher = Watcher(
         str(config.root),
@@ -110,7 +124,7 @@ def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
         ignore=IgnoreFilter(extra=config.ignore),
         delay=config.reload_delay,
         poll=config.poll,
-        on_start=lambda: feed.emit(Pending()),
+        on_start=started,
         on_settle=settled,
     )
     try:
