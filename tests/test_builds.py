@@ -369,3 +369,19 @@ def test_watcher_reports_only_real_changes_of_served_files(tmp_path: Path) -> No
         assert got.get(timeout=WAIT).paths == ("index.html",)
     finally:
         watcher.stop()
+
+
+def test_a_recreated_directory_compares_what_is_in_it(tree: Path) -> None:
+    prints = Fingerprints(str(tree))
+    prints.scan()
+    (tree / "css" / "site.css").unlink()
+    (tree / "css").rmdir()
+    (tree / "css").mkdir()
+    (tree / "css" / "site.css").write_text("body { color: blue }\n")
+    (tree / "css" / "new.css").write_text("a {}\n")
+    # Only the directory's event was seen: its files are compared all the same.
+    assert prints.changed(["css"]) == ["css/new.css", "css/site.css"]
+    (tree / "css" / "site.css").unlink()
+    (tree / "css" / "new.css").unlink()
+    (tree / "css").rmdir()
+    assert prints.changed(["css"]) == ["css", "css/new.css", "css/site.css"]

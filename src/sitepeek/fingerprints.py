@@ -67,18 +67,35 @@ class Fingerprints:
         A path that is missing now and was never recorded (a file created and deleted
         within one build) is no change; an absolute path (outside the root) always is.
         """
-        result = []
+        result: dict[str, None] = {}  # an ordered set
         for path in paths:
             if os.path.isabs(path):
-                result.append(path)
+                result[path] = None
                 continue
             now = self._read(path)
             before = self._known.pop(path, None)
             if now is not None:
                 self._known[path] = now
             if now != before or (now is not None and now[0] > self._limit):
-                result.append(path)
-        return result
+                result[path] = None
+            if _DIRECTORY in (now, before):
+                # A directory created, moved or removed: the events of the files in it
+                # may not all have been seen (a file written into a new directory before
+                # it was watched), so what is below it is compared too.
+                for below in self._below(path):
+                    if below not in result and self.changed([below]):
+                        result[below] = None
+        return list(result)
+
+    def _below(self, directory: str) -> list[str]:
+        """Every path known or present below ``directory``."""
+        prefix = directory + "/"
+        found = {known for known in self._known if known.startswith(prefix)}
+        for top, dirs, files in os.walk(os.path.join(self._root, directory)):
+            rel_top = os.path.relpath(top, self._root).replace(os.sep, "/")
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.update(f"{rel_top}/{name}" for name in (*dirs, *files))
+        return sorted(found)
 
     def _read(self, path: str, hash_it: bool = True) -> Fingerprint | None:
         full = os.path.join(self._root, path)
