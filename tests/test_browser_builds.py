@@ -369,3 +369,73 @@ def test_dotfile_churn_reloads_nothing(tabs: dict[str, Tab], server: Server) -> 
         assert_documents(tabs[path], [3], server)
     assert ".buildinfo" not in reload_log(server) and ".doctrees" not in reload_log(server)
     assert reload_log(server).count("\n") == 2
+
+
+# -- no lost reloads ---------------------------------------------------------------------
+class HeldSocket:
+    """Holds a tab's next reload socket back from the server until released, as a slow
+    page load or a navigation between pages does; later sockets go straight through."""
+
+    def __init__(self, tab: Page) -> None:
+        self.held: list[Any] = []
+        self.holding = True
+        tab.route_web_socket("**/__sitepeek__/ws", self._route)
+
+    def _route(self, ws: Any) -> None:
+        if self.holding:
+            self.holding = False
+            self.held.append(ws)
+        else:
+            ws.connect_to_server()
+
+    def release(self) -> None:
+        assert self.held, "the tab opened no reload socket"
+        self.held.pop().connect_to_server()
+
+
+def wait_for_reload_lines(server: Server, count: int) -> None:
+    """The server printed ``count`` reload lines: the build is over and announced."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while reload_log(server).count("\n") < count:
+        assert time.monotonic() < deadline, reload_log(server)
+        time.sleep(0.01)  # polls the server's output, which has no event to await
+
+
+def test_a_new_tab_whose_page_is_older_than_the_build_reloads_once(
+    browsing: Browsing, server: Server
+) -> None:
+    tab = Tab(browsing.context.new_page(), "")
+    browsing.tabs[tab.page] = tab
+    tab.page.on("framenavigated", lambda frame: Browsing._navigated(tab, frame))
+    socket = HeldSocket(tab.page)
+    tab.page.goto(server.url + "/")
+    tab.page.wait_for_function("document.readyState === 'complete'")
+    assert socket.held
+    write_pages(server.root, 2)
+    wait_for_reload_lines(server, 1)  # the reload message went out: this tab missed it
+    tab.page.evaluate("window.__original__ = true")
+    tab.navigations, tab.documents[:] = 0, []
+    socket.release()
+    wait_for_build(tab, 2)
+    sentinel(server, {"": tab}, 3)
+    assert_documents(tab, [2, 3], server)
+
+
+def test_a_tab_between_pages_during_a_build_reloads_once(
+    tabs: dict[str, Tab], browsing: Browsing, server: Server
+) -> None:
+    about = tabs["about/"]
+    socket = HeldSocket(about.page)
+    about.page.goto(server.url + "/")  # the tab moves on; its new page is build 1
+    about.page.wait_for_function("document.readyState === 'complete'")
+    write_pages(server.root, 2)
+    wait_for_reload_lines(server, 1)
+    about.page.evaluate("window.__original__ = true")
+    socket.release()
+    wait_for_build(about, 2)
+    sentinel(server, tabs, 3)
+    # The navigation to "/" (build 1, current when served), then its one reload.
+    assert [seen.build for seen in about.documents] == ["1", "2", "3"], reload_log(server)
+    assert about.navigations == 3
+    for path in ("", "long/"):
+        assert_documents(tabs[path], [2, 3], server)

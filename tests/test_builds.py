@@ -306,7 +306,7 @@ def test_a_deleted_page_holds_the_build_until_it_is_back(batches: Batches, tmp_p
     )
     try:
         page.unlink()
-        debouncer.add("index.html", deleted=True)
+        debouncer.add("index.html", "deleted")
         # Far longer than any quiet period: still held while the page is missing.
         assert batches.none_within(0.6)
         page.write_text("new")
@@ -328,8 +328,8 @@ def test_a_page_deleted_for_good_is_released_after_the_hold(
     debouncer = Debouncer(0.03, batches.on_start, batches.on_settle, exists=lambda p: False)
     try:
         began = time.monotonic()
-        debouncer.add("gone.html", deleted=True)
-        debouncer.add("old-bundle.js", deleted=True)
+        debouncer.add("gone.html", "deleted")
+        debouncer.add("old-bundle.js", "deleted")
         at, batch = batches.next()
     finally:
         debouncer.close()
@@ -341,12 +341,43 @@ def test_deleted_assets_alone_do_not_hold(batches: Batches) -> None:
     debouncer = Debouncer(0.03, batches.on_start, batches.on_settle, exists=lambda p: False)
     try:
         began = time.monotonic()
-        debouncer.add("assets/index-OLD.js", deleted=True)
+        debouncer.add("assets/index-OLD.js", "deleted")
         at, batch = batches.next()
     finally:
         debouncer.close()
     assert batch.paths == ("assets/index-OLD.js",)
     assert at - began < 1.0
+
+
+def test_a_file_still_open_for_writing_holds_the_burst(batches: Batches) -> None:
+    debouncer = Debouncer(0.03, batches.on_start, batches.on_settle)
+    try:
+        debouncer.add("index.html", "writing")  # truncated by an editor's save...
+        assert batches.none_within(0.2)  # ...that stalls before writing
+        closed = time.monotonic()
+        debouncer.add("index.html", "closed")
+        at, batch = batches.next()
+    finally:
+        debouncer.close()
+    assert batch.paths == ("index.html",)
+    assert at - closed < 0.03 + 0.1
+
+
+def test_a_writer_that_keeps_its_file_open_is_released(
+    batches: Batches, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sitepeek import reload
+
+    monkeypatch.setattr(reload, "OPEN_HOLD", 0.2)
+    debouncer = Debouncer(0.03, batches.on_start, batches.on_settle)
+    try:
+        began = time.monotonic()
+        debouncer.add("site.log", "writing")
+        at, batch = batches.next()
+    finally:
+        debouncer.close()
+    assert batch.paths == ("site.log",)
+    assert 0.2 <= at - began < 1.5
 
 
 def test_watcher_reports_only_real_changes_of_served_files(tmp_path: Path) -> None:

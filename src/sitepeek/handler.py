@@ -715,7 +715,7 @@ class Handler:
             if self._broadcaster is not None and _may_be_html(site_path):
                 # A burst of changes is being written: wait (bounded) for it to settle,
                 # so a page never shows a half-written build.
-                self._broadcaster.wait_until_settled()
+                self._broadcaster.wait_until_settled(site_path)
             return self._respond_site(out, request, site_path, rules, keep_alive)
         except (OSError, _CloseConnection):
             raise

@@ -20,7 +20,7 @@ from importlib import resources
 
 from sitepeek import __version__, inject
 from sitepeek.changes import INSTANCE, ChangeEvent, Pending, Settled, wall_ms
-from sitepeek.tabs import TabReport, decide
+from sitepeek.tabs import TabReport, decide, files_for
 from sitepeek.websocket import (
     FrameParser,
     Message,
@@ -42,6 +42,7 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 # How long an HTML request waits for a build in flight to end. Builds of big sites take
 # seconds; past this the page is served as it is, and the tab reloads when it ends.
 SETTLE_TIMEOUT = 5.0
+MAX_PAGES = 10_000  # page URLs remembered for holding a request for a deleted page
 
 
 def client_script() -> bytes:
@@ -92,6 +93,8 @@ class Broadcaster:
         self._settle_timeout = settle_timeout
         self._root = None if root is None else os.fspath(root)
         self._base = base
+        self._next_build = io.signal()  # set when the next build ends (then replaced)
+        self._pages: set[str] = set()  # URL paths tabs loaded as pages with a 200
         self._version = 0  # of the latest build that changed something
         self._ended = 0.0  # when it ended (wall ms)
         self._started: float | None = None  # when the build in flight began (wall ms)
@@ -139,6 +142,10 @@ class Broadcaster:
                 return None
             report.add(message.get("page"), message.get("status"), message.get("urls"))
             count = report.count
+            if report.page is not None and report.status in (0, 200):
+                if len(self._pages) >= MAX_PAGES:
+                    self._pages.clear()  # (a bound; pages are re-reported on reconnect)
+                self._pages.add(report.page)
         return _text({"type": "noted", "count": count})
 
     def on_event(self, event: ChangeEvent) -> None:
@@ -154,10 +161,20 @@ class Broadcaster:
             if fresh:
                 self._version = event.version
                 self._ended = event.ended
+                # A page removed for good is missing from now on, not during a build.
+                changed = set(event.paths)
+                self._pages = {
+                    page
+                    for page in self._pages
+                    if changed.isdisjoint(files_for(page, self._base))
+                    or not self._page_missing(page)
+                }
             tabs = list(self._tabs.items()) if fresh else []
+            ended, self._next_build = self._next_build, self._io.signal()
         for channel, report in tabs:
             channel.put(self._message(event, report))
         self._settled.set()
+        ended.set()
 
     def _message(self, event: Settled, report: TabReport) -> bytes:
         decision = decide(report, event.paths, self._base, self._exists)
@@ -180,10 +197,29 @@ class Broadcaster:
         """False while a build is being written."""
         return self._settled.is_set()
 
-    def wait_until_settled(self) -> None:
-        """Block (bounded) while a build is still being written."""
+    def wait_until_settled(self, path: str | None = None) -> None:
+        """Block (bounded) while a build is still being written.
+
+        With the URL ``path`` of a request (below the base path), also while that path
+        is a page some tab loaded whose file is missing now: a build has deleted it and
+        will write it again, even if the watcher has not reported the build yet. Such a
+        request waits for the next build to end, instead of getting a 404 or a listing.
+        A path that was missing before is never held.
+        """
+        if path is not None and path in self._pages:
+            with self._lock:
+                missing = self._page_missing(path)
+                ended = self._next_build
+            if missing:
+                ended.wait(self._settle_timeout)
+                return
         if not self._settled.is_set():
             self._settled.wait(self._settle_timeout)
+
+    def _page_missing(self, page: str) -> bool:
+        return self._root is not None and not any(
+            self._exists(file) for file in files_for(page, self._base)
+        )
 
 
 def _text(message: dict[str, object]) -> bytes:

@@ -25,8 +25,11 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
@@ -97,6 +100,10 @@ PAUSES_KEPT = 5  # builds whose pauses are remembered (an outlier ages out)
 # A build that deleted a page is not over until the page is back, or until this long
 # has passed without an event (a page removed for good).
 DELETED_PAGE_HOLD = 3.0
+# A file written and not yet closed is still being written (an editor's save truncates,
+# then writes): the burst is not over until it is closed, or this long without an event
+# (a writer that keeps a file open). Only where the OS reports closes (inotify).
+OPEN_HOLD = 0.5
 BUILD_MAX_WAIT = 30.0  # s: even a build that deleted pages is flushed after this long
 SCAN_BUDGET = 32 * 1024 * 1024  # bytes hashed at start; files beyond compare by size
 
@@ -222,6 +229,12 @@ class ChangeBatch:
 
 
 # -- debounce ----------------------------------------------------------------------------
+# What an event did to a path: "writing" (created or written, a close is to come),
+# "closed" (closed after writing), "deleted" (gone, or moved away) or "changed" (anything
+# else: metadata, a directory, the target of a move, any event of a polling observer).
+Kind = Literal["changed", "writing", "closed", "deleted"]
+
+
 class Debouncer:
     """Trailing-edge coalescing of change events into batches, one batch per build.
 
@@ -239,7 +252,9 @@ class Debouncer:
     site's recent builds, both the pauses inside a build and those between a build and
     another that began within :data:`LINK_WINDOW` after it (the phase it was split from).
     A build that deleted a page (``add(path, deleted=True)``) is not over while
-    ``exists(page)`` is false, for up to :data:`DELETED_PAGE_HOLD` without an event.
+    ``exists(page)`` is false, for up to :data:`DELETED_PAGE_HOLD` without an event;
+    any burst with a file still open for writing (``"writing"`` not yet followed by
+    ``"closed"``) is not over for up to :data:`OPEN_HOLD` without an event.
 
     One daemon thread waits on a condition and runs both callbacks; :meth:`add` only
     records the path and the time, so a build writing thousands of files stays cheap.
@@ -265,6 +280,7 @@ class Debouncer:
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, None] = {}  # an ordered set
         self._deleted_pages: set[str] = set()
+        self._open: set[str] = set()  # written and not closed yet
         self._deleted = False  # the burst deleted something
         self._first = 0.0  # when the current burst began
         self._last = 0.0  # when its latest event came
@@ -283,8 +299,8 @@ class Debouncer:
         pause = max(self._pauses, default=INITIAL_PAUSE)
         return self._delay + PAUSE_FACTOR * min(pause, LINK_WINDOW)
 
-    def add(self, path: str, deleted: bool = False) -> None:
-        """Record a changed (or, with ``deleted``, a removed) path; thread-safe."""
+    def add(self, path: str, kind: Kind = "changed") -> None:
+        """Record what an event did to ``path`` (see :data:`Kind`); thread-safe."""
         now = self._clock()
         with self._cond:
             if self._closed:
@@ -303,7 +319,11 @@ class Debouncer:
                 if self._holding:
                     self._cond.notify()  # maybe a deleted page is back
             self._pending[path] = None
-            if deleted:
+            if kind == "writing":
+                self._open.add(path)
+            else:
+                self._open.discard(path)  # closed, gone, or not tracked
+            if kind == "deleted":
                 self._deleted = True
                 if path.lower().endswith(PAGE_SUFFIXES):
                     self._deleted_pages.add(path)
@@ -338,14 +358,17 @@ class Debouncer:
 
     def _deadline(self) -> float:
         """When the current burst is over, as far as is known now (under the lock)."""
-        if not self._is_build():
-            return min(self._last + self._delay, self._first + self._max_wait)
-        quiet = self._last + self.build_quiet
+        build = self._is_build()
+        quiet = self._last + (self.build_quiet if build else self._delay)
+        max_wait = max(self._max_wait, self.build_quiet) if build else self._max_wait
         self._deleted_pages = {p for p in self._deleted_pages if not self._exists(p)}
-        self._holding = bool(self._deleted_pages)
-        if self._holding:
-            return min(max(quiet, self._last + DELETED_PAGE_HOLD), self._first + BUILD_MAX_WAIT)
-        return min(quiet, self._first + max(self._max_wait, self.build_quiet))
+        self._holding = bool(self._deleted_pages or self._open)
+        if self._deleted_pages:
+            quiet = max(quiet, self._last + DELETED_PAGE_HOLD)
+            max_wait = BUILD_MAX_WAIT
+        elif self._open:
+            quiet = max(quiet, self._last + OPEN_HOLD)
+        return min(quiet, self._first + max_wait)
 
     def _wait_for_quiet(self) -> ChangeBatch | None:
         with self._cond:
@@ -369,6 +392,7 @@ class Debouncer:
             self._previous_build_end = None
         self._pending = {}
         self._deleted_pages = set()
+        self._open = set()
         self._holding = False
         return batch
 
@@ -419,27 +443,40 @@ def servable(rel_path: str) -> bool:
     return not any(part.startswith(".") for part in parts)
 
 
-Sink = Callable[[str, bool], None]  # (reported path, deleted)
+Sink = Callable[[str, Kind], None]  # (reported path, what happened to it)
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, target: _Target, ignore: IgnoreFilter, sink: Sink) -> None:
+    def __init__(
+        self, target: _Target, ignore: IgnoreFilter, sink: Sink, closes: bool = False
+    ) -> None:
+        """``closes``: the observer reports a file closed after writing (inotify)."""
         super().__init__()
         self._target = target
         self._ignore = ignore
         self._sink = sink
+        self._closes = closes
 
     def dispatch(self, event: FileSystemEvent) -> None:
         # A directory's own modified event only echoes the change of an entry in it.
         if event.is_directory and event.event_type == EVENT_TYPE_MODIFIED:
             return
-        # A move removes its source; a deletion removes its path.
-        src_gone = event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED)
-        for raw, gone in ((event.src_path, src_gone), (event.dest_path, False)):
+        src_kind = self._kind(event)
+        for raw, kind in ((event.src_path, src_kind), (event.dest_path, "changed")):
             if raw:  # (dest_path: moves only)
                 reported = self._target.report(os.fsdecode(raw), self._ignore)
                 if reported is not None:
-                    self._sink(reported, gone)
+                    self._sink(reported, kind)
+
+    def _kind(self, event: FileSystemEvent) -> Kind:
+        kind = event.event_type
+        if kind in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            return "deleted"  # (a move removes its source)
+        if not self._closes or event.is_directory:
+            return "changed"
+        if kind in (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED):
+            return "writing"
+        return "closed" if kind == EVENT_TYPE_CLOSED else "changed"
 
 
 class Watcher:
@@ -553,10 +590,12 @@ class Watcher:
         sink: Sink,
     ) -> BaseObserver:
         observer = make()
+        # inotify reports a close after writing; the other observers do not.
+        closes = type(observer).__name__ == "InotifyObserver"
         try:
             for target in targets:
                 observer.schedule(
-                    _Handler(target, self._ignore, sink),
+                    _Handler(target, self._ignore, sink, closes),
                     target.watch_dir,
                     recursive=target.recursive,
                     event_filter=_EVENT_FILTER,

@@ -20,6 +20,7 @@
   const SCROLL_KEY = "sitepeek:scroll:" + location.pathname + location.search;
   const SITE_KEY = "sitepeek:site"; // what the previous document in this tab knew
   const IMAGE = /\.(png|jpe?g|gif|webp|avif|svg|ico|bmp)$/i;
+  const CLOCK_SLACK = 2; // ms: Date.now() is whole milliseconds
   const REPORT_BATCH = 200; // URLs per message (the server caps a message at 64 KiB)
   const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/__sitepeek__/ws";
   const navigation = navigationEntry();
@@ -85,7 +86,7 @@
   function onHello(hello) {
     const first = known === null;
     const behind = first
-      ? behindOnLoad(hello)
+      ? behindOnLoad(hello, Date.now())
       : hello.server !== known.server || hello.site > known.site; // restarted, or missed a build
     remember(hello.server, hello.site);
     if (behind) return fullReload();
@@ -96,14 +97,19 @@
 
   // Is the page this document shows older than the site's latest build? The previous
   // document of this tab knew a version; a new tab compares when its page was served
-  // with when that build ended (the socket's creation bounds the clock offset, so a page
-  // served after the build never looks older).
-  function behindOnLoad(hello) {
+  // with when that build ended, in the server's clock. The hello was sent between this
+  // socket's creation and its arrival: when that agrees with both clocks being the same
+  // (the usual localhost case) they are taken as one; otherwise the offset is the one
+  // that makes the page as new as it can be (a page served after the build never looks
+  // older, at worst a build that ended while the page loaded is missed).
+  function behindOnLoad(hello, arrived) {
     const before = stored();
     if (before && before.server === hello.server) return hello.site > before.site;
     if (!navigation || !hello.ended || !performance.timeOrigin) return false;
-    const served = performance.timeOrigin + navigation.responseStart + (hello.now - openedAt);
-    return served < hello.ended;
+    const latest = hello.now - openedAt; // the offset if the hello was sent at once
+    const earliest = hello.now - arrived; // ... if it arrived at once
+    const offset = earliest <= CLOCK_SLACK && latest >= -CLOCK_SLACK ? 0 : latest;
+    return performance.timeOrigin + navigation.responseStart + offset < hello.ended;
   }
 
   function onBuild(message) {
