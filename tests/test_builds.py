@@ -416,3 +416,16 @@ def test_a_recreated_directory_compares_what_is_in_it(tree: Path) -> None:
     (tree / "css" / "new.css").unlink()
     (tree / "css").rmdir()
     assert prints.changed(["css"]) == ["css", "css/new.css", "css/site.css"]
+
+
+def test_a_phase_right_after_a_build_is_a_build_too(batches: Batches) -> None:
+    debouncer = Debouncer(0.03, batches.on_start, batches.on_settle)
+    try:
+        phases(debouncer, 0.4, [f"_static/f{i}.css" for i in range(BUILD_PATHS)])
+        batches.next()
+        debouncer.add("about.html")  # then a pause longer than the lone-save delay:
+        time.sleep(0.1)  # the pattern (Sphinx writes its pages, then its indices)
+        debouncer.add("searchindex.js")
+        assert batches.next()[1].paths == ("about.html", "searchindex.js")
+    finally:
+        debouncer.close()

@@ -250,7 +250,8 @@ class Debouncer:
     the site, then writes; Sphinx writes its static files, then its pages): its quiet
     period is ``delay`` plus :data:`PAUSE_FACTOR` times the longest pause seen in this
     site's recent builds, both the pauses inside a build and those between a build and
-    another that began within :data:`LINK_WINDOW` after it (the phase it was split from).
+    another that began within :data:`LINK_WINDOW` after it (the phase it was split from,
+    itself a build however few paths it touches).
     A build that deleted a page (``add(path, deleted=True)``) is not over while
     ``exists(page)`` is false, for up to :data:`DELETED_PAGE_HOLD` without an event;
     any burst with a file still open for writing (``"writing"`` not yet followed by
@@ -287,6 +288,7 @@ class Debouncer:
         self._longest_gap = 0.0  # between two events of the current burst
         self._holding = False  # waiting for deleted pages: every event wakes the thread
         self._held = False  # the burst deleted a page: its pauses are not learned
+        self._linked = False  # the burst began right after a build ended
         self._previous_build_end: float | None = None
         self._pauses: deque[float] = deque(maxlen=PAUSES_KEPT)
         self._closed = False
@@ -311,8 +313,12 @@ class Debouncer:
                 self._deleted = False
                 self._held = False
                 previous = self._previous_build_end
-                if previous is not None and now - previous < LINK_WINDOW:
-                    self._pauses.append(now - previous)
+                gap = LINK_WINDOW if previous is None else now - previous
+                # The next phase of the build that just ended: a build too, however few
+                # paths it has seen yet.
+                self._linked = gap < LINK_WINDOW
+                if self._linked:
+                    self._pauses.append(gap)
                 self._cond.notify()  # a burst's first event wakes the thread
             else:
                 self._longest_gap = max(self._longest_gap, now - self._last)
@@ -354,7 +360,7 @@ class Debouncer:
             return not self._closed
 
     def _is_build(self) -> bool:
-        return self._deleted or len(self._pending) >= BUILD_PATHS
+        return self._deleted or self._linked or len(self._pending) >= BUILD_PATHS
 
     def _deadline(self) -> float:
         """When the current burst is over, as far as is known now (under the lock)."""
