@@ -29,7 +29,6 @@ from typing import Literal
 
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
-    EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
@@ -229,7 +228,7 @@ class ChangeBatch:
 
 
 # -- debounce ----------------------------------------------------------------------------
-# What an event did to a path: "writing" (created or written, a close is to come),
+# What an event did to a path: "writing" (written to, a close is to come),
 # "closed" (closed after writing), "deleted" (gone, or moved away) or "changed" (anything
 # else: metadata, a directory, the target of a move, any event of a polling observer).
 Kind = Literal["changed", "writing", "closed", "deleted"]
@@ -480,7 +479,9 @@ class _Handler(FileSystemEventHandler):
             return "deleted"  # (a move removes its source)
         if not self._closes or event.is_directory:
             return "changed"
-        if kind in (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED):
+        # (Not a created event: watchdog makes those up for the files of a directory
+        # that was new to it, and no close follows them.)
+        if kind == EVENT_TYPE_MODIFIED:
             return "writing"
         return "closed" if kind == EVENT_TYPE_CLOSED else "changed"
 
