@@ -429,3 +429,13 @@ def test_a_phase_right_after_a_build_is_a_build_too(batches: Batches) -> None:
         assert batches.next()[1].paths == ("about.html", "searchindex.js")
     finally:
         debouncer.close()
+
+
+def test_outcomes_survive_the_relay_and_add_up() -> None:
+    outcome = changes.Outcome(4, reloaded=1, css=2, images=0, unaffected=3)
+    assert changes.decode_outcome(changes.encode_outcome(outcome)) == outcome
+    assert changes.decode_outcome(b'{"type":"outcome","version":true}') is None
+    assert changes.decode_outcome(changes.encode(Pending(1.0))) is None
+    total = outcome + changes.Outcome(4, reloaded=1)
+    assert total.summary() == "tabs: 2 reloaded, 2 css swapped, 3 unaffected"
+    assert changes.Outcome(4).summary() == "no tabs"

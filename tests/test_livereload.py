@@ -544,6 +544,14 @@ def test_each_tab_is_told_what_a_build_means_for_it(live: Server) -> None:
     finally:
         for client in (home, other, silent):
             client.close()
+    # One terminal line per build, with what the tabs did (from every worker process).
+    deadline = time.monotonic() + WAIT
+    while reload_log(live).count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polls the server's output, which has no event to await
+    assert reload_log(live).splitlines() == [
+        "reload · 1 file · style.css · tabs: 1 reloaded, 1 css swapped, 1 unaffected",
+        "reload · 1 file · about.htm · tabs: 2 reloaded, 1 unaffected",
+    ]
 
 
 def test_a_reconnecting_tab_learns_the_site_version(live: Server) -> None:

@@ -27,10 +27,13 @@ __all__ = [
     "INSTANCE",
     "ChangeEvent",
     "ChangeFeed",
+    "Outcome",
     "Pending",
     "Settled",
     "decode",
+    "decode_outcome",
     "encode",
+    "encode_outcome",
     "wall_ms",
 ]
 
@@ -67,6 +70,40 @@ ChangeEvent = Pending | Settled
 Sink = Callable[[ChangeEvent], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the tabs of one process did for the build ``version``."""
+
+    version: int
+    reloaded: int = 0
+    css: int = 0
+    images: int = 0
+    unaffected: int = 0
+
+    def __add__(self, other: Outcome) -> Outcome:
+        return Outcome(
+            self.version,
+            self.reloaded + other.reloaded,
+            self.css + other.css,
+            self.images + other.images,
+            self.unaffected + other.unaffected,
+        )
+
+    def summary(self) -> str:
+        """``"tabs: 1 reloaded, 2 css swapped, 3 unaffected"``, or ``"no tabs"``."""
+        parts = [
+            f"{count} {what}"
+            for count, what in (
+                (self.reloaded, "reloaded"),
+                (self.css, "css swapped"),
+                (self.images, "images refreshed"),
+                (self.unaffected, "unaffected"),
+            )
+            if count
+        ]
+        return "tabs: " + ", ".join(parts) if parts else "no tabs"
+
+
 class ChangeFeed:
     """Fan-out of change events to the subscribers of this process; thread-safe."""
 
@@ -75,6 +112,7 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._latest: Settled | None = None  # the latest build that changed something
         self._pending: Pending | None = None  # a build in flight
+        self._outcome_sinks: list[Callable[[Outcome], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
         """Add ``sink``; it is told at once about the latest build and one in flight."""
@@ -92,6 +130,19 @@ class ChangeFeed:
         """
         self._lock = threading.Lock()
         self._sinks = []
+        self._outcome_sinks = []
+
+    def on_outcome(self, sink: Callable[[Outcome], None]) -> None:
+        """Call ``sink`` with what each process's tabs did for each build."""
+        with self._lock:
+            self._outcome_sinks.append(sink)
+
+    def report(self, outcome: Outcome) -> None:
+        """What this process's tabs did for a build (for the terminal's reload line)."""
+        with self._lock:
+            sinks = list(self._outcome_sinks)
+        for sink in sinks:
+            sink(outcome)
 
     def emit(self, event: ChangeEvent) -> None:
         with self._lock:
@@ -104,6 +155,29 @@ class ChangeFeed:
                     self._latest = event
         for sink in sinks:
             sink(event)
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """One JSON line, for relaying an outcome from a worker to the supervisor."""
+    data = {"type": "outcome", **{k: getattr(outcome, k) for k in Outcome.__slots__}}
+    return json.dumps(data).encode() + b"\n"
+
+
+def decode_outcome(line: bytes) -> Outcome | None:
+    """The outcome of one relayed line; None for anything malformed."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("type") != "outcome":
+        return None
+    counts: list[int] = []
+    for key in Outcome.__slots__:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        counts.append(value)
+    return Outcome(*counts)
 
 
 def encode(event: ChangeEvent) -> bytes:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sitepeek import __version__, inject
-from sitepeek.changes import INSTANCE, ChangeEvent, Pending, Settled, wall_ms
-from sitepeek.tabs import TabReport, decide, files_for
+from sitepeek.changes import INSTANCE, ChangeEvent, Outcome, Pending, Settled, wall_ms
+from sitepeek.tabs import Decision, TabReport, decide, files_for
 from sitepeek.websocket import (
     FrameParser,
     Message,
@@ -84,7 +84,9 @@ class Broadcaster:
         *,
         root: str | os.PathLike[str] | None = None,
         base: str = "/",
+        report: Callable[[Outcome], None] | None = None,
     ) -> None:
+        """``report`` is told what the tabs did for each build (the terminal's line)."""
         self._io = io
         self._tabs: dict[Channel, TabReport] = {}
         self._lock = threading.Lock()
@@ -93,6 +95,7 @@ class Broadcaster:
         self._settle_timeout = settle_timeout
         self._root = None if root is None else os.fspath(root)
         self._base = base
+        self._report = report
         self._next_build = io.signal()  # set when the next build ends (then replaced)
         self._pages: set[str] = set()  # URL paths tabs loaded as pages with a 200
         self._version = 0  # of the latest build that changed something
@@ -171,13 +174,25 @@ class Broadcaster:
                 }
             tabs = list(self._tabs.items()) if fresh else []
             ended, self._next_build = self._next_build, self._io.signal()
+        actions = {"reload": 0, "css": 0, "images": 0, "none": 0}
         for channel, report in tabs:
-            channel.put(self._message(event, report))
+            decision = decide(report, event.paths, self._base, self._exists)
+            actions[decision.action] += 1
+            channel.put(self._message(event, decision))
         self._settled.set()
         ended.set()
+        if fresh and self._report is not None:
+            self._report(
+                Outcome(
+                    event.version,
+                    actions["reload"],
+                    actions["css"],
+                    actions["images"],
+                    actions["none"],
+                )
+            )
 
-    def _message(self, event: Settled, report: TabReport) -> bytes:
-        decision = decide(report, event.paths, self._base, self._exists)
+    def _message(self, event: Settled, decision: Decision) -> bytes:
         return _text(
             {
                 "type": "reload",

@@ -11,12 +11,13 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import __version__, console, workers
-from sitepeek.changes import ChangeEvent, ChangeFeed, Pending, Settled, wall_ms
+from sitepeek.changes import ChangeEvent, ChangeFeed, Outcome, Pending, Settled, wall_ms
 from sitepeek.config import Config
 from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler, Io
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 # A busy port moves on to the next one; this many are tried before giving up.
 PORT_ATTEMPTS = 20
+# How long a build's reload line waits for the worker processes to say what their tabs did.
+LINE_WAIT = 0.2
 BACKLOG = 1024
 
 
@@ -69,7 +72,8 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
 
     feed.subscribe(count_reload)
     model = model_class(config, make_handler, feed)
-    watcher = _start_watcher(config, feed, out) if config.reload else None
+    reporters = config.process_count if config.workers == "processes" else 1
+    watcher = _start_watcher(config, feed, out, reporters) if config.reload else None
     started = time.monotonic()
 
     def ready() -> None:
@@ -96,9 +100,54 @@ def serve(config: Config, out: TextIO = sys.stdout) -> None:
     print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
 
 
-def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
+class ReloadLines:
+    """One terminal line per build: the files it changed and what the tabs did.
+
+    Every process's broadcaster reports what its tabs did (``add``); the line is printed
+    once all ``reporters`` have, or ``wait`` seconds after the build ended, whichever
+    comes first. Thread-safe: reports come from the workers' contexts.
+    """
+
+    def __init__(self, out: TextIO, reporters: int, wait: float = LINE_WAIT) -> None:
+        self._out = out
+        self._reporters = reporters
+        self._wait = wait
+        self._lock = threading.Lock()
+        # version -> (files summary, outcome so far, reports so far)
+        self._open: dict[int, tuple[str, Outcome, int]] = {}
+
+    def build(self, version: int, summary: str) -> None:
+        with self._lock:
+            self._open[version] = (summary, Outcome(version), 0)
+        timer = threading.Timer(self._wait, self._flush, (version,))
+        timer.daemon = True
+        timer.start()
+
+    def add(self, outcome: Outcome) -> None:
+        with self._lock:
+            entry = self._open.get(outcome.version)
+            if entry is None:
+                return  # already printed
+            summary, total, reports = entry
+            self._open[outcome.version] = (summary, total + outcome, reports + 1)
+            complete = reports + 1 >= self._reporters
+        if complete:
+            self._flush(outcome.version)
+
+    def _flush(self, version: int) -> None:
+        with self._lock:
+            entry = self._open.pop(version, None)
+        if entry is not None:
+            summary, total, _ = entry
+            print(f"reload · {summary} · {total.summary()}", file=self._out, flush=True)
+
+
+def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO, reporters: int) -> Watcher:
     """Watch the root (and --watch paths); events go to every worker through ``feed``."""
     from sitepeek.reload import IgnoreFilter, Watcher, WatchError
+
+    lines = ReloadLines(out, reporters)
+    feed.on_outcome(lines.add)
 
     # Both callbacks run in the watcher's debounce thread, one after the other.
     version = 0
@@ -115,7 +164,7 @@ def _start_watcher(config: Config, feed: ChangeFeed, out: TextIO) -> Watcher:
         nonlocal version
         if batch.paths:
             version += 1
-            print(f"reload · {batch.summary()}", file=out, flush=True)
+            lines.build(version, batch.summary())
         feed.emit(Settled(batch.paths, version, began, wall_ms()))
 
     watcher = Watcher(

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sitepeek.changes import ChangeEvent, ChangeFeed, decode, encode
+from sitepeek.changes import (
+    ChangeEvent,
+    ChangeFeed,
+    Outcome,
+    decode,
+    decode_outcome,
+    encode,
+    encode_outcome,
+)
 from sitepeek.config import Config
 from sitepeek.workers.base import HandlerFactory
 
@@ -174,7 +182,29 @@ class ProcessWorkers:
         child_end.close()
         with self._workers_lock:
             self._workers[pid] = _Worker(index, time.monotonic(), relay)
+        threading.Thread(
+            target=self._read_outcomes, args=(relay,), name="sitepeek-outcomes", daemon=True
+        ).start()
         return pid
+
+    def _read_outcomes(self, relay: socket.socket) -> None:
+        """What a worker's tabs did for each build, one JSON line each, until it is gone."""
+        buffer = b""
+        while True:
+            try:
+                data = relay.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed by _forget
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                outcome = decode_outcome(line)
+                if outcome is not None:
+                    self._feed.report(outcome)
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for the graceful shutdown, then SIGKILL."""
@@ -239,6 +269,14 @@ def _child_main(
                 if event is not None:
                     feed.emit(event)
 
+    def report(outcome: Outcome) -> None:
+        # Called in the hub, which must not block: a line the socket cannot take at
+        # once is dropped (the supervisor prints the build's line without it).
+        with contextlib.suppress(OSError):
+            os.write(relay_fd, encode_outcome(outcome))
+
+    relay_fd = relay.fileno()
+    feed.on_outcome(report)
     if os.getppid() != parent:
         return
     serve_until(config, make_handler, listener, stop, watchers=(watch_parent, read_relay))
