@@ -16,9 +16,10 @@ of its DOMContentLoaded). A watchdog observer on each server's output directory 
 every write. Per build, after the edited tab shows the new marker and 2 s of quiet:
 
 - reloads: documents each tab loaded in that build;
-- wrong pages: documents that show no marker (a 404 page, a listing, a blank page) or a
-  marker older than one the tab had already shown in that build;
-- build end → visible: from the last write into the output directory during the build to
+- wrong pages: documents that show no marker (a 404 page, a listing, a blank page) or
+  another marker than the one their page has at the end of the build (old content);
+- build end → visible: from the last write into the output directory during the build
+  (dotfiles such as Sphinx's `.doctrees/` left out: no server serves them) to
   the DOMContentLoaded of the first document with the new marker (negative: the tab showed
   the new page before the build had finished writing);
 - edit → visible: from the source edit to the same moment.
@@ -204,12 +205,18 @@ def stop(served: Served) -> None:
 class Writes(FileSystemEventHandler):
     """Wall-clock times (ms) of the writes into a directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = str(root)
         self.times: list[float] = []
         self.lock = threading.Lock()
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write") or event.is_directory:
+            return
+        # What no server serves (Sphinx's .doctrees/, .buildinfo) is not the site.
+        rel = os.path.relpath(os.fsdecode(event.src_path), self.root)
+        if any(part.startswith(".") for part in Path(rel).parts):
             return
         with self.lock:
             self.times.append(time.time() * 1000)
@@ -245,7 +252,7 @@ def run(kind: str, generator: Generator, browser: Browser, builds: int) -> Resul
             generator.write(project, page, 1)
         subprocess.run(generator.build, cwd=project, check=True, capture_output=True)
         served = start(kind, generator, project)
-        writes = Writes()
+        writes = Writes(served.output)
         observer = Observer()
         observer.schedule(writes, str(served.output), recursive=True)
         observer.start()

@@ -20,7 +20,14 @@ import pytest
 from sitepeek import changes
 from sitepeek.changes import ChangeFeed, Pending, Settled
 from sitepeek.fingerprints import Fingerprints
-from sitepeek.reload import BUILD_PATHS, ChangeBatch, Debouncer, servable
+from sitepeek.reload import (
+    BUILD_PATHS,
+    INITIAL_PAUSE,
+    PAUSE_FACTOR,
+    ChangeBatch,
+    Debouncer,
+    servable,
+)
 from sitepeek.tabs import MAX_URLS, TabReport, decide, files_for
 
 WAIT = 5.0
@@ -270,14 +277,14 @@ def test_a_lone_save_settles_after_the_short_delay(batches: Batches) -> None:
 def test_a_build_with_pauses_is_one_batch_and_its_pauses_are_learned(batches: Batches) -> None:
     debouncer = Debouncer(0.03, batches.on_start, batches.on_settle)
     try:
-        assert debouncer.build_quiet == pytest.approx(0.03 + 1.5 * 0.1)
+        assert debouncer.build_quiet == pytest.approx(0.03 + PAUSE_FACTOR * INITIAL_PAUSE)
         static = [f"_static/f{i}.js" for i in range(BUILD_PATHS)]
         # Pauses under the initial guess: one batch.
         phases(debouncer, 0.08, static, ["p1.html", "p2.html"], ["searchindex.js"])
         _, batch = batches.next()
         assert set(batch.paths) == {*static, "p1.html", "p2.html", "searchindex.js"}
         assert batches.none_within(0.3)
-        assert debouncer.build_quiet >= 0.03 + 1.5 * 0.08
+        assert debouncer.build_quiet >= 0.03 + PAUSE_FACTOR * 0.08
     finally:
         debouncer.close()
 
@@ -287,11 +294,11 @@ def test_a_build_split_by_a_longer_pause_teaches_the_next_build(batches: Batches
     static = [f"_static/f{i}.js" for i in range(BUILD_PATHS)]
     pages = [f"p{i}.html" for i in range(BUILD_PATHS)]
     try:
-        phases(debouncer, 0.3, static, pages)
+        phases(debouncer, 0.45, static, pages)
         assert batches.next()[1].paths == tuple(static)  # the first build is split
         assert batches.next()[1].paths == tuple(pages)
-        assert debouncer.build_quiet >= 0.03 + 1.5 * 0.3
-        phases(debouncer, 0.3, static, pages)  # the next one with the same pause is not
+        assert debouncer.build_quiet >= 0.03 + PAUSE_FACTOR * 0.45
+        phases(debouncer, 0.45, static, pages)  # the next one with the same pause is not
         assert set(batches.next()[1].paths) == {*static, *pages}
         assert batches.none_within(0.5)
     finally:

@@ -1,8 +1,13 @@
 """Live reload inside one worker process: fan-out to WebSockets, the build gate.
 
 The :class:`Broadcaster` receives change events (already moved into the worker
-model's context), tells every connected tab exactly once per settled burst, and holds
-HTML requests while a burst is in flight so a reload never shows a half-written build.
+model's context) and tells every connected tab exactly once per build what the build
+means for it (reload, swap stylesheets, refresh images, nothing: :mod:`sitepeek.tabs`
+decides from what the tab reported it loaded). It is also the gate: it holds HTML
+requests while a build is in flight, and a request for a page some tab loaded whose
+file is missing until the build that writes it again ends, so a reload never shows a
+half-written build. Every build that changed something is a new site version, sent in
+the hello and in every reload message, so a tab that (re)connects behind it reloads.
 :func:`serve_websocket` runs one reload WebSocket connection (RFC 6455).
 """
 

@@ -92,8 +92,8 @@ JOIN_TIMEOUT = 2.0
 # generator's build, not a hand edit: its quiet period is the learned pause between the
 # phases of this site's builds. A lone save keeps the short quiet period.
 BUILD_PATHS = 3
-INITIAL_PAUSE = 0.1  # s: assumed pause between phases until builds were measured
-PAUSE_FACTOR = 1.5  # the quiet period of a build: delay + PAUSE_FACTOR * learned pause
+INITIAL_PAUSE = 0.15  # s: assumed pause between phases until builds were measured
+PAUSE_FACTOR = 2.0  # the quiet period of a build: delay + PAUSE_FACTOR * learned pause
 LINK_WINDOW = 0.6  # s: a build starting this soon after one ended was its next phase
 PAUSES_KEPT = 5  # builds whose pauses are remembered (an outlier ages out)
 # A build that deleted a page is not over until the page is back, or until this long

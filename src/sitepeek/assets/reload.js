@@ -21,7 +21,7 @@
   const SITE_KEY = "sitepeek:site"; // what the previous document in this tab knew
   const IMAGE = /\.(png|jpe?g|gif|webp|avif|svg|ico|bmp)$/i;
   const CLOCK_SLACK = 2; // ms: Date.now() is whole milliseconds
-  const REPORT_BATCH = 200; // URLs per message (the server caps a message at 64 KiB)
+  const REPORT_BYTES = 16 * 1024; // of URLs per message (the server caps one at 64 KiB)
   const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/__sitepeek__/ws";
   const navigation = navigationEntry();
 
@@ -195,12 +195,21 @@
     }
     const page = localPath(navigation.name) || location.pathname;
     const status = navigation.responseStatus || 0;
-    let i = 0;
-    do {
-      const urls = fresh.slice(i, i + REPORT_BATCH);
-      socket.send(JSON.stringify({ type: "loaded", page, status, urls }));
-      i += REPORT_BATCH;
-    } while (i < fresh.length);
+    // In messages of at most REPORT_BYTES of URLs (the server takes up to 64 KiB).
+    let urls = [];
+    let size = 0;
+    for (const path of fresh) {
+      if (urls.length && size + path.length > REPORT_BYTES) {
+        socket.send(JSON.stringify({ type: "loaded", page, status, urls }));
+        urls = [];
+        size = 0;
+      }
+      if (path.length <= REPORT_BYTES) {
+        urls.push(path);
+        size += path.length + 8;
+      }
+    }
+    socket.send(JSON.stringify({ type: "loaded", page, status, urls }));
     state.reported = reported.size + 1;
   }
 
