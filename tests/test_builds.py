@@ -446,3 +446,10 @@ def test_outcomes_survive_the_relay_and_add_up() -> None:
     total = outcome + changes.Outcome(4, reloaded=1)
     assert total.summary() == "tabs: 2 reloaded, 2 css swapped, 3 unaffected"
     assert changes.Outcome(4).summary() == "no tabs"
+
+
+def test_a_fifo_is_never_read(tree: Path) -> None:
+    os.mkfifo(tree / "fifo")
+    prints = Fingerprints(str(tree))
+    prints.scan()  # would block forever reading the FIFO
+    assert prints.changed(["fifo"]) == []

@@ -106,13 +106,20 @@ class Fingerprints:
         if stat.S_ISDIR(st.st_mode):
             return _DIRECTORY
         size = st.st_size
-        if size > self._limit or not hash_it:
-            return (size, b"")
+        if size > self._limit or not hash_it or not stat.S_ISREG(st.st_mode):
+            return (size, b"")  # (a FIFO or a device is never read: it could block)
         digest = hashlib.blake2b(digest_size=16)
         try:
-            with open(full, "rb") as file:
-                while chunk := file.read(_READ):
-                    digest.update(chunk)
+            # O_NONBLOCK: the path may have become a FIFO since the stat.
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return (size, b"")  # unreadable now: compare by size only
+        with open(fd, "rb") as file:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return (size, b"")
+                while chunk := file.read(_READ):
+                    digest.update(chunk)
+            except OSError:
+                return (size, b"")
         return (size, digest.digest())
