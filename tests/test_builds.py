@@ -193,9 +193,14 @@ def test_malformed_report_fields_are_ignored() -> None:
 # -- changes --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "event",
-    [Pending(12.5), Settled(("a.html", "b c.css"), 3, 10.0, 20.0), Settled((), 0, 1.0, 2.0)],
+    [
+        Pending(12.5),
+        Settled(("a.html", "b c.css"), 3, 10.0, 20.0),
+        Settled((), 0, 1.0, 2.0),
+        changes.PageSeen("/about/"),
+    ],
 )
-def test_events_survive_the_relay(event: Pending | Settled) -> None:
+def test_events_survive_the_relay(event: changes.ChangeEvent) -> None:
     line = changes.encode(event)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert changes.decode(line) == event

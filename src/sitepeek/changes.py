@@ -28,6 +28,7 @@ __all__ = [
     "ChangeEvent",
     "ChangeFeed",
     "Outcome",
+    "PageSeen",
     "Pending",
     "Settled",
     "decode",
@@ -66,7 +67,16 @@ class Settled:
     ended: float = 0.0
 
 
-ChangeEvent = Pending | Settled
+@dataclass(frozen=True, slots=True)
+class PageSeen:
+    """A tab loaded the page at URL ``path`` (200): while a build may be in flight, a
+    request for it that finds no file waits for the build (see livereload). Worker
+    processes tell each other through the supervisor."""
+
+    path: str
+
+
+ChangeEvent = Pending | Settled | PageSeen
 Sink = Callable[[ChangeEvent], None]
 
 
@@ -113,6 +123,7 @@ class ChangeFeed:
         self._latest: Settled | None = None  # the latest build that changed something
         self._pending: Pending | None = None  # a build in flight
         self._outcome_sinks: list[Callable[[Outcome], None]] = []
+        self._page_sinks: list[Callable[[PageSeen], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
         """Add ``sink``; it is told at once about the latest build and one in flight."""
@@ -131,6 +142,19 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._sinks = []
         self._outcome_sinks = []
+        self._page_sinks = []
+
+    def on_page(self, sink: Callable[[PageSeen], None]) -> None:
+        """Call ``sink`` with each page a tab of this process loaded."""
+        with self._lock:
+            self._page_sinks.append(sink)
+
+    def share_page(self, event: PageSeen) -> None:
+        """A tab of this process loaded a page (the supervisor tells the other workers)."""
+        with self._lock:
+            sinks = list(self._page_sinks)
+        for sink in sinks:
+            sink(event)
 
     def on_outcome(self, sink: Callable[[Outcome], None]) -> None:
         """Call ``sink`` with what each process's tabs did for each build."""
@@ -149,7 +173,7 @@ class ChangeFeed:
             sinks = list(self._sinks)
             if isinstance(event, Pending):
                 self._pending = event
-            else:
+            elif isinstance(event, Settled):
                 self._pending = None
                 if event.paths:
                     self._latest = event
@@ -184,6 +208,8 @@ def encode(event: ChangeEvent) -> bytes:
     """One JSON line, for relaying an event to a worker process."""
     if isinstance(event, Pending):
         return json.dumps({"type": "pending", "started": event.started}).encode() + b"\n"
+    if isinstance(event, PageSeen):
+        return json.dumps({"type": "page", "path": event.path}).encode() + b"\n"
     data = {
         "type": "settled",
         "paths": list(event.paths),
@@ -204,6 +230,8 @@ def decode(line: bytes) -> ChangeEvent | None:
         return None
     if data.get("type") == "pending":
         return Pending(_number(data.get("started")))
+    if data.get("type") == "page" and isinstance(data.get("path"), str):
+        return PageSeen(data["path"])
     paths = data.get("paths")
     if data.get("type") == "settled" and isinstance(paths, list):
         version = data.get("version", 0)

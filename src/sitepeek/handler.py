@@ -272,7 +272,11 @@ class Handler:
         self._client: Entity | None = None
         if config.reload:
             broadcaster = self._broadcaster = livereload.Broadcaster(
-                io, root=config.root, base=config.base, report=feed.report if feed else None
+                io,
+                root=config.root,
+                base=config.base,
+                report=feed.report if feed else None,
+                share_page=feed.share_page if feed else None,
             )
             script = livereload.client_script()
             self._snippet = livereload.client_tag(script)

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sitepeek import __version__, inject
-from sitepeek.changes import INSTANCE, ChangeEvent, Outcome, Pending, Settled, wall_ms
+from sitepeek.changes import (
+    INSTANCE,
+    ChangeEvent,
+    Outcome,
+    PageSeen,
+    Pending,
+    Settled,
+    wall_ms,
+)
 from sitepeek.tabs import Decision, TabReport, decide, files_for
 from sitepeek.websocket import (
     FrameParser,
@@ -90,8 +98,10 @@ class Broadcaster:
         root: str | os.PathLike[str] | None = None,
         base: str = "/",
         report: Callable[[Outcome], None] | None = None,
+        share_page: Callable[[PageSeen], None] | None = None,
     ) -> None:
-        """``report`` is told what the tabs did for each build (the terminal's line)."""
+        """``report`` is told what the tabs did for each build (the terminal's line);
+        ``share_page`` of each page a tab loaded (for the other worker processes)."""
         self._io = io
         self._tabs: dict[Channel, TabReport] = {}
         self._lock = threading.Lock()
@@ -101,6 +111,7 @@ class Broadcaster:
         self._root = None if root is None else os.fspath(root)
         self._base = base
         self._report = report
+        self._share_page = share_page
         self._next_build = io.signal()  # set when the next build ends (then replaced)
         self._pages: set[str] = set()  # URL paths tabs loaded as pages with a 200
         self._version = 0  # of the latest build that changed something
@@ -150,14 +161,26 @@ class Broadcaster:
                 return None
             report.add(message.get("page"), message.get("status"), message.get("urls"))
             count = report.count
-            if report.page is not None and report.status in (0, 200):
-                if len(self._pages) >= MAX_PAGES:
-                    self._pages.clear()  # (a bound; pages are re-reported on reconnect)
-                self._pages.add(report.page)
+            page = report.page if report.status in (0, 200) else None
+            new_page = page is not None and page not in self._pages
+            if page is not None:
+                self._remember_page(page)
+        if new_page and page is not None and self._share_page is not None:
+            self._share_page(PageSeen(page))  # (other worker processes)
         return _text({"type": "noted", "count": count})
+
+    def _remember_page(self, page: str) -> None:
+        """(Under the lock.)"""
+        if len(self._pages) >= MAX_PAGES:
+            self._pages.clear()  # (a bound; pages are reported again on reconnect)
+        self._pages.add(page)
 
     def on_event(self, event: ChangeEvent) -> None:
         """Handle a change event; runs in the worker model's context."""
+        if isinstance(event, PageSeen):
+            with self._lock:
+                self._remember_page(event.path)
+            return
         if isinstance(event, Pending):
             with self._lock:
                 self._started = event.started

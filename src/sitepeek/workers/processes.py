@@ -28,6 +28,7 @@ from sitepeek.changes import (
     ChangeEvent,
     ChangeFeed,
     Outcome,
+    PageSeen,
     decode,
     decode_outcome,
     encode,
@@ -63,6 +64,7 @@ class ProcessWorkers:
         self._feed = feed
         self._workers: dict[int, _Worker] = {}
         self._workers_lock = threading.Lock()  # the watcher thread relays to them
+        self._relay_lock = threading.Lock()
         self._stopping = False
         self._restart_delay = 0.0
         # One watcher in the supervisor; its events reach every worker.
@@ -73,9 +75,10 @@ class ProcessWorkers:
         line = encode(event)
         with self._workers_lock:
             relays = [worker.relay for worker in self._workers.values()]
-        for relay in relays:
-            with contextlib.suppress(OSError):
-                relay.sendall(line)
+        with self._relay_lock:  # the watcher and the outcome readers relay: whole lines
+            for relay in relays:
+                with contextlib.suppress(OSError):
+                    relay.sendall(line)
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -205,6 +208,8 @@ class ProcessWorkers:
                 outcome = decode_outcome(line)
                 if outcome is not None:
                     self._feed.report(outcome)
+                elif isinstance(page := decode(line), PageSeen):
+                    self._relay(page)  # every worker holds requests for it
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for the graceful shutdown, then SIGKILL."""
@@ -275,8 +280,13 @@ def _child_main(
         with contextlib.suppress(OSError):
             os.write(relay_fd, encode_outcome(outcome))
 
+    def share_page(page: PageSeen) -> None:
+        with contextlib.suppress(OSError):  # (as above)
+            os.write(relay_fd, encode(page))
+
     relay_fd = relay.fileno()
     feed.on_outcome(report)
+    feed.on_page(share_page)
     if os.getppid() != parent:
         return
     serve_until(config, make_handler, listener, stop, watchers=(watch_parent, read_relay))
