@@ -35,7 +35,7 @@ ALLOWED = {
 IMPORTS: dict[str, set[str]] = {
     "version": set(),
     "_lifeline": set(),
-    "build": {"changes"},
+    "build": {"changes", "reload"},
     "sitepeek": {"api", "version"},
     "changes": set(),
     "concurrency": set(),
@@ -43,7 +43,9 @@ IMPORTS: dict[str, set[str]] = {
     "hosts": set(),
     "http11": set(),
     "inject": set(),
-    "reload": set(),
+    "fingerprints": set(),
+    "tabs": set(),
+    "reload": {"fingerprints"},
     "representation": set(),
     "routes": set(),
     "certs": set(),
@@ -60,7 +62,7 @@ IMPORTS: dict[str, set[str]] = {
     "responses": {"version", "http11", "representation"},
     "connections": {"concurrency", "entities", "hotcache", "http11", "responses"},
     "proxy": {"version", "concurrency", "http11", "representation", "routes"},
-    "livereload": {"version", "changes", "concurrency", "inject", "websocket"},
+    "livereload": {"version", "changes", "concurrency", "inject", "tabs", "websocket"},
     "plan": {"entities", "hotcache", "resolver", "routes"},
     "site": {
         "config",

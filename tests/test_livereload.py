@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -370,7 +371,11 @@ def test_handshake_is_accepted(shared: Server) -> None:
         assert "sec-websocket-extensions" not in got
         assert "sec-websocket-protocol" not in got
         hello = WsClient(sock, trailing).recv_json()
-    assert hello == {"type": "hello", "version": __version__}
+    assert hello["type"] == "hello" and hello["version"] == __version__
+    # The site version and build state a tab compares with what its page shows.
+    assert (hello["site"], hello["ended"], hello["building"]) == (0, 0.0, False)
+    assert isinstance(hello["server"], str) and hello["server"]
+    assert abs(hello["now"] - time.time() * 1000) < 60_000  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("version", [None, "8", "14", "13, 8"])
@@ -478,7 +483,14 @@ def test_a_change_reaches_every_socket_exactly_once(live: Server) -> None:
     try:
         (live.root / "index.html").write_text("<p>changed</p>\n")
         for client in clients:
-            assert client.recv_json() == {"type": "reload", "paths": ["index.html"]}
+            message = client.recv_json()
+            # A client that reported nothing of what it loaded is told to reload.
+            assert {k: message[k] for k in ("type", "site", "paths", "action")} == {
+                "type": "reload",
+                "site": 1,
+                "paths": ["index.html"],
+                "action": "reload",
+            }
         # Exactly once: the next message on every socket is the next change's.
         (live.root / "style.css").write_text("body { color: blue }\n")
         for client in clients:
@@ -528,6 +540,93 @@ def test_ignored_files_trigger_nothing(live: Server) -> None:
         (root / "node_modules" / "a.js").write_text("module.exports = 1;\n")
         (root / "real.txt").write_text("real\n")
         assert client.recv_reload() == ["real.txt"]
+    finally:
+        client.close()
+
+
+def report_loaded(client: WsClient, page: str, *urls: str, status: int = 200) -> None:
+    """Tell the server what this "tab" loaded, and await its acknowledgement."""
+    message = {"type": "loaded", "page": page, "status": status, "urls": list(urls)}
+    client.send(OP_TEXT, json.dumps(message).encode())
+    assert client.recv_json() == {"type": "noted", "count": len(set(urls)) + 1}
+
+
+def test_each_tab_is_told_what_a_build_means_for_it(live: Server) -> None:
+    home, other, silent = connect_ws(live), connect_ws(live), connect_ws(live)
+    try:
+        report_loaded(home, "/", "/style.css", "/logo.svg")
+        report_loaded(other, "/about.htm", "/app.js")
+        (live.root / "style.css").write_text("body { color: green }\n")
+        home_message, other_message = home.recv_json(), other.recv_json()
+        assert (home_message["action"], home_message["files"]) == ("css", ["style.css"])
+        assert (other_message["action"], other_message["files"]) == ("none", [])
+        assert silent.recv_json()["action"] == "reload"  # it said nothing: reload
+        assert home_message["site"] == other_message["site"] == 1
+        (live.root / "about.htm").write_text("<html><body>new</body></html>\n")
+        assert (home.recv_json()["action"], other.recv_json()["action"]) == ("none", "reload")
+    finally:
+        for client in (home, other, silent):
+            client.close()
+    # One terminal line per build, with what the tabs did (from every worker process).
+    deadline = time.monotonic() + WAIT
+    while reload_log(live).count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polls the server's output, which has no event to await
+    assert reload_log(live).splitlines() == [
+        "reload · 1 file · style.css · tabs: 1 reloaded, 1 css swapped, 1 unaffected",
+        "reload · 1 file · about.htm · tabs: 2 reloaded, 1 unaffected",
+    ]
+
+
+def test_a_reconnecting_tab_learns_the_site_version(live: Server) -> None:
+    client = connect_ws(live)
+    try:
+        (live.root / "index.html").write_text("<p>one</p>\n")
+        first = client.recv_json()
+        (live.root / "style.css").write_text("body { color: blue }\n")
+        second = client.recv_json()
+    finally:
+        client.close()
+    assert (first["site"], second["site"]) == (1, 2)
+    assert second["ended"] >= first["ended"] > 0  # type: ignore[operator]
+    _, sock, trailing = handshake(live, upgrade_headers(live))
+    with sock:
+        hello = WsClient(sock, trailing).recv_json()
+    assert (hello["site"], hello["ended"], hello["building"]) == (2, second["ended"], False)
+
+
+def test_identical_rewrites_and_dotfiles_are_not_changes(live: Server) -> None:
+    client = connect_ws(live)
+    try:
+        root = live.root
+        (root / "style.css").write_text((root / "style.css").read_text())
+        (root / ".buildinfo").write_text("tags: x\n")
+        (root / ".doctrees").mkdir()
+        (root / ".doctrees" / "environment.pickle").write_bytes(b"pickle")
+        (root / "_redirects").write_text("/old /new 301\n")  # changes answers: counts
+        assert client.recv_reload() == ["_redirects"]
+    finally:
+        client.close()
+    assert "style.css" not in reload_log(live) and ".buildinfo" not in reload_log(live)
+
+
+def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
+    client = connect_ws(live)
+    index = live.root / "index.html"
+    try:
+        report_loaded(client, "/")
+        index.unlink()
+        # Before the watcher has even reported the deletion: not a listing of "/".
+        writer = threading.Timer(0.1, lambda: index.write_text("<p>rebuilt</p>\n"))
+        writer.start()
+        try:
+            got = request(live, "GET", "/")
+        finally:
+            writer.join()
+        assert got.status == 200 and b"rebuilt" in got.body
+        # A path that was never there is answered at once, held by no build.
+        started = time.monotonic()
+        assert request(live, "GET", "/never/").status == 404
+        assert time.monotonic() - started < 1.0
     finally:
         client.close()
 

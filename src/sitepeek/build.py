@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited
+from sitepeek.reload import FENCE_PREFIX
 
 __all__ = ["FENCE_PREFIX", "BuildRunner", "Companions", "Terminal", "shell_argv"]
 
@@ -51,7 +52,6 @@ KILL_GRACE = 2.0
 # The last this-many characters of a command's output are kept for the overlay.
 OUTPUT_TAIL = 64 * 1024
 # Named so that no ignore pattern drops it; removed right after the watcher saw it.
-FENCE_PREFIX = ".sitepeek-fence-"
 # How long to wait for the watcher to report the fence before giving up on it.
 FENCE_TIMEOUT = 2.0
 # Builds in a row started by the same files changed during the build before: a hint.

@@ -1,12 +1,17 @@
 """How file-change events travel from the watcher to the connections of a process.
 
 The watcher (:mod:`sitepeek.reload`, watchdog threads) emits two kinds of event into a
-:class:`ChangeFeed`: :class:`Pending` when a burst of changes begins and
-:class:`Settled` once it has gone quiet. With ``--build`` and ``--run``
-(:mod:`sitepeek.build`) three more travel the same way: :class:`BuildStarted`,
-:class:`BuildFinished` and :class:`CompanionExited`. Each handler subscribes to the feed and moves
-the event into its worker model's context with ``call_soon_threadsafe``. In the process
-model the supervisor relays events to every worker over a socket, as JSON lines.
+:class:`ChangeFeed`: :class:`Pending` when a build (a burst of changes) begins and
+:class:`Settled` once it is over. With ``--build`` and ``--run`` (:mod:`sitepeek.build`)
+three more travel the same way: :class:`BuildStarted`, :class:`BuildFinished` and
+:class:`CompanionExited`. Each handler subscribes to the feed and moves the event into
+its worker model's context with ``call_soon_threadsafe``. In the process model the
+supervisor relays events to every worker over a socket, as JSON lines.
+
+Every settled build that changed something gets the next *site version*; events carry
+it, and the wall-clock times the build began and ended, so that every process of one
+server (and every tab) agrees on it. A subscriber that comes late (a worker process
+restarted by the supervisor) is told the latest build and whether one is in flight.
 
 Standard library only: workers import this without importing watchdog.
 """
@@ -14,33 +19,66 @@ Standard library only: workers import this without importing watchdog.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "INSTANCE",
     "BuildFinished",
     "BuildStarted",
     "ChangeEvent",
     "ChangeFeed",
     "CompanionExited",
+    "Outcome",
+    "PageSeen",
     "Pending",
     "Settled",
     "decode",
+    "decode_outcome",
     "encode",
+    "encode_outcome",
+    "wall_ms",
 ]
+
+# Names this server run: a tab that reconnects to another run reloads. Worker processes
+# are forked after this module is imported, so they all share the supervisor's value.
+INSTANCE = f"{os.getpid():x}-{time.time_ns():x}"
+
+
+def wall_ms() -> float:
+    """Wall-clock milliseconds: what tabs compare with their own timestamps."""
+    return time.time() * 1000.0
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A burst of changes has begun; HTML requests should wait for it to settle."""
+    """A build has begun at ``started`` (wall ms); HTML requests wait for it to settle."""
+
+    started: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """A burst has settled: ``paths`` changed (root-relative POSIX paths)."""
+    """A build is over: ``paths`` changed (root-relative POSIX paths; empty when
+    nothing really changed). ``version`` counts the builds that changed something;
+    ``started`` and ``ended`` are wall ms."""
 
     paths: tuple[str, ...]
+    version: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PageSeen:
+    """A tab loaded the page at URL ``path`` (200): while a build may be in flight, a
+    request for it that finds no file waits for the build (see livereload). Worker
+    processes tell each other through the supervisor."""
+
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +90,10 @@ class BuildStarted:
 class BuildFinished:
     """The build ended and what it wrote has been seen by the watcher.
 
-    ``ok``: tabs reload once for ``paths`` (none changed: no reload) and any build
-    overlay goes away; otherwise tabs keep their page and show ``title`` and ``output``.
+    ``ok``: any build overlay goes away, and ``paths`` (what the build changed) become
+    the next site version, a :class:`Settled` like any other change (the server makes
+    it, see ``server._start_watcher``); otherwise tabs keep their page and show
+    ``title`` and ``output``.
     """
 
     ok: bool
@@ -71,8 +111,42 @@ class CompanionExited:
     output: str = ""
 
 
-ChangeEvent = Pending | Settled | BuildStarted | BuildFinished | CompanionExited
+ChangeEvent = Pending | Settled | PageSeen | BuildStarted | BuildFinished | CompanionExited
 Sink = Callable[[ChangeEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the tabs of one process did for the build ``version``."""
+
+    version: int
+    reloaded: int = 0
+    css: int = 0
+    images: int = 0
+    unaffected: int = 0
+
+    def __add__(self, other: Outcome) -> Outcome:
+        return Outcome(
+            self.version,
+            self.reloaded + other.reloaded,
+            self.css + other.css,
+            self.images + other.images,
+            self.unaffected + other.unaffected,
+        )
+
+    def summary(self) -> str:
+        """``"tabs: 1 reloaded, 2 css swapped, 3 unaffected"``, or ``"no tabs"``."""
+        parts = [
+            f"{count} {what}"
+            for count, what in (
+                (self.reloaded, "reloaded"),
+                (self.css, "css swapped"),
+                (self.images, "images refreshed"),
+                (self.unaffected, "unaffected"),
+            )
+            if count
+        ]
+        return "tabs: " + ", ".join(parts) if parts else "no tabs"
 
 
 class ChangeFeed:
@@ -81,33 +155,104 @@ class ChangeFeed:
     def __init__(self) -> None:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
+        self._latest: Settled | None = None  # the latest build that changed something
+        self._pending: Pending | None = None  # a build in flight
+        self._outcome_sinks: list[Callable[[Outcome], None]] = []
+        self._page_sinks: list[Callable[[PageSeen], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
+        """Add ``sink``; it is told at once about the latest build and one in flight."""
         with self._lock:
             self._sinks.append(sink)
+            replay = [event for event in (self._latest, self._pending) if event is not None]
+        for event in replay:
+            sink(event)
 
     def reset(self) -> None:
         """Forget every subscriber (a forked worker starts with its own).
 
         The lock is replaced, not taken: after a fork, the watcher thread that may
-        have held it no longer exists.
+        have held it no longer exists. What the feed knows about builds is kept.
         """
         self._lock = threading.Lock()
         self._sinks = []
+        self._outcome_sinks = []
+        self._page_sinks = []
+
+    def on_page(self, sink: Callable[[PageSeen], None]) -> None:
+        """Call ``sink`` with each page a tab of this process loaded."""
+        with self._lock:
+            self._page_sinks.append(sink)
+
+    def share_page(self, event: PageSeen) -> None:
+        """A tab of this process loaded a page (the supervisor tells the other workers)."""
+        with self._lock:
+            sinks = list(self._page_sinks)
+        for sink in sinks:
+            sink(event)
+
+    def on_outcome(self, sink: Callable[[Outcome], None]) -> None:
+        """Call ``sink`` with what each process's tabs did for each build."""
+        with self._lock:
+            self._outcome_sinks.append(sink)
+
+    def report(self, outcome: Outcome) -> None:
+        """What this process's tabs did for a build (for the terminal's reload line)."""
+        with self._lock:
+            sinks = list(self._outcome_sinks)
+        for sink in sinks:
+            sink(outcome)
 
     def emit(self, event: ChangeEvent) -> None:
         with self._lock:
             sinks = list(self._sinks)
+            if isinstance(event, Pending):
+                self._pending = event
+            elif isinstance(event, Settled):
+                self._pending = None
+                if event.paths:
+                    self._latest = event
         for sink in sinks:
             sink(event)
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """One JSON line, for relaying an outcome from a worker to the supervisor."""
+    data = {"type": "outcome", **{k: getattr(outcome, k) for k in Outcome.__slots__}}
+    return json.dumps(data).encode() + b"\n"
+
+
+def decode_outcome(line: bytes) -> Outcome | None:
+    """The outcome of one relayed line; None for anything malformed."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("type") != "outcome":
+        return None
+    counts: list[int] = []
+    for key in Outcome.__slots__:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        counts.append(value)
+    return Outcome(*counts)
 
 
 def encode(event: ChangeEvent) -> bytes:
     """One JSON line, for relaying an event to a worker process."""
     if isinstance(event, Pending):
-        return b'{"type":"pending"}\n'
+        return json.dumps({"type": "pending", "started": event.started}).encode() + b"\n"
+    if isinstance(event, PageSeen):
+        return json.dumps({"type": "page", "path": event.path}).encode() + b"\n"
     if isinstance(event, Settled):
-        data: dict[str, object] = {"type": "settled", "paths": list(event.paths)}
+        data: dict[str, object] = {
+            "type": "settled",
+            "paths": list(event.paths),
+            "version": event.version,
+            "started": event.started,
+            "ended": event.ended,
+        }
     elif isinstance(event, BuildStarted):
         data = {"type": "build-started"}
     elif isinstance(event, BuildFinished):
@@ -129,7 +274,9 @@ def decode(line: bytes) -> ChangeEvent | None:
         return None
     kind = data.get("type")
     if kind == "pending":
-        return Pending()
+        return Pending(_number(data.get("started")))
+    if kind == "page" and isinstance(data.get("path"), str):
+        return PageSeen(data["path"])
     if kind == "build-started":
         return BuildStarted()
     paths = data.get("paths", [])
@@ -137,9 +284,19 @@ def decode(line: bytes) -> ChangeEvent | None:
     if not isinstance(paths, list) or not all(isinstance(t, str) for t in (title, output, command)):
         return None
     if kind == "settled" and "paths" in data:
-        return Settled(tuple(str(p) for p in paths))
+        version = data.get("version", 0)
+        return Settled(
+            tuple(str(p) for p in paths),
+            version if isinstance(version, int) else 0,
+            _number(data.get("started")),
+            _number(data.get("ended")),
+        )
     if kind == "build-finished" and isinstance(data.get("ok"), bool):
         return BuildFinished(data["ok"], title, output, tuple(str(p) for p in paths))
     if kind == "companion-exited":
         return CompanionExited(command, title, output)
     return None
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

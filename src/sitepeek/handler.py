@@ -102,7 +102,13 @@ class Handler:
         self._snippet: bytes | None = None
         self._client: Entity | None = None
         if config.reload:
-            broadcaster = self._broadcaster = livereload.Broadcaster(io)
+            broadcaster = self._broadcaster = livereload.Broadcaster(
+                io,
+                root=config.root,
+                base=config.base,
+                report=feed.report if feed else None,
+                share_page=feed.share_page if feed else None,
+            )
             script = livereload.client_script()
             self._snippet = livereload.client_tag(script)
             self._client = entities.from_bytes(

@@ -1,15 +1,19 @@
 """Watch the site for changes: watchdog observer, ignore filter, debounce.
 
 The observer runs in real OS threads (watchdog's); every path that survives the
-:class:`IgnoreFilter` goes into a :class:`Debouncer`, whose own thread calls ``on_start``
-when a burst of changes begins and ``on_settle`` with one :class:`ChangeBatch` once it
-has gone quiet. Both callbacks run in that thread: the caller moves them into its worker
-model's context (see :mod:`sitepeek.changes`). This is the only module that imports
-watchdog.
+:class:`IgnoreFilter` (and, in the site root, that the server could ever serve: no
+dotfiles but ``/.well-known/``) goes into a :class:`Debouncer`, whose own thread calls
+``on_start`` when a build begins and ``on_settle`` with one :class:`ChangeBatch` once it
+is over; the batch keeps only the paths whose content really changed
+(:mod:`sitepeek.fingerprints`). Both callbacks run in that thread: the caller moves them
+into its worker model's context (see :mod:`sitepeek.changes`). This is the only module
+that imports watchdog; it is over 500 lines because the ignore filter, the debounce and
+the observers are one pipeline whose parts are only ever used together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -18,11 +22,16 @@ import threading
 import time
 import traceback
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
@@ -38,6 +47,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
+
+from sitepeek.fingerprints import Fingerprints
 
 __all__ = [
     "DEFAULT_IGNORES",
@@ -72,8 +83,31 @@ DEFAULT_IGNORES: tuple[str, ...] = (
     ".DS_Store",
 )
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".svg", ".ico")
+PAGE_SUFFIXES = (".html", ".htm")
+# What a --build runner names the file it drops when the build has ended (a dotfile, so
+# never served and never a reason to reload; the runner waits to see it reported).
+FENCE_PREFIX = ".sitepeek-fence-"
 POLL_INTERVAL = 0.25
 JOIN_TIMEOUT = 2.0
+
+# Builds (see Debouncer). A burst that touches this many paths, or deletes one, is a
+# generator's build, not a hand edit: its quiet period is the learned pause between the
+# phases of this site's builds. A lone save keeps the short quiet period.
+BUILD_PATHS = 3
+INITIAL_PAUSE = 0.15  # s: assumed pause between phases until builds were measured
+PAUSE_FACTOR = 2.0  # the quiet period of a build: delay + PAUSE_FACTOR * learned pause
+LINK_WINDOW = 0.6  # s: a build starting this soon after one ended was its next phase
+PAUSES_KEPT = 5  # builds whose pauses are remembered (an outlier ages out)
+# A build that deleted a page is not over until the page is back, or until this long
+# has passed without an event (a page removed for good).
+DELETED_PAGE_HOLD = 3.0
+# A file written and not yet closed is still being written (an editor's save truncates,
+# then writes): the burst is not over until it is closed, or this long without an event
+# (a writer that keeps a file open). Only where the OS reports closes (inotify).
+OPEN_HOLD = 0.5
+BUILD_MAX_WAIT = 30.0  # s: even a build that deleted pages is flushed after this long
+SCAN_BUDGET = 32 * 1024 * 1024  # bytes hashed at start; files beyond compare by size
 
 # Everything that can change what a URL serves. Leaving out opened / closed-no-write also
 # keeps inotify quiet while the server reads files (its mask is built from this list).
@@ -189,14 +223,33 @@ class ChangeBatch:
 
 
 # -- debounce ----------------------------------------------------------------------------
-class Debouncer:
-    """Trailing-edge coalescing of change events into batches.
+# What an event did to a path: "writing" (written to, a close is to come),
+# "closed" (closed after writing), "deleted" (gone, or moved away) or "changed" (anything
+# else: metadata, a directory, the target of a move, any event of a polling observer).
+Kind = Literal["changed", "writing", "closed", "deleted"]
 
-    The first event of a burst calls ``on_start()``; each event restarts a ``delay``
-    quiet timer; once ``delay`` passes without an event, ``on_settle(batch)`` is called
-    once with everything seen. An event after that starts a new burst: nothing is ever
-    dropped. A burst that never goes quiet is flushed ``max_wait`` after it began, so a
-    continuous writer cannot starve reloads.
+
+class Debouncer:
+    """Trailing-edge coalescing of change events into batches, one batch per build.
+
+    The first event of a burst calls ``on_start()``; each event restarts a quiet timer;
+    once it passes without an event, ``on_settle(batch)`` is called once with everything
+    seen. An event after that starts a new burst: nothing is ever dropped. A burst that
+    never goes quiet is flushed ``max_wait`` after it began, so a continuous writer
+    cannot starve reloads.
+
+    The quiet period is ``delay`` for a hand edit (a burst of fewer than
+    :data:`BUILD_PATHS` paths, no deletion), so a lone save reloads at once. A build
+    (more paths, or a deletion) writes in phases with pauses between them (MkDocs cleans
+    the site, then writes; Sphinx writes its static files, then its pages): its quiet
+    period is ``delay`` plus :data:`PAUSE_FACTOR` times the longest pause seen in this
+    site's recent builds, both the pauses inside a build and those between a build and
+    another that began within :data:`LINK_WINDOW` after it (the phase it was split from,
+    itself a build however few paths it touches).
+    A build that deleted a page (``add(path, deleted=True)``) is not over while
+    ``exists(page)`` is false, for up to :data:`DELETED_PAGE_HOLD` without an event;
+    any burst with a file still open for writing (``"writing"`` not yet followed by
+    ``"closed"``) is not over for up to :data:`OPEN_HOLD` without an event.
 
     One daemon thread waits on a condition and runs both callbacks; :meth:`add` only
     records the path and the time, so a build writing thousands of files stays cheap.
@@ -209,6 +262,7 @@ class Debouncer:
         on_settle: Callable[[ChangeBatch], None],
         max_wait: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        exists: Callable[[str], bool] = os.path.lexists,
     ) -> None:
         if delay < 0 or max_wait <= 0:
             raise ValueError("delay must be >= 0 and max_wait > 0")
@@ -217,24 +271,63 @@ class Debouncer:
         self._on_start = on_start
         self._on_settle = on_settle
         self._clock = clock
+        self._exists = exists
         self._cond = threading.Condition(threading.Lock())
         self._pending: dict[str, None] = {}  # an ordered set
+        self._deleted_pages: set[str] = set()
+        self._open: set[str] = set()  # written and not closed yet
+        self._deleted = False  # the burst deleted something
         self._first = 0.0  # when the current burst began
         self._last = 0.0  # when its latest event came
+        self._longest_gap = 0.0  # between two events of the current burst
+        self._holding = False  # waiting for deleted pages: every event wakes the thread
+        self._held = False  # the burst deleted a page: its pauses are not learned
+        self._linked = False  # the burst began right after a build ended
+        self._previous_build_end: float | None = None
+        self._pauses: deque[float] = deque(maxlen=PAUSES_KEPT)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="sitepeek-debounce", daemon=True)
         self._thread.start()
 
-    def add(self, path: str) -> None:
-        """Record a changed path; thread-safe."""
+    @property
+    def build_quiet(self) -> float:
+        """The quiet period that ends a build (seconds), as learned so far."""
+        pause = max(self._pauses, default=INITIAL_PAUSE)
+        return self._delay + PAUSE_FACTOR * min(pause, LINK_WINDOW)
+
+    def add(self, path: str, kind: Kind = "changed") -> None:
+        """Record what an event did to ``path`` (see :data:`Kind`); thread-safe."""
         now = self._clock()
         with self._cond:
             if self._closed:
                 return
             if not self._pending:
                 self._first = now
-                self._cond.notify()  # only a burst's first event needs to wake the thread
+                self._longest_gap = 0.0
+                self._deleted = False
+                self._held = False
+                previous = self._previous_build_end
+                gap = LINK_WINDOW if previous is None else now - previous
+                # The next phase of the build that just ended: a build too, however few
+                # paths it has seen yet.
+                self._linked = gap < LINK_WINDOW
+                if self._linked:
+                    self._pauses.append(gap)
+                self._cond.notify()  # a burst's first event wakes the thread
+            else:
+                self._longest_gap = max(self._longest_gap, now - self._last)
+                if self._holding:
+                    self._cond.notify()  # maybe a deleted page is back
             self._pending[path] = None
+            if kind == "writing":
+                self._open.add(path)
+            else:
+                self._open.discard(path)  # closed, gone, or not tracked
+            if kind == "deleted":
+                self._deleted = True
+                if path.lower().endswith(PAGE_SUFFIXES):
+                    self._deleted_pages.add(path)
+                    self._held = True
             self._last = now
 
     def close(self, timeout: float = JOIN_TIMEOUT) -> None:
@@ -260,17 +353,48 @@ class Debouncer:
                 self._cond.wait()
             return not self._closed
 
+    def _is_build(self) -> bool:
+        return self._deleted or self._linked or len(self._pending) >= BUILD_PATHS
+
+    def _deadline(self) -> float:
+        """When the current burst is over, as far as is known now (under the lock)."""
+        build = self._is_build()
+        quiet = self._last + (self.build_quiet if build else self._delay)
+        max_wait = max(self._max_wait, self.build_quiet) if build else self._max_wait
+        self._deleted_pages = {p for p in self._deleted_pages if not self._exists(p)}
+        self._holding = bool(self._deleted_pages or self._open)
+        if self._deleted_pages:
+            quiet = max(quiet, self._last + DELETED_PAGE_HOLD)
+            max_wait = BUILD_MAX_WAIT
+        elif self._open:
+            quiet = max(quiet, self._last + OPEN_HOLD)
+        return min(quiet, self._first + max_wait)
+
     def _wait_for_quiet(self) -> ChangeBatch | None:
         with self._cond:
             while not self._closed:
-                deadline = min(self._last + self._delay, self._first + self._max_wait)
-                remaining = deadline - self._clock()
+                remaining = self._deadline() - self._clock()
                 if remaining <= 0:
-                    batch = ChangeBatch(tuple(self._pending))
-                    self._pending = {}
-                    return batch
+                    return self._take_batch()
                 self._cond.wait(remaining)
             return None
+
+    def _take_batch(self) -> ChangeBatch:
+        """End the burst (under the lock): its batch; a build's pauses are learned."""
+        batch = ChangeBatch(tuple(self._pending))
+        if self._is_build():
+            # (The pauses of a build held open by deleted pages say nothing: the hold
+            # spanned them.)
+            if not self._held:
+                self._pauses.append(self._longest_gap)
+            self._previous_build_end = self._last
+        else:
+            self._previous_build_end = None
+        self._pending = {}
+        self._deleted_pages = set()
+        self._open = set()
+        self._holding = False
+        return batch
 
     @staticmethod
     def _call(callback: Callable[..., None], *args: object) -> None:
@@ -290,6 +414,7 @@ class _Target:
     recursive: bool
     report_prefix: str  # prepended to the watch-relative POSIX path
     only: str | None = None  # a watched file: its name in watch_dir (parent dir watched)
+    served_only: bool = False  # the site root: skip what the server never serves
 
     def report(self, path: str, ignore: IgnoreFilter) -> str | None:
         """The reported form of an event path; None if ignored or not ours."""
@@ -299,27 +424,69 @@ class _Target:
         rel = path[len(base) :].replace(os.sep, "/")
         if self.only is not None:
             return self.report_prefix if rel == self.only else None
-        if ignore.ignores_relative(rel):
+        if ignore.ignores_relative(rel) or (
+            self.served_only and not servable(rel) and not _is_fence(rel)
+        ):
             return None
         return self.report_prefix + rel
 
+    def with_all_paths(self) -> _Target:
+        """This target, reporting what the server never serves too."""
+        return dataclasses.replace(self, served_only=False)
+
+
+def servable(rel_path: str) -> bool:
+    """Could the server ever answer with this root-relative path? Dotfiles never are,
+    except below a top-level ``.well-known`` (RFC 8615), as the resolver decides. A
+    build's ``.buildinfo`` or ``.doctrees/`` must not reload anything."""
+    parts = [p for p in rel_path.split("/") if p]
+    if parts and parts[0] == ".well-known":
+        parts = parts[1:]
+    return not any(part.startswith(".") for part in parts)
+
+
+def _is_fence(rel_path: str) -> bool:
+    """A ``--build`` fence (see :mod:`sitepeek.build`): never served, but the runner
+    must see it go by to know the watcher has caught up with the build."""
+    return rel_path.startswith(FENCE_PREFIX)
+
+
+Sink = Callable[[str, Kind], None]  # (reported path, what happened to it)
+
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, target: _Target, ignore: IgnoreFilter, sink: Callable[[str], None]) -> None:
+    def __init__(
+        self, target: _Target, ignore: IgnoreFilter, sink: Sink, closes: bool = False
+    ) -> None:
+        """``closes``: the observer reports a file closed after writing (inotify)."""
         super().__init__()
         self._target = target
         self._ignore = ignore
         self._sink = sink
+        self._closes = closes
 
     def dispatch(self, event: FileSystemEvent) -> None:
         # A directory's own modified event only echoes the change of an entry in it.
         if event.is_directory and event.event_type == EVENT_TYPE_MODIFIED:
             return
-        for raw in (event.src_path, event.dest_path):  # dest_path: moves only
-            if raw:
+        src_kind = self._kind(event)
+        for raw, kind in ((event.src_path, src_kind), (event.dest_path, "changed")):
+            if raw:  # (dest_path: moves only)
                 reported = self._target.report(os.fsdecode(raw), self._ignore)
                 if reported is not None:
-                    self._sink(reported)
+                    self._sink(reported, kind)
+
+    def _kind(self, event: FileSystemEvent) -> Kind:
+        kind = event.event_type
+        if kind in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            return "deleted"  # (a move removes its source)
+        if not self._closes or event.is_directory:
+            return "changed"
+        # (Not a created event: watchdog makes those up for the files of a directory
+        # that was new to it, and no close follows them.)
+        if kind == EVENT_TYPE_MODIFIED:
+            return "writing"
+        return "closed" if kind == EVENT_TYPE_CLOSED else "changed"
 
 
 class Watcher:
@@ -375,7 +542,19 @@ class Watcher:
         targets = self._targets()
         self._unfiltered_dirs = frozenset(t.watch_dir for t in targets if t.only is not None)
         _quiet_watchdog_bookkeeping()
-        debouncer = Debouncer(self._delay, self._on_start, self._on_settle)
+        root = targets[0].watch_dir
+        fingerprints = Fingerprints(root)
+        fingerprints.scan(
+            lambda rel: servable(rel) and not self._ignore.ignores_relative(rel), SCAN_BUDGET
+        )
+
+        def settle(batch: ChangeBatch) -> None:
+            self._on_settle(ChangeBatch(tuple(fingerprints.changed(batch.paths))))
+
+        def exists(path: str) -> bool:
+            return os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
+
+        debouncer = Debouncer(self._delay, self._on_start, settle, exists=exists)
         try:
             self._observer = self._start_observer(targets, debouncer.add)
         except BaseException:
@@ -396,14 +575,18 @@ class Watcher:
         real_root = _checked_real_path(self._root, "site root")
         if not os.path.isdir(real_root):
             raise WatchError(f"sitepeek: cannot watch {self._root}: not a directory")
-        targets = [_Target(real_root, recursive=True, report_prefix="")] if self._watch_root else []
+        targets = (
+            [_Target(real_root, recursive=True, report_prefix="", served_only=True)]
+            if self._watch_root
+            else []
+        )
         for extra in self._extra_paths:
             target = _extra_target(extra, _checked_real_path(extra, "watched path"), real_root)
-            if target not in targets:
+            if target not in targets and (not targets or target != targets[0].with_all_paths()):
                 targets.append(target)
         return targets
 
-    def _start_observer(self, targets: list[_Target], sink: Callable[[str], None]) -> BaseObserver:
+    def _start_observer(self, targets: list[_Target], sink: Sink) -> BaseObserver:
         if not self._polling:
             try:
                 return self._launch(Observer, targets, sink)
@@ -421,13 +604,15 @@ class Watcher:
         self,
         make: Callable[[], BaseObserver],
         targets: list[_Target],
-        sink: Callable[[str], None],
+        sink: Sink,
     ) -> BaseObserver:
         observer = make()
+        # inotify reports a close after writing; the other observers do not.
+        closes = type(observer).__name__ == "InotifyObserver"
         try:
             for target in targets:
                 observer.schedule(
-                    _Handler(target, self._ignore, sink),
+                    _Handler(target, self._ignore, sink, closes),
                     target.watch_dir,
                     recursive=target.recursive,
                     event_filter=_EVENT_FILTER,

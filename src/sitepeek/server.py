@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from sitepeek import console, workers
-from sitepeek.changes import BuildFinished, ChangeEvent, ChangeFeed, Pending, Settled
+from sitepeek.changes import (
+    BuildStarted,
+    ChangeEvent,
+    ChangeFeed,
+    Outcome,
+    Pending,
+    Settled,
+    wall_ms,
+)
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.handler import Handler
@@ -33,6 +41,8 @@ if TYPE_CHECKING:
 
 # A busy port moves on to the next one; this many are tried before giving up.
 PORT_ATTEMPTS = 20
+# How long a build's reload line waits for the worker processes to say what their tabs did.
+LINE_WAIT = 0.2
 BACKLOG = 1024
 
 
@@ -57,10 +67,8 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     model_class = workers.load(config.workers)
     feed = ChangeFeed()
     # For the summary: the handlers of this process (none here with --workers processes:
-    # they live in the workers, which report their counts to the model) and the reloads
-    # the watcher announced.
+    # they live in the workers, which report their counts to the model).
     handlers: list[Handler] = []
-    reloads = 0
 
     def claim(key: str) -> bool:
         """First across every process of this server (O_EXCL is atomic)?"""
@@ -77,15 +85,11 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         handlers.append(handler)
         return handler
 
-    def count_reload(event: ChangeEvent) -> None:
-        nonlocal reloads
-        if isinstance(event, Settled | BuildFinished) and event.paths:
-            reloads += 1
-
-    feed.subscribe(count_reload)
     model = model_class(config, make_handler, feed)
-    runner, companions = _commands(config, feed, out)
-    watchers = _start_watchers(config, feed, out, runner)
+    reporters = config.process_count if config.workers == "processes" else 1
+    versions = SiteVersions(feed, out, reporters)
+    runner, companions = _commands(config, feed, out, versions)
+    watchers = _start_watchers(config, feed, out, runner, versions)
     started = time.monotonic()
 
     def ready() -> None:
@@ -112,7 +116,8 @@ def serve(config: Config, out: TextIO | None = None) -> None:
             watcher.stop()
         shutil.rmtree(notices, ignore_errors=True)
     requests = _requests_served(handlers, model)
-    print_summary(out, time.monotonic() - started, requests, reloads if config.reload else None)
+    reloads = versions.count if config.reload else None
+    print_summary(out, time.monotonic() - started, requests, reloads)
 
 
 def _open_browser(config: Config, where: str, port: int) -> None:
@@ -136,14 +141,97 @@ def console_stream(config: Config) -> TextIO:
     return sys.stderr if config.log_format == "json" else sys.stdout
 
 
+class ReloadLines:
+    """One terminal line per build: the files it changed and what the tabs did.
+
+    Every process's broadcaster reports what its tabs did (``add``); the line is printed
+    once all ``reporters`` have, or ``wait`` seconds after the build ended, whichever
+    comes first. Thread-safe: reports come from the workers' contexts.
+    """
+
+    def __init__(self, out: TextIO, reporters: int, wait: float = LINE_WAIT) -> None:
+        self._out = out
+        self._reporters = reporters
+        self._wait = wait
+        self._lock = threading.Lock()
+        # version -> (files summary, outcome so far, reports so far)
+        self._open: dict[int, tuple[str, Outcome, int]] = {}
+
+    def build(self, version: int, summary: str) -> None:
+        with self._lock:
+            self._open[version] = (summary, Outcome(version), 0)
+        timer = threading.Timer(self._wait, self._flush, (version,))
+        timer.daemon = True
+        timer.start()
+
+    def add(self, outcome: Outcome) -> None:
+        with self._lock:
+            entry = self._open.get(outcome.version)
+            if entry is None:
+                return  # already printed
+            summary, total, reports = entry
+            self._open[outcome.version] = (summary, total + outcome, reports + 1)
+            complete = reports + 1 >= self._reporters
+        if complete:
+            self._flush(outcome.version)
+
+    def _flush(self, version: int) -> None:
+        with self._lock:
+            entry = self._open.pop(version, None)
+        if entry is not None:
+            summary, total, _ = entry
+            print(f"reload · {summary} · {total.summary()}", file=self._out, flush=True)
+
+
+class SiteVersions:
+    """Every real change of the site becomes its next version: one Settled event for the
+    tabs and one terminal line (:class:`ReloadLines`), whether the watcher saw a burst
+    of edits or a ``--build`` ended. Thread-safe: the watcher's debounce thread and the
+    build runner's thread both publish."""
+
+    def __init__(self, feed: ChangeFeed, out: TextIO, reporters: int) -> None:
+        self._feed = feed
+        self._lines = ReloadLines(out, reporters)
+        feed.on_outcome(self._lines.add)
+        self._lock = threading.Lock()
+        self._version = 0
+        self._began = 0.0
+
+    @property
+    def count(self) -> int:
+        """Site versions published so far: the reloads the tabs were sent."""
+        return self._version
+
+    def begin(self) -> float:
+        """A build (a burst of changes, or a --build) began; its start in wall ms."""
+        with self._lock:
+            self._began = wall_ms()
+            return self._began
+
+    def settle(self, paths: tuple[str, ...]) -> None:
+        """The build is over and ``paths`` really changed (none: only open the gate)."""
+        from sitepeek.reload import ChangeBatch
+
+        with self._lock:
+            if paths:
+                self._version += 1  # (also the number of reloads, for the summary)
+                self._lines.build(self._version, ChangeBatch(paths).summary())
+            event = Settled(paths, self._version, self._began, wall_ms())
+        self._feed.emit(event)
+
+
 def _start_watchers(
-    config: Config, feed: ChangeFeed, out: TextIO, runner: BuildRunner | None
+    config: Config,
+    feed: ChangeFeed,
+    out: TextIO,
+    runner: BuildRunner | None,
+    versions: SiteVersions,
 ) -> list[Watcher]:
     """The site's watcher (with --reload) and the build's sources watcher (with --build)."""
     watchers: list[Watcher] = []
     try:
         if config.reload:
-            watchers.append(_start_watcher(config, feed, out, runner))
+            watchers.append(_start_watcher(config, feed, runner, versions))
         if runner is not None:
             watchers.append(_start_sources_watcher(config, runner))
     except BaseException:
@@ -154,26 +242,28 @@ def _start_watchers(
 
 
 def _start_watcher(
-    config: Config, feed: ChangeFeed, out: TextIO, runner: BuildRunner | None
+    config: Config, feed: ChangeFeed, runner: BuildRunner | None, versions: SiteVersions
 ) -> Watcher:
     """Watch the root (and --watch paths); events go to every worker through ``feed``.
 
     With --build the runner sees each burst first: what a build writes becomes one
-    BuildFinished, and the --watch paths are the build's sources, not the site.
+    site version when the build ends, and the --watch paths are the build's sources,
+    not the site.
     """
-    from sitepeek.reload import ChangeBatch, IgnoreFilter, Watcher
+    from sitepeek.reload import IgnoreFilter, Watcher
 
+    # Both callbacks run in the watcher's debounce thread, one after the other.
     def started() -> None:
         if runner is None or not runner.absorb_start():
-            feed.emit(Pending())
+            feed.emit(Pending(versions.begin()))
 
     def settled(batch: ChangeBatch) -> None:
         paths = batch.paths if runner is None else runner.absorb_settled(batch.paths)
         if paths is None:
-            return  # part of a build: its BuildFinished tells the tabs
-        if paths:
-            print(f"reload · {ChangeBatch(paths).summary()}", file=out, flush=True)
-        feed.emit(Settled(paths))
+            return  # part of a build: the runner publishes it when the build ends
+        # A build of identical rewrites (or of nothing that is served) still ends: the
+        # gate opens; only a real change is a new version of the site, and a reload.
+        versions.settle(paths)
 
     watcher = Watcher(
         str(config.root),
@@ -200,7 +290,7 @@ def _start(watcher: Watcher) -> None:
 
 
 def _commands(
-    config: Config, feed: ChangeFeed, out: TextIO
+    config: Config, feed: ChangeFeed, out: TextIO, versions: SiteVersions
 ) -> tuple[BuildRunner | None, Companions | None]:
     """The --build runner and the --run companions, not started yet (lazy import: a
     server without them starts without loading any of it)."""
@@ -212,13 +302,14 @@ def _commands(
     cwd = Path.cwd()
     runner = companions = None
     if config.build is not None:
-        from sitepeek.reload import ChangeBatch
 
-        def announce(paths: tuple[str, ...]) -> None:
-            terminal.line(f"reload · {ChangeBatch(paths).summary()}")
+        def emit(event: ChangeEvent) -> None:
+            if isinstance(event, BuildStarted):
+                versions.begin()  # (the build's start is its site version's start)
+            feed.emit(event)
 
         fence_dir = config.root if config.reload else None
-        runner = BuildRunner(config.build, terminal, feed.emit, cwd, fence_dir, announce)
+        runner = BuildRunner(config.build, terminal, emit, cwd, fence_dir, versions.settle)
     if config.run:
         companions = Companions(config.run, terminal, feed.emit, cwd)
     return runner, companions

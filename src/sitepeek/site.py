@@ -141,7 +141,7 @@ class Site:
         if broadcaster is not None and html:
             # A burst of changes is being written: wait (bounded) for it to settle,
             # so a page never shows a half-written build.
-            broadcaster.wait_until_settled()
+            broadcaster.wait_until_settled(site_path)
         return self._site(request, site_path, rules, key, html), headers
 
     # -- below the base path ---------------------------------------------------------

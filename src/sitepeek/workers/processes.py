@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sitepeek.changes import ChangeEvent, ChangeFeed, decode, encode
+from sitepeek.changes import (
+    ChangeEvent,
+    ChangeFeed,
+    Outcome,
+    PageSeen,
+    decode,
+    decode_outcome,
+    encode,
+    encode_outcome,
+)
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
@@ -77,6 +86,7 @@ class ProcessWorkers:
         self._feed = feed
         self._workers: dict[int, _Worker] = {}
         self._workers_lock = threading.Lock()  # the watcher thread relays to them
+        self._relay_lock = threading.Lock()
         self._stopping = False
         self._restart_delay = 0.0
         self._tally = _Tally(config.process_count)
@@ -93,9 +103,10 @@ class ProcessWorkers:
         line = encode(event)
         with self._workers_lock:
             relays = [worker.relay for worker in self._workers.values()]
-        for relay in relays:
-            with contextlib.suppress(OSError):
-                relay.sendall(line)
+        with self._relay_lock:  # the watcher and the outcome readers relay: whole lines
+            for relay in relays:
+                with contextlib.suppress(OSError):
+                    relay.sendall(line)
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         wake_r, wake_w = socket.socketpair()
@@ -209,7 +220,31 @@ class ProcessWorkers:
         child_end.close()
         with self._workers_lock:
             self._workers[pid] = _Worker(index, time.monotonic(), relay)
+        threading.Thread(
+            target=self._read_outcomes, args=(relay,), name="sitepeek-outcomes", daemon=True
+        ).start()
         return pid
+
+    def _read_outcomes(self, relay: socket.socket) -> None:
+        """What a worker's tabs did for each build, one JSON line each, until it is gone."""
+        buffer = b""
+        while True:
+            try:
+                data = relay.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed by _forget
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                outcome = decode_outcome(line)
+                if outcome is not None:
+                    self._feed.report(outcome)
+                elif isinstance(page := decode(line), PageSeen):
+                    self._relay(page)  # every worker holds requests for it
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for the graceful shutdown, then SIGKILL."""
@@ -290,6 +325,19 @@ def _child_main(
                 if event is not None:
                     feed.emit(event)
 
+    def report_outcome(outcome: Outcome) -> None:
+        # Called in the hub, which must not block: a line the socket cannot take at
+        # once is dropped (the supervisor prints the build's line without it).
+        with contextlib.suppress(OSError):
+            os.write(relay_fd, encode_outcome(outcome))
+
+    def share_page(page: PageSeen) -> None:
+        with contextlib.suppress(OSError):  # (as above)
+            os.write(relay_fd, encode(page))
+
+    relay_fd = relay.fileno()
+    feed.on_outcome(report_outcome)
+    feed.on_page(share_page)
     if os.getppid() != parent:
         return
     try:
