@@ -424,9 +424,10 @@ class BuildRunner:
         if result.ok:
             paths = tuple(self._absorbed)
             self._absorbed = {}
-            if paths:
-                self._on_reload(paths)
+        # The overlay goes (or comes) first, then the tabs reload for what changed.
         self._emit(BuildFinished(result.ok, result.title, result.output, paths))
+        if paths:
+            self._on_reload(paths)
         self._cond.notify_all()
 
     def absorb_start(self) -> bool:
