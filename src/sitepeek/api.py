@@ -207,9 +207,11 @@ class Server:
         return ReloadWaiter(match.group(2), self.port, timeout, paths)
 
     def reload(self, *paths: str, timeout: float = RELOAD_TIMEOUT) -> tuple[str, ...]:
-        """Touch ``paths`` (relative to the root; default ``index.html``) as a save in an
-        editor would, and return once the server has told its tabs to reload: the paths
-        it reported. Open pages reload (a stylesheet is swapped in place, as on a save).
+        """Have the server count ``paths`` (relative to the root; default ``index.html``)
+        as changed, as an edit would, and return once it has told its tabs to reload: the
+        paths it reported. Open pages showing them reload (a stylesheet is swapped in
+        place, as on a save). The files themselves are left as they are: the server
+        reloads only for real changes of bytes, so it is asked over its reload socket.
         """
         names = [PurePosixPath(path).as_posix() for path in paths or ("index.html",)]
         files = [self.root / name for name in names]
@@ -217,10 +219,9 @@ class Server:
             if not file.resolve().is_relative_to(self.root):
                 raise ValueError(f"{file} is outside the served root")
             if not file.is_file():
-                raise FileNotFoundError(f"{file} is not a file to touch")
+                raise FileNotFoundError(f"{file} is not a file to reload")
         with self.wait_for_reload(timeout, names) as waiter:
-            for file in files:
-                os.utime(file)
+            waiter.touch(names)
         assert waiter.paths is not None
         return waiter.paths
 

@@ -35,7 +35,9 @@ __all__ = [
     "Outcome",
     "PageSeen",
     "Pending",
+    "Relayed",
     "Settled",
+    "Touched",
     "decode",
     "decode_outcome",
     "encode",
@@ -111,7 +113,18 @@ class CompanionExited:
     output: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """A client asked that ``paths`` count as changed although their bytes are the same
+    (``sitepeek.Server.reload()``): they become the next site version, as an edit would.
+    Worker processes tell the supervisor, which numbers the versions."""
+
+    paths: tuple[str, ...]
+
+
 ChangeEvent = Pending | Settled | PageSeen | BuildStarted | BuildFinished | CompanionExited
+# What crosses the relay between the supervisor and its worker processes.
+Relayed = ChangeEvent | Touched
 Sink = Callable[[ChangeEvent], None]
 
 
@@ -159,6 +172,7 @@ class ChangeFeed:
         self._pending: Pending | None = None  # a build in flight
         self._outcome_sinks: list[Callable[[Outcome], None]] = []
         self._page_sinks: list[Callable[[PageSeen], None]] = []
+        self._touch_sinks: list[Callable[[Touched], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
         """Add ``sink``; it is told at once about the latest build and one in flight."""
@@ -178,6 +192,7 @@ class ChangeFeed:
         self._sinks = []
         self._outcome_sinks = []
         self._page_sinks = []
+        self._touch_sinks = []
 
     def on_page(self, sink: Callable[[PageSeen], None]) -> None:
         """Call ``sink`` with each page a tab of this process loaded."""
@@ -188,6 +203,18 @@ class ChangeFeed:
         """A tab of this process loaded a page (the supervisor tells the other workers)."""
         with self._lock:
             sinks = list(self._page_sinks)
+        for sink in sinks:
+            sink(event)
+
+    def on_touched(self, sink: Callable[[Touched], None]) -> None:
+        """Call ``sink`` with each reload a client of this process asked for."""
+        with self._lock:
+            self._touch_sinks.append(sink)
+
+    def touch(self, event: Touched) -> None:
+        """A client asked for a reload of ``event.paths`` (see :class:`Touched`)."""
+        with self._lock:
+            sinks = list(self._touch_sinks)
         for sink in sinks:
             sink(event)
 
@@ -239,12 +266,14 @@ def decode_outcome(line: bytes) -> Outcome | None:
     return Outcome(*counts)
 
 
-def encode(event: ChangeEvent) -> bytes:
+def encode(event: Relayed) -> bytes:
     """One JSON line, for relaying an event to a worker process."""
     if isinstance(event, Pending):
         return json.dumps({"type": "pending", "started": event.started}).encode() + b"\n"
     if isinstance(event, PageSeen):
         return json.dumps({"type": "page", "path": event.path}).encode() + b"\n"
+    if isinstance(event, Touched):
+        return json.dumps({"type": "touched", "paths": list(event.paths)}).encode() + b"\n"
     if isinstance(event, Settled):
         data: dict[str, object] = {
             "type": "settled",
@@ -264,7 +293,7 @@ def encode(event: ChangeEvent) -> bytes:
     return json.dumps(data).encode() + b"\n"
 
 
-def decode(line: bytes) -> ChangeEvent | None:
+def decode(line: bytes) -> Relayed | None:
     """The event of one relayed line; None for anything malformed."""
     try:
         data = json.loads(line)
@@ -283,6 +312,8 @@ def decode(line: bytes) -> ChangeEvent | None:
     title, output, command = (data.get(key, "") for key in ("title", "output", "command"))
     if not isinstance(paths, list) or not all(isinstance(t, str) for t in (title, output, command)):
         return None
+    if kind == "touched" and paths:
+        return Touched(tuple(str(p) for p in paths))
     if kind == "settled" and "paths" in data:
         version = data.get("version", 0)
         return Settled(

@@ -108,6 +108,7 @@ class Handler:
                 base=config.base,
                 report=feed.report if feed else None,
                 share_page=feed.share_page if feed else None,
+                touch=feed.touch if feed else None,
             )
             script = livereload.client_script()
             self._snippet = livereload.client_tag(script)

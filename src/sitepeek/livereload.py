@@ -37,6 +37,7 @@ from sitepeek.changes import (
     PageSeen,
     Pending,
     Settled,
+    Touched,
     wall_ms,
 )
 from sitepeek.concurrency import Channel, Io
@@ -66,6 +67,7 @@ BUILD_OVERLAY = "build"
 # How long an HTML request waits for a build in flight to end. Builds of big sites take
 # seconds; past this the page is served as it is, and the tab reloads when it ends.
 SETTLE_TIMEOUT = 5.0
+MAX_TOUCHED = 100  # files one "touched" message may name
 MAX_PAGES = 10_000  # page URLs remembered for holding a request for a deleted page
 
 
@@ -110,6 +112,7 @@ class Broadcaster:
         base: str = "/",
         report: Callable[[Outcome], None] | None = None,
         share_page: Callable[[PageSeen], None] | None = None,
+        touch: Callable[[Touched], None] | None = None,
     ) -> None:
         """``report`` is told what the tabs did for each build (the terminal's line);
         ``share_page`` of each page a tab loaded (for the other worker processes)."""
@@ -126,6 +129,7 @@ class Broadcaster:
         self._base = base
         self._report = report
         self._share_page = share_page
+        self._touch = touch
         self._next_build = io.signal()  # set when the next build ends (then replaced)
         self._pages: set[str] = set()  # URL paths tabs loaded as pages with a 200
         self._version = 0  # of the latest build that changed something
@@ -167,7 +171,12 @@ class Broadcaster:
             message = json.loads(payload)
         except ValueError:
             return None
-        if not isinstance(message, dict) or message.get("type") != "loaded":
+        if not isinstance(message, dict):
+            return None
+        if message.get("type") == "touched":
+            self._touched(message.get("paths"))
+            return None
+        if message.get("type") != "loaded":
             return None
         with self._lock:
             report = self._tabs.get(channel)
@@ -182,6 +191,18 @@ class Broadcaster:
         if new_page and page is not None and self._share_page is not None:
             self._share_page(PageSeen(page))  # (other worker processes)
         return _text({"type": "noted", "count": count})
+
+    def _touched(self, paths: object) -> None:
+        """``{"type": "touched", "paths": [...]}``: a client (``sitepeek.Server.reload``)
+        asks that these root-relative files count as changed, as an edit would."""
+        if (
+            self._touch is None
+            or not isinstance(paths, list)
+            or not 0 < len(paths) <= MAX_TOUCHED
+            or not all(isinstance(p, str) and 0 < len(p) <= 1024 for p in paths)
+        ):
+            return
+        self._touch(Touched(tuple(p.lstrip("/") for p in paths)))
 
     def _remember_page(self, page: str) -> None:
         """(Under the lock.)"""

@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from types import TracebackType
 
 from sitepeek.livereload import SOCKET_PATH
@@ -168,11 +168,21 @@ class ReloadWaiter:
             payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         return fin, opcode, payload
 
+    def touch(self, paths: Sequence[str]) -> None:
+        """Ask the server to count ``paths`` (relative to the root) as changed, as an
+        edit would: they become the next site version, and its tabs reload."""
+        message = json.dumps({"type": "touched", "paths": list(paths)})
+        self._send(Opcode.TEXT, message.encode())
+
     def _send(self, opcode: Opcode, payload: bytes) -> None:
-        """A client frame: always masked (§5.3); only control frames are sent."""
+        """A client frame: always masked (RFC 6455 §5.3)."""
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        if len(payload) < 126:
+            head = bytes([0x80 | opcode, 0x80 | len(payload)])
+        else:  # (a 16-bit length: a client never sends more than 64 KiB here)
+            head = bytes([0x80 | opcode, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+        self._sock.sendall(head + mask + masked)
 
     def _read(self, size: int, deadline: float) -> bytes:
         while len(self._buffer) < size:

@@ -88,6 +88,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     model = model_class(config, make_handler, feed)
     reporters = config.process_count if config.workers == "processes" else 1
     versions = SiteVersions(feed, out, reporters)
+    feed.on_touched(lambda event: versions.settle(event.paths))  # (sitepeek.Server.reload)
     runner, companions = _commands(config, feed, out, versions)
     watchers = _start_watchers(config, feed, out, runner, versions)
     started = time.monotonic()

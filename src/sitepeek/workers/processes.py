@@ -31,6 +31,7 @@ from sitepeek.changes import (
     ChangeFeed,
     Outcome,
     PageSeen,
+    Touched,
     decode,
     decode_outcome,
     encode,
@@ -243,8 +244,10 @@ class ProcessWorkers:
                 outcome = decode_outcome(line)
                 if outcome is not None:
                     self._feed.report(outcome)
-                elif isinstance(page := decode(line), PageSeen):
-                    self._relay(page)  # every worker holds requests for it
+                elif isinstance(event := decode(line), PageSeen):
+                    self._relay(event)  # every worker holds requests for it
+                elif isinstance(event, Touched):
+                    self._feed.touch(event)  # the supervisor numbers site versions
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, wait for the graceful shutdown, then SIGKILL."""
@@ -322,7 +325,7 @@ def _child_main(
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 event = decode(line)
-                if event is not None:
+                if event is not None and not isinstance(event, Touched):
                     feed.emit(event)
 
     def report_outcome(outcome: Outcome) -> None:
@@ -331,13 +334,14 @@ def _child_main(
         with contextlib.suppress(OSError):
             os.write(relay_fd, encode_outcome(outcome))
 
-    def share_page(page: PageSeen) -> None:
+    def share_page(page: PageSeen | Touched) -> None:
         with contextlib.suppress(OSError):  # (as above)
             os.write(relay_fd, encode(page))
 
     relay_fd = relay.fileno()
     feed.on_outcome(report_outcome)
     feed.on_page(share_page)
+    feed.on_touched(share_page)  # (a Touched is relayed the same way)
     if os.getppid() != parent:
         return
     try:
