@@ -31,8 +31,8 @@ COMPLETIONS = {"bash": "sitepeek.bash", "zsh": "_sitepeek", "fish": "sitepeek.fi
 # Words sitepeek may answer, and the field names of click's own answer formats: none
 # of them may ever run.
 TRAPS = (
-    "serve", "config", "completion", "greenlets", "threads", "processes", "text", "json",
-    "plain", "dir", "file", "_",
+    "serve", "config", "completion", "https", "greenlets", "threads", "processes", "text",
+    "json", "plain", "dir", "file", "_",
 )  # fmt: skip
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78M])|\r|\x07")
 TIMEOUT = 20.0
@@ -210,7 +210,7 @@ def test_tab_in_an_interactive_shell(shell: str, home: tuple[Path, dict[str, str
     try:
         sh.sync()
         sh.send("sitepeek " + tab)
-        for command in ("completion", "config", "serve"):
+        for command in ("completion", "config", "https", "serve"):
             sh.expect(rf"\b{command}\b")
         sh.sync()
         sh.send("sitepeek s\t")
@@ -256,7 +256,7 @@ def test_fish_completes(home: tuple[Path, dict[str, str]]) -> None:
         for block in done.stdout.split("SEP\n")
     ]
     assert answers == [
-        ["completion", "config", "serve"],
+        ["completion", "config", "https", "serve"],
         ["serve"],
         ["greenlets", "processes", "threads"],  # fish sorts
         ["json"],
