@@ -722,3 +722,26 @@ def test_injected_page_validators_change_with_the_client(tmp_path: Path, worker_
         assert request(after, "GET", "/", current).status == 304
     finally:
         stop_cleanly(after)
+
+
+def test_a_touched_request_reloads_and_malformed_ones_are_ignored(live: Server) -> None:
+    """sitepeek.Server.reload() asks over the reload socket for files to count as
+    changed; a malformed request never reloads anything (requests on one socket are
+    taken in order, so a junk one taken would be the first reload seen)."""
+    client = connect_ws(live)
+    try:
+        junk: list[object] = [
+            {"type": "touched"},
+            {"type": "touched", "paths": []},
+            {"type": "touched", "paths": "index.html"},
+            {"type": "touched", "paths": [1]},
+            {"type": "touched", "paths": ["x" * 1025]},
+            {"type": "touched", "paths": ["x"] * 101},
+            ["touched"],
+        ]
+        for message in junk:
+            client.send(OP_TEXT, json.dumps(message).encode())
+        client.send(OP_TEXT, json.dumps({"type": "touched", "paths": ["/index.html"]}).encode())
+        assert client.recv_reload() == ["index.html"]
+    finally:
+        client.close()
