@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py [--duration S] [--scenarios a,b] [--servers x,y] [--json F]
     python benchmarks/bench.py --quick          # 2 s, `small` only: a smoke test
+    python benchmarks/bench.py --baseline 7ad164b --rounds 3   # old vs new, interleaved
 
 Each (scenario, server) pair gets a fresh server process pinned to one CPU while the load
 generator runs on another, so numbers are per core. See benchmarks/README.md.
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -36,6 +38,7 @@ from servers import (
     RunningServer,
     ServerSpec,
     StartError,
+    baseline_servers,
     make_certificate,
     raise_open_files_limit,
 )
@@ -145,6 +148,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_names(dict(SERVERS), "server"),
         help=f"comma-separated, default all installed: {','.join(SERVERS)}",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the sitepeek servers from git revision REF (named NAME@REF), "
+        "to compare old and new code in one run",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every scenario this many times, the servers taking turns, and report "
+        "the run with the median requests/s (a shared machine's noise hits all alike)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write all raw results here")
     parser.add_argument(
         "--quick",
@@ -160,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.duration is None:
         args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
     if args.scenarios is None:
@@ -190,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             run = Run(Path(tmp) / "site", Path(tmp) / "runs", args.duration, cpus, tool, tls=tls)
             _progress(f"building the test site in {run.site}")
             build_site(run.site, with_large=any(s.path == LARGE_PATH for s in scenarios))
+            if args.baseline:
+                names = [spec.name for spec in servers]
+                servers += baseline_servers(args.baseline, names, Path(tmp) / "baseline")
             for scenario in scenarios:
-                rows = _run_scenario(run, scenario, servers)
+                rows = _median_rows(
+                    [_run_scenario(run, scenario, servers) for _ in range(args.rounds)]
+                )
                 rows += [
                     Outcome(scenario.name, name, "not installed", reason)
                     for name, reason in missing.items()
@@ -208,6 +231,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             _write_json(args.json, machine, outcomes)
     return 0
+
+
+def _median_rows(rounds: list[list[Outcome]]) -> list[Outcome]:
+    """Per server, the round with the median requests/s (the first round's row when a
+    round failed or measured no load)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    chosen = []
+    for index, first in enumerate(rounds[0]):
+        runs = [r[index] for r in rounds if index < len(r) and r[index].load is not None]
+        if len(runs) != len(rounds):
+            chosen.append(first)
+            continue
+        rates = [o.load.requests_per_s for o in runs if o.load is not None]
+        median = statistics.median_low(rates)
+        best = runs[rates.index(median)]
+        best.notes.append(
+            f"median of {len(runs)} rounds ({', '.join(f'{r:,.0f}' for r in rates)} req/s)"
+        )
+        chosen.append(best)
+    return chosen
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -264,7 +308,7 @@ def _measure_load(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
                 scenario.connections,
                 run.duration_s,
                 scenario.headers,
-                scenario.unique,
+                scenario.vary,
             )
             cpu_before = server.cpu_seconds()
             outcome.load = run_load(
@@ -291,9 +335,7 @@ def _measure_startup(run: Run, scenario: Scenario, spec: ServerSpec) -> Outcome:
 
 
 @contextmanager
-def _server(
-    run: Run, spec: ServerSpec, label: str, tls: bool = False
-) -> Iterator[RunningServer]:
+def _server(run: Run, spec: ServerSpec, label: str, tls: bool = False) -> Iterator[RunningServer]:
     workdir = run.scratch / f"{spec.name}-{label}"
     ctx = LaunchContext(run.site, workdir, run.cpus.pinned, run.tls if tls else None)
     with RunningServer(spec, ctx, CpuPlan.prefix(run.cpus.server)) as server:

@@ -21,7 +21,8 @@ BASELINE = "python-http.server"
 PANELS = (
     ("small", "requests_per_s", "1 KiB file, 50 keep-alive conns"),
     ("index", "requests_per_s", "/ (index.html), 50 conns"),
-    ("unique", "requests_per_s", "every request different (no cache can answer)"),
+    ("unique", "requests_per_s", "every request different (a new query each time)"),
+    ("cold", "requests_per_s", "nothing seen before (a new stale validator each time)"),
     ("gzip", "requests_per_s", "app.js with Accept-Encoding: gzip"),
     ("close", "requests_per_s", "Connection: close"),
     ("large", "transfer_bytes_per_s", "64 MiB file, throughput"),

@@ -28,6 +28,7 @@ _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNITS_B = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 Preexec = Callable[[], None] | None
 LoadTool = Literal["wrk", "python"]
+Vary = Literal["", "query", "validator"]
 
 
 @dataclass
@@ -53,17 +54,30 @@ class LoadSpec:
     connections: int
     duration_s: float
     headers: tuple[tuple[str, str], ...] = ()
-    unique: bool = False  # append ?n=<counter> to every request
+    # What makes every request different: "query" appends ?n=<counter>; "validator"
+    # sends If-None-Match: "<counter>" (a stale validator, as after a change). "": none.
+    vary: Vary = ""
 
 
-# wrk's request() hook: a new query string per request (one counter per wrk thread).
-_UNIQUE_LUA = """
+# wrk's request() hooks: a new query string, or a new stale validator, per request
+# (one counter per wrk thread).
+_VARY_LUA = {
+    "query": """
 local counter = 0
 request = function()
   counter = counter + 1
   return wrk.format(nil, wrk.path .. "?n=" .. counter)
 end
-"""
+""",
+    "validator": """
+local counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["If-None-Match"] = '"' .. counter .. '"'
+  return wrk.format(nil, wrk.path)
+end
+""",
+}
 
 
 def wrk_version() -> str | None:
@@ -87,8 +101,8 @@ def run_wrk(spec: LoadSpec, cpu_prefix: list[str], preexec: Preexec = None) -> L
     for name, value in spec.headers:
         argv += ["-H", f"{name}: {value}"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        if spec.unique:
-            script.write(_UNIQUE_LUA)
+        if spec.vary:
+            script.write(_VARY_LUA[spec.vary])
             script.flush()
             argv += ["-s", script.name]
         result = subprocess.run(
@@ -194,7 +208,8 @@ def _client_loop(
     request: bytes,
     deadline: float,
     tally: _Tally,
-    unique: itertools.count[int] | None,
+    counter: itertools.count[int] | None,
+    vary: Vary,
 ) -> None:
     latencies: list[float] = []
     head, _, rest = request.partition(b" HTTP/1.1\r\n")
@@ -213,8 +228,12 @@ def _client_loop(
                 time.sleep(0.01)
                 continue
         started = time.perf_counter()
-        if unique is not None:  # (next() on a shared count is atomic under the GIL)
-            request = b"%s?n=%d HTTP/1.1\r\n%s" % (head, next(unique), rest)
+        if counter is not None:  # (next() on a shared count is atomic under the GIL)
+            if vary == "query":
+                request = b"%s?n=%d HTTP/1.1\r\n%s" % (head, next(counter), rest)
+            else:
+                stale = b'If-None-Match: "%d"\r\n' % next(counter)
+                request = b"%s HTTP/1.1\r\n%s%s" % (head, stale, rest)
         try:
             conn.sock.sendall(request)
             status, size, keep_alive = _read_response(conn.reader)
@@ -291,14 +310,14 @@ def python_client(spec: LoadSpec) -> LoadResult:
     lines += [f"{name}: {value}" for name, value in spec.headers]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     tally = _Tally()
-    counter = itertools.count(1) if spec.unique else None
+    counter = itertools.count(1) if spec.vary else None
     threading.stack_size(256 * 1024)  # 1000 threads must not need 8 GiB of address space.
     started = time.perf_counter()
     deadline = started + spec.duration_s
     threads = [
         threading.Thread(
             target=_client_loop,
-            args=(host, port, request, deadline, tally, counter),
+            args=(host, port, request, deadline, tally, counter, spec.vary),
         )
         for _ in range(spec.connections)
     ]
@@ -333,7 +352,7 @@ def main(argv: list[str]) -> None:
         connections=raw["connections"],
         duration_s=raw["duration_s"],
         headers=tuple((name, value) for name, value in raw["headers"]),
-        unique=raw["unique"],
+        vary=raw["vary"],
     )
     print(json.dumps(asdict(python_client(spec))))
 

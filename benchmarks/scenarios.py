@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from loadgen import Vary
+
 Kind = Literal["load", "startup"]
 
 
@@ -22,9 +24,11 @@ class Scenario:
     # Fetch the path once with these headers and record Content-Length and Content-Encoding.
     probe: bool = False
     launches: int = 10  # startup scenarios: how many launches the median is taken over
-    # Every request differs (a counter in the query): no cache keyed by the request's
-    # bytes can answer, so this measures the full path of a request never seen before.
-    unique: bool = False
+    # What makes every request different (see loadgen.LoadSpec.vary): with "query" no
+    # cache keyed by the request's bytes can answer (a file's answer made once per
+    # file version can); with "validator" nothing made before can answer, so this
+    # measures the full path of a request never seen before.
+    vary: Vary = ""
     # Over HTTPS, against the servers that speak it (the same certificate for each).
     tls: bool = False
 
@@ -37,7 +41,13 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "unique",
             "GET /small.txt?n=<counter>: every request different, 50 keep-alive connections",
-            unique=True,
+            vary="query",
+        ),
+        Scenario(
+            "cold",
+            'GET /small.txt, If-None-Match: "<counter>": nothing seen before, '
+            "50 keep-alive connections",
+            vary="validator",
         ),
         Scenario(
             "gzip",

@@ -8,6 +8,7 @@ to cleanup and is a context manager, so a failure or Ctrl-C never leaves a serve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import resource
@@ -86,7 +87,11 @@ def free_port() -> int:
         return port
 
 
-def _sitepeek(model: str, log: bool = False) -> Callable[[LaunchContext], Launch]:
+def _sitepeek(
+    model: str, log: bool = False, src: Path | None = None
+) -> Callable[[LaunchContext], Launch]:
+    """``src``: the source tree to run (default: this working tree's)."""
+
     def build(ctx: LaunchContext) -> Launch:
         argv = [sys.executable, "-m", "sitepeek", "serve", str(ctx.site)]
         # The default configuration (live reload on) with the request log quieted, as
@@ -102,10 +107,10 @@ def _sitepeek(model: str, log: bool = False) -> Callable[[LaunchContext], Launch
             argv += ["--processes", "1"]
             notes.append("--processes 1 (pinned to one core)")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        src = REPO / "src"
-        if (src / "sitepeek").is_dir():
-            # Benchmark the working tree, installed or not.
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+        tree = src or REPO / "src"
+        if (tree / "sitepeek").is_dir():
+            # Benchmark the working tree (or the baseline's), installed or not.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
         return Launch(argv, None, env, tuple(notes), unsupported_value=model)
 
     return build
@@ -127,9 +132,7 @@ def _nginx(ctx: LaunchContext) -> Launch:
     return Launch(argv, port, notes=("1 process, gzip level 6",))
 
 
-def nginx_conf(
-    site: Path, workdir: Path, port: int, tls: tuple[Path, Path] | None = None
-) -> str:
+def nginx_conf(site: Path, workdir: Path, port: int, tls: tuple[Path, Path] | None = None) -> str:
     mime = Path("/etc/nginx/mime.types")
     types = f"include {mime};" if mime.exists() else _MINIMAL_TYPES
     temp = "\n".join(
@@ -228,6 +231,34 @@ SERVERS: dict[str, ServerSpec] = {
     )
 }
 BASELINE = "python-http.server"
+
+
+def baseline_servers(ref: str, names: list[str], into: Path) -> list[ServerSpec]:
+    """Twins ``NAME@REF`` of the sitepeek servers among ``names``, running the source
+    of the git revision ``ref`` (extracted under ``into``): the old and the new code
+    measured in one run, on the same machine state."""
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref, "src"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", b"") or str(error).encode()
+        raise ValueError(f"--baseline {ref}: {detail.decode(errors='replace').strip()}") from None
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    twins = []
+    for name in names:
+        model = name.removeprefix("sitepeek-")
+        if name.startswith("sitepeek-") and model in ("greenlets", "threads", "processes"):
+            spec = SERVERS[name]
+            twins.append(
+                dataclasses.replace(
+                    spec, name=f"{name}@{ref}", build=_sitepeek(model, src=into / "src")
+                )
+            )
+    return twins
 
 
 # -- Processes ------------------------------------------------------------------------------
