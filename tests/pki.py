@@ -77,9 +77,9 @@ def make_leaf(
     return cert_pem(cert), key_pem(key)
 
 
-def write_pair(directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[
-    Path, Path, Path
-]:
+def write_pair(
+    directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> tuple[Path, Path, Path]:
     """A CA and a leaf for ``names`` in ``directory``: (ca.pem, cert.pem, key.pem)."""
     ca = make_ca()
     cert, key = make_leaf(ca, names)

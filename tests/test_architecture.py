@@ -56,7 +56,7 @@ IMPORTS: dict[str, set[str]] = {
     "listing": {"console", "resolver"},
     "entities": {"inject", "representation"},
     "compression": {"entities", "http11", "representation"},
-    "hotcache": {"compression", "entities", "responses", "rules"},
+    "hotcache": {"compression", "entities", "http11", "responses", "rules"},
     "config": {"http11", "resolver", "routes"},
     "log": {"concurrency", "config", "console"},
     "responses": {"version", "http11", "representation"},

@@ -25,6 +25,7 @@ from sitepeek import hotcache
 from sitepeek.config import Config
 from sitepeek.entities import identity
 from sitepeek.handler import Handler
+from sitepeek.http11 import Request, RequestParser
 from sitepeek.workers.threads import ThreadIo
 
 SETTLE_S = hotcache.SETTLE_NS / 1e9 + 0.02
@@ -191,6 +192,68 @@ def test_only_requests_seen_before_are_worth_an_entry() -> None:
 
 
 # -- in the handler ----------------------------------------------------------------------
+def parse(head: str) -> Request:
+    parser = RequestParser()
+    parser.feed(head.replace("\n", "\r\n").encode() + b"\r\n\r\n")
+    request = parser.next_request()
+    assert request is not None
+    return request
+
+
+BASE = "GET /a.txt HTTP/1.1\nHost: h"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "GET /a.txt?n=1 HTTP/1.1\nHost: h",
+        "GET /a.txt?n=2&x HTTP/1.1\nHost: h",
+        "GET /a.txt HTTP/1.1\nHost: h\nCookie: c=1\nUser-Agent: x",
+        "GET /a.txt HTTP/1.1\nHost: h\nAccept: text/html",
+        "GET /a.txt HTTP/1.1\nHost: h\nConnection: keep-alive",
+    ],
+)
+def test_request_key_ignores_what_a_files_answer_ignores(other: str) -> None:
+    assert hotcache.request_key(parse(other)) == hotcache.request_key(parse(BASE)) is not None
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "HEAD /a.txt HTTP/1.1\nHost: h",
+        "GET /b.txt HTTP/1.1\nHost: h",
+        "GET /a.txt HTTP/1.0\nHost: h",
+        "GET /a.txt HTTP/1.1\nHost: h\nConnection: close",
+        "GET /a.txt HTTP/1.1\nHost: other",
+        "GET /a.txt HTTP/1.0",
+        "GET /a.txt HTTP/1.1\nHost: h\nAccept-Encoding: gzip",
+        "GET /a.txt HTTP/1.1\nHost: h\nAccept-Encoding: ",
+        'GET /a.txt HTTP/1.1\nHost: h\nIf-None-Match: "x"',
+        "GET /a.txt HTTP/1.1\nHost: h\nIf-Modified-Since: Thu, 01 Jan 2026 00:00:00 GMT",
+    ],
+)
+def test_request_key_tells_apart_what_a_files_answer_depends_on(other: str) -> None:
+    key = hotcache.request_key(parse(other))
+    assert key is not None and key != hotcache.request_key(parse(BASE))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "POST /a.txt HTTP/1.1\nHost: h\nContent-Length: 0",
+        "OPTIONS /a.txt HTTP/1.1\nHost: h",
+        "GET /a.txt HTTP/1.1\nHost: h\nContent-Length: 1",
+        "GET /a.txt HTTP/1.1\nHost: h\nRange: bytes=0-1",
+        'GET /a.txt HTTP/1.1\nHost: h\nIf-Range: "x"\nRange: bytes=0-1',
+        'GET /a.txt HTTP/1.1\nHost: h\nIf-Match: "x"',
+        "GET /a.txt HTTP/1.1\nHost: h\nIf-Unmodified-Since: Thu, 01 Jan 2026 00:00:00 GMT",
+        "GET /a.txt HTTP/1.1\nHost: h\nUpgrade: websocket\nConnection: Upgrade",
+    ],
+)
+def test_requests_a_shared_answer_cannot_serve_have_no_key(head: str) -> None:
+    assert hotcache.request_key(parse(head)) is None
+
+
 @pytest.fixture
 def in_process(tmp_path: Path) -> Iterator[tuple[Handler, H11Client, Path]]:
     """A handler serving one socket pair in a thread (threads-model primitives)."""
@@ -239,6 +302,67 @@ def test_a_repeated_request_skips_resolving(
     # Other bytes (another Accept-Encoding) are another key.
     plain = client.request("GET", "/a.css")
     assert plain.body == (root / "a.css").read_bytes() and resolved == ["/a.css"] * 3
+
+
+def counting_resolves(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    resolved: list[str] = []
+    resolver = handler._site.resolver
+
+    class Counting:
+        root = resolver.root
+
+        def resolve(self, path: str, query: str | None = None) -> object:
+            resolved.append(path)
+            return resolver.resolve(path, query)
+
+    monkeypatch.setattr(handler._site, "resolver", Counting())
+    return resolved
+
+
+def test_requests_differing_in_the_query_share_the_answer_made_for_the_file(
+    in_process: tuple[Handler, H11Client, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, client, root = in_process
+    (root / "a.css").write_text("body{color:red}\n" * 40)
+    settle()
+    resolved = counting_resolves(handler, monkeypatch)
+    headers = {"Accept-Encoding": "gzip"}
+    answers = [client.request("GET", f"/a.css?v={n}", headers) for n in range(6)]
+    # The first sighting of the file's key only remembers it; the second makes the
+    # answer every later request is given, whatever its query.
+    assert resolved == ["/a.css"] * 2
+    first = answers[0]
+    for answer in answers[1:]:
+        assert (answer.status, answer.raw_headers, answer.body) == (
+            first.status,
+            first.raw_headers,
+            first.body,
+        )
+    assert gzip.decompress(first.body) == (root / "a.css").read_bytes()
+    # A stale validator is another key: the full path, and the whole file.
+    stale = client.request("GET", "/a.css?v=9", {**headers, "If-None-Match": '"old"'})
+    assert stale.status == 200 and resolved == ["/a.css"] * 3
+    # The current one: 304, once made, shared too.
+    current = {**headers, "If-None-Match": first.header("etag")}
+    for n in range(3):
+        assert client.request("GET", f"/a.css?w={n}", current).status == 304
+    assert resolved == ["/a.css"] * 5
+
+
+def test_a_forced_rule_on_the_query_keeps_files_from_sharing_answers(
+    in_process: tuple[Handler, H11Client, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, client, root = in_process
+    (root / "a.txt").write_text("a")
+    (root / "b.txt").write_text("b")
+    (root / "_redirects").write_text("/a.txt  v=old  /b.txt  301!\n")
+    settle()
+    resolved = counting_resolves(handler, monkeypatch)
+    for n in range(4):
+        assert client.request("GET", f"/a.txt?v={n}").body == b"a"
+    assert len(resolved) == 4  # nothing shared: the query decides whether the rule applies
+    moved = client.request("GET", "/a.txt?v=old")
+    assert (moved.status, moved.header("location")) == (301, "/b.txt?v=old")
 
 
 def test_after_a_cached_answer_the_next_one_is_filtered_and_logged_as_its_own(
@@ -318,6 +442,26 @@ def test_rewritten_file_is_served_fresh(live: Server, site: Path) -> None:
         new = client.request("GET", f"/{site.name}/a.txt")
         assert new.body == b"version two\n"
         assert new.header("etag") != old.header("etag")
+
+
+def test_a_file_rewritten_after_its_answer_was_shared_is_served_fresh(
+    live: Server, site: Path
+) -> None:
+    page = site / "shared.txt"
+    page.write_text("version one\n")
+    settle()
+    target = f"/{site.name}/shared.txt"
+    with live.connect() as sock:
+        client = H11Client(sock)
+        for n in range(4):
+            assert client.request("GET", f"{target}?n={n}").body == b"version one\n"
+        page.write_text("version 2\n")
+        assert client.request("GET", f"{target}?n=9").body == b"version 2\n"
+        settle()
+        for n in range(4):
+            assert client.request("GET", f"{target}?m={n}").body == b"version 2\n"
+        page.unlink()
+        assert client.request("GET", f"{target}?m=9").status == 404
 
 
 def test_304_head_and_gzip_answers_follow_the_file(live: Server, site: Path) -> None:

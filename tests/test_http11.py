@@ -118,21 +118,35 @@ class Case:
 
 
 def ok(
-    id: str, data: bytes, *requests: dict[str, object], limits: Limits = DEFAULT_LIMITS,
-    eof: bool = False, complete: bool = True,
+    id: str,
+    data: bytes,
+    *requests: dict[str, object],
+    limits: Limits = DEFAULT_LIMITS,
+    eof: bool = False,
+    complete: bool = True,
 ) -> Case:
     return Case(id, data, requests, None, limits, eof, complete)
 
 
 def err(
-    id: str, data: bytes, status: int, *, limits: Limits = DEFAULT_LIMITS, eof: bool = False,
+    id: str,
+    data: bytes,
+    status: int,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    eof: bool = False,
     complete: bool = True,
 ) -> Case:
     return Case(id, data, (), status, limits, eof, complete)
 
 
 def body_err(
-    id: str, data: bytes, status: int, *, limits: Limits = DEFAULT_LIMITS, eof: bool = False,
+    id: str,
+    data: bytes,
+    status: int,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    eof: bool = False,
     complete: bool = True,
 ) -> Case:
     """An error inside a body: the request head itself was good and came out first."""
@@ -162,128 +176,260 @@ SMALL_BODY = Limits(max_body=10)
 
 CASES: list[Case] = [
     # ---- valid request lines (RFC 9112 §3) ----
-    ok("origin-form-query", get("/a%20b/c.html?x=1&y=%2F"), {
-        "method": "GET", "target": "/a%20b/c.html?x=1&y=%2F", "path": "/a%20b/c.html",
-        "query": "x=1&y=%2F", "version": "1.1", "headers": H, "keep_alive": True,
-        "has_body": False, "expects_continue": False,
-    }),
+    ok(
+        "origin-form-query",
+        get("/a%20b/c.html?x=1&y=%2F"),
+        {
+            "method": "GET",
+            "target": "/a%20b/c.html?x=1&y=%2F",
+            "path": "/a%20b/c.html",
+            "query": "x=1&y=%2F",
+            "version": "1.1",
+            "headers": H,
+            "keep_alive": True,
+            "has_body": False,
+            "expects_continue": False,
+        },
+    ),
     ok("no-query-is-none", get("/"), {"path": "/", "query": None}),
     ok("empty-query", get("/?"), {"path": "/", "query": ""}),
     ok("query-keeps-second-question-mark", get("/p?a?b"), {"path": "/p", "query": "a?b"}),
     ok("head", head("HEAD /x HTTP/1.1", "Host: h"), {"method": "HEAD", "path": "/x"}),
     ok("extension-method", head("PROPFIND /d HTTP/1.1", "Host: h"), {"method": "PROPFIND"}),
     # RFC 9112 §3.2: Host is required in 1.1 only.
-    ok("http10-without-host", b"GET /old HTTP/1.0\r\n\r\n",
-       {"version": "1.0", "path": "/old", "headers": {}}),
+    ok(
+        "http10-without-host",
+        b"GET /old HTTP/1.0\r\n\r\n",
+        {"version": "1.0", "path": "/old", "headers": {}},
+    ),
     # RFC 9110 §2.5: a higher minor version is processed as the highest we implement.
     ok("http12-treated-as-11", head("GET / HTTP/1.2", "Host: h"), {"version": "1.1"}),
     # RFC 9112 §3.2.2: absolute-form; the authority replaces the Host field.
-    ok("absolute-form", get("http://example.org/a?b", version="1.1").replace(
-        b"Host: example.com", b"Host: other"),
-       {"target": "http://example.org/a?b", "path": "/a", "query": "b",
-        "headers": {"host": "example.org"}}),
-    ok("absolute-form-no-path", head("GET http://example.org HTTP/1.1", "Host: x"),
-       {"path": "/", "query": None, "headers": {"host": "example.org"}}),
-    ok("absolute-form-query-only", head("GET http://example.org?q HTTP/1.1", "Host: x"),
-       {"path": "/", "query": "q"}),
-    ok("absolute-form-https-any-case", head("GET HTTPS://Example.org:8443/x HTTP/1.1"),
-       {"path": "/x", "headers": {"host": "Example.org:8443"}}),
+    ok(
+        "absolute-form",
+        get("http://example.org/a?b", version="1.1").replace(b"Host: example.com", b"Host: other"),
+        {
+            "target": "http://example.org/a?b",
+            "path": "/a",
+            "query": "b",
+            "headers": {"host": "example.org"},
+        },
+    ),
+    ok(
+        "absolute-form-no-path",
+        head("GET http://example.org HTTP/1.1", "Host: x"),
+        {"path": "/", "query": None, "headers": {"host": "example.org"}},
+    ),
+    ok(
+        "absolute-form-query-only",
+        head("GET http://example.org?q HTTP/1.1", "Host: x"),
+        {"path": "/", "query": "q"},
+    ),
+    ok(
+        "absolute-form-https-any-case",
+        head("GET HTTPS://Example.org:8443/x HTTP/1.1"),
+        {"path": "/x", "headers": {"host": "Example.org:8443"}},
+    ),
     # RFC 9112 §3.2.4: asterisk-form, OPTIONS only.
-    ok("options-asterisk", head("OPTIONS * HTTP/1.1", "Host: h"),
-       {"method": "OPTIONS", "target": "*", "path": "*", "query": None}),
+    ok(
+        "options-asterisk",
+        head("OPTIONS * HTTP/1.1", "Host: h"),
+        {"method": "OPTIONS", "target": "*", "path": "*", "query": None},
+    ),
     # RFC 9112 §3.2.3: authority-form, CONNECT only.
-    ok("connect-authority-form", head("CONNECT example.org:443 HTTP/1.1", "Host: example.org:443"),
-       {"method": "CONNECT", "target": "example.org:443", "path": "",
-        "headers": {"host": "example.org:443"}}),
+    ok(
+        "connect-authority-form",
+        head("CONNECT example.org:443 HTTP/1.1", "Host: example.org:443"),
+        {
+            "method": "CONNECT",
+            "target": "example.org:443",
+            "path": "",
+            "headers": {"host": "example.org:443"},
+        },
+    ),
     # RFC 9112 §2.2: empty lines before the request-line are ignored.
     ok("leading-crlfs", b"\r\n\r\n" + get("/"), {"path": "/"}),
     ok("leading-bare-lfs", b"\n\n\r\n" + get("/"), {"path": "/"}),
     # RFC 9112 §2.2: a bare LF may be accepted as a line terminator.
-    ok("bare-lf", b"GET /lf HTTP/1.1\nHost: h\nAccept: */*\n\n",
-       {"path": "/lf", "headers": {"host": "h", "accept": "*/*"}}),
-    ok("lf-then-crlf-ending", b"GET /mixed HTTP/1.1\r\nHost: h\n\r\n",
-       {"path": "/mixed", "headers": {"host": "h"}}),
-    ok("crlf-then-lf-ending", b"GET /mixed HTTP/1.1\r\nHost: h\r\n\n",
-       {"path": "/mixed", "headers": {"host": "h"}}),
+    ok(
+        "bare-lf",
+        b"GET /lf HTTP/1.1\nHost: h\nAccept: */*\n\n",
+        {"path": "/lf", "headers": {"host": "h", "accept": "*/*"}},
+    ),
+    ok(
+        "lf-then-crlf-ending",
+        b"GET /mixed HTTP/1.1\r\nHost: h\n\r\n",
+        {"path": "/mixed", "headers": {"host": "h"}},
+    ),
+    ok(
+        "crlf-then-lf-ending",
+        b"GET /mixed HTTP/1.1\r\nHost: h\r\n\n",
+        {"path": "/mixed", "headers": {"host": "h"}},
+    ),
     # ---- header fields (RFC 9110 §5, RFC 9112 §5) ----
-    ok("names-lowercased", get("/", "Content-TYPE: text/plain", "X-FOO: 1"),
-       {"headers": {**H, "content-type": "text/plain", "x-foo": "1"}}),
+    ok(
+        "names-lowercased",
+        get("/", "Content-TYPE: text/plain", "X-FOO: 1"),
+        {"headers": {**H, "content-type": "text/plain", "x-foo": "1"}},
+    ),
     # RFC 9110 §5.3: repeated fields combine into a comma-separated list.
-    ok("repeated-combined", get("/", "Accept: a", "X-Other: o", "accept: b", "ACCEPT: c"),
-       {"headers": {**H, "accept": "a, b, c", "x-other": "o"}}),
+    ok(
+        "repeated-combined",
+        get("/", "Accept: a", "X-Other: o", "accept: b", "ACCEPT: c"),
+        {"headers": {**H, "accept": "a, b, c", "x-other": "o"}},
+    ),
     # RFC 9112 §5.1: OWS around the value is not part of it.
-    ok("ows-trimmed", get("/", "X-A: \t v w \t", "X-B:v", "X-Empty:  "),
-       {"headers": {**H, "x-a": "v w", "x-b": "v", "x-empty": ""}}),
+    ok(
+        "ows-trimmed",
+        get("/", "X-A: \t v w \t", "X-B:v", "X-Empty:  "),
+        {"headers": {**H, "x-a": "v w", "x-b": "v", "x-empty": ""}},
+    ),
     # RFC 9110 §5.5: obs-text is opaque; latin-1 keeps every byte.
-    ok("obs-text-latin1", get("/")[:-2] + b"X-Name: caf\xe9 \x80\xff\r\n\r\n",
-       {"headers": {**H, "x-name": "caf\xe9 \x80\xff"}}),
+    ok(
+        "obs-text-latin1",
+        get("/")[:-2] + b"X-Name: caf\xe9 \x80\xff\r\n\r\n",
+        {"headers": {**H, "x-name": "caf\xe9 \x80\xff"}},
+    ),
     ok("htab-inside-value", get("/", "X-T: a\tb"), {"headers": {**H, "x-t": "a\tb"}}),
     ok("value-with-colons", get("/", "X-Time: 12:30:00"), {"headers": {**H, "x-time": "12:30:00"}}),
     # ---- persistence (RFC 9112 §9.3) ----
     ok("keep-alive-11-default", get("/"), {"keep_alive": True}),
     ok("connection-close", get("/", "Connection: close"), {"keep_alive": False}),
     ok("connection-close-any-case", get("/", "Connection: CLOSE"), {"keep_alive": False}),
-    ok("connection-close-in-list", get("/", "Connection: keep-alive, Close"),
-       {"keep_alive": False}),
-    ok("connection-close-second-field", get("/", "Connection: upgrade", "Connection: close"),
-       {"keep_alive": False}),
+    ok(
+        "connection-close-in-list", get("/", "Connection: keep-alive, Close"), {"keep_alive": False}
+    ),
+    ok(
+        "connection-close-second-field",
+        get("/", "Connection: upgrade", "Connection: close"),
+        {"keep_alive": False},
+    ),
     ok("connection-other-token-11", get("/", "Connection: upgrade"), {"keep_alive": True}),
     ok("keep-alive-10-default-off", b"GET / HTTP/1.0\r\n\r\n", {"keep_alive": False}),
-    ok("keep-alive-10-opt-in", b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-       {"keep_alive": True}),
-    ok("keep-alive-10-opt-in-then-close",
-       b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", {"keep_alive": False}),
+    ok(
+        "keep-alive-10-opt-in",
+        b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        {"keep_alive": True},
+    ),
+    ok(
+        "keep-alive-10-opt-in-then-close",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+        {"keep_alive": False},
+    ),
     # ---- bodies are framed and discarded (RFC 9112 §6) ----
-    ok("content-length-body", post("Content-Length: 5", body=b"hello") + get("/2"),
-       {"method": "POST", "has_body": True}, {"path": "/2"}),
-    ok("content-length-zero", post("Content-Length: 0") + get("/2"),
-       {"has_body": False}, {"path": "/2"}),
+    ok(
+        "content-length-body",
+        post("Content-Length: 5", body=b"hello") + get("/2"),
+        {"method": "POST", "has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "content-length-zero",
+        post("Content-Length: 0") + get("/2"),
+        {"has_body": False},
+        {"path": "/2"},
+    ),
     # RFC 9112 §6.3 item 5: identical repeated values may be taken as one.
-    ok("content-length-identical-list", post("Content-Length: 5, 5", body=b"hello") + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
-    ok("content-length-identical-fields",
-       post("Content-Length: 3", "Content-Length: 3", body=b"abc") + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
-    ok("body-looking-like-a-request",
-       post(f"Content-Length: {len(get('/smuggled'))}", body=get("/smuggled")) + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
-    ok("content-length-at-max-body", post("Content-Length: 10", body=b"0123456789"),
-       {"has_body": True}, limits=SMALL_BODY),
-    ok("content-length-waiting-for-body", post("Content-Length: 1048576", body=b"abc"),
-       {"has_body": True}, complete=False),
+    ok(
+        "content-length-identical-list",
+        post("Content-Length: 5, 5", body=b"hello") + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "content-length-identical-fields",
+        post("Content-Length: 3", "Content-Length: 3", body=b"abc") + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "body-looking-like-a-request",
+        post(f"Content-Length: {len(get('/smuggled'))}", body=get("/smuggled")) + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "content-length-at-max-body",
+        post("Content-Length: 10", body=b"0123456789"),
+        {"has_body": True},
+        limits=SMALL_BODY,
+    ),
+    ok(
+        "content-length-waiting-for-body",
+        post("Content-Length: 1048576", body=b"abc"),
+        {"has_body": True},
+        complete=False,
+    ),
     # RFC 9112 §7.1: chunk extensions, hex of any case, trailer section.
-    ok("chunked-ext-hex-trailers",
-       post(CHUNKED, body=b"A;name=value\r\n0123456789\r\n1f ; ext ; q=\"a\"\r\n" + b"x" * 31
-            + b"\r\n0\r\nTrailer-A: 1\r\nTrailer-B: 2\r\n\r\n") + get("/2"),
-       {"has_body": True, "headers": {**H, "transfer-encoding": "chunked"}}, {"path": "/2"}),
-    ok("chunked-uppercase-coding",
-       post("Transfer-Encoding: Chunked", body=b"0\r\n\r\n") + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
-    ok("chunked-leading-zeros", post(CHUNKED, body=b"0005\r\nhello\r\n00\r\n\r\n") + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
-    ok("chunked-data-looking-like-framing",
-       post(CHUNKED, body=b"7\r\n0\r\n\r\nGE\r\n0\r\n\r\n") + get("/2"), {}, {"path": "/2"}),
-    ok("chunked-at-max-body", post(CHUNKED, body=b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"),
-       {"has_body": True}, limits=SMALL_BODY),
-    ok("chunked-waiting-for-data", post(CHUNKED, body=b"5\r\nhe"), {"has_body": True},
-       complete=False),
+    ok(
+        "chunked-ext-hex-trailers",
+        post(
+            CHUNKED,
+            body=b'A;name=value\r\n0123456789\r\n1f ; ext ; q="a"\r\n'
+            + b"x" * 31
+            + b"\r\n0\r\nTrailer-A: 1\r\nTrailer-B: 2\r\n\r\n",
+        )
+        + get("/2"),
+        {"has_body": True, "headers": {**H, "transfer-encoding": "chunked"}},
+        {"path": "/2"},
+    ),
+    ok(
+        "chunked-uppercase-coding",
+        post("Transfer-Encoding: Chunked", body=b"0\r\n\r\n") + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "chunked-leading-zeros",
+        post(CHUNKED, body=b"0005\r\nhello\r\n00\r\n\r\n") + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
+    ok(
+        "chunked-data-looking-like-framing",
+        post(CHUNKED, body=b"7\r\n0\r\n\r\nGE\r\n0\r\n\r\n") + get("/2"),
+        {},
+        {"path": "/2"},
+    ),
+    ok(
+        "chunked-at-max-body",
+        post(CHUNKED, body=b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"),
+        {"has_body": True},
+        limits=SMALL_BODY,
+    ),
+    ok(
+        "chunked-waiting-for-data",
+        post(CHUNKED, body=b"5\r\nhe"),
+        {"has_body": True},
+        complete=False,
+    ),
     # RFC 9110 §10.1.1: Expect: 100-continue.
-    ok("expect-continue", post("Expect: 100-Continue", "Content-Length: 2", body=b"hi"),
-       {"expects_continue": True, "has_body": True}),
-    ok("expect-other", post("Expect: something", "Content-Length: 2", body=b"hi"),
-       {"expects_continue": False}),
+    ok(
+        "expect-continue",
+        post("Expect: 100-Continue", "Content-Length: 2", body=b"hi"),
+        {"expects_continue": True, "has_body": True},
+    ),
+    ok(
+        "expect-other",
+        post("Expect: something", "Content-Length: 2", body=b"hi"),
+        {"expects_continue": False},
+    ),
     # RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
-    ok("expect-continue-http10",
-       b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
-       {"expects_continue": False, "has_body": True}),
+    ok(
+        "expect-continue-http10",
+        b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+        {"expects_continue": False, "has_body": True},
+    ),
     # ---- limits, right at the edge (accepted) ----
     ok("request-line-at-limit", get(TARGET_AT_LIMIT), {"path": TARGET_AT_LIMIT}),
-    ok("header-fields-at-limit", get("/", *(f"X-{i}: {i}" for i in range(99))),
-       {"path": "/"}),
+    ok("header-fields-at-limit", get("/", *(f"X-{i}: {i}" for i in range(99))), {"path": "/"}),
     ok("header-bytes-at-limit", get("/", f"X-Pad: {PAD_AT_LIMIT}"), {"path": "/"}),
-    ok("chunk-line-at-limit",
-       post(CHUNKED, body=f"{CHUNK_EXT_AT_LIMIT}\r\nhello\r\n0\r\n\r\n".encode()) + get("/2"),
-       {"has_body": True}, {"path": "/2"}),
+    ok(
+        "chunk-line-at-limit",
+        post(CHUNKED, body=f"{CHUNK_EXT_AT_LIMIT}\r\nhello\r\n0\r\n\r\n".encode()) + get("/2"),
+        {"has_body": True},
+        {"path": "/2"},
+    ),
     # ---- malformed request line (RFC 9112 §3): 400 ----
     err("double-space", b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     err("trailing-space", b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n", 400),
@@ -309,8 +455,12 @@ CASES: list[Case] = [
     err("method-bad-before-414", b"\x16" + LONG.encode(), 400, complete=False),
     # Past the line limit the 414 wins, however much of the line has arrived.
     err("method-bad-after-414", b"G" * (8 * KIB + 1) + b"\x00 / HTTP/1.1\r\n\r\n", 414),
-    err("method-bad-before-431", b"G@T / HTTP/1.1\r\nX-Pad: " + b"p" * (65 * KIB), 400,
-        complete=False),
+    err(
+        "method-bad-before-431",
+        b"G@T / HTTP/1.1\r\nX-Pad: " + b"p" * (65 * KIB),
+        400,
+        complete=False,
+    ),
     # RFC 9112 §3.2: request-target; no fragment, no CTLs, ASCII only.
     err("target-fragment", b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     err("target-ctl", b"GET /a\x01b HTTP/1.1\r\nHost: h\r\n\r\n", 400),
@@ -343,8 +493,11 @@ CASES: list[Case] = [
         for i, value in enumerate(INVALID_HOSTS)
     ),
     *(
-        ok(f"valid-host-{i}", b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n",
-           {"headers": {"host": value.decode()}})
+        ok(
+            f"valid-host-{i}",
+            b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n",
+            {"headers": {"host": value.decode()}},
+        )
         for i, value in enumerate(VALID_HOSTS)
     ),
     err("absolute-form-invalid-authority", head("GET http://x:y:z/ HTTP/1.1", "Host: h"), 400),
@@ -380,8 +533,11 @@ CASES: list[Case] = [
     err("content-length-plus", post("Content-Length: +5"), 400),
     err("content-length-hex", post("Content-Length: 0x10"), 400),
     err("content-length-list-differs", post("Content-Length: 5, 6", body=b"hello!"), 400),
-    err("content-length-fields-differ",
-        post("Content-Length: 5", "Content-Length: 6", body=b"hello!"), 400),
+    err(
+        "content-length-fields-differ",
+        post("Content-Length: 5", "Content-Length: 6", body=b"hello!"),
+        400,
+    ),
     err("content-length-empty", post("Content-Length: "), 400),
     err("content-length-inner-space", post("Content-Length: 1 0"), 400),
     err("content-length-superscript", post()[:-2] + b"Content-Length: \xb2\r\n\r\n", 400),
@@ -407,56 +563,98 @@ CASES: list[Case] = [
     body_err("chunk-data-no-crlf", post(CHUNKED, body=b"5\r\nhelloX\r\n0\r\n\r\n"), 400),
     body_err("chunk-data-bare-lf", post(CHUNKED, body=b"5\r\nhello\n0\r\n\r\n"), 400),
     body_err("chunk-data-too-long", post(CHUNKED, body=b"3\r\nhello\r\n0\r\n\r\n"), 400),
-    body_err("chunk-line-over-limit",
-             post(CHUNKED, body=f"{CHUNK_EXT_AT_LIMIT}e\r\nhello\r\n0\r\n\r\n".encode()), 400),
+    body_err(
+        "chunk-line-over-limit",
+        post(CHUNKED, body=f"{CHUNK_EXT_AT_LIMIT}e\r\nhello\r\n0\r\n\r\n".encode()),
+        400,
+    ),
     # ---- limits ----
     # RFC 9112 §3: a request line over the limit is a 414, complete or still arriving.
     err("request-line-over-limit", get(TARGET_AT_LIMIT + "a"), 414),
     err("request-line-9000", get("/" + LONG), 414),
     err("request-line-incomplete", b"GET /" + LONG.encode(), 414, complete=False),
-    err("request-line-incomplete-cr", b"GET " + TARGET_AT_LIMIT.encode() + b"a HTTP/1.1\r",
-        414, complete=False),
+    err(
+        "request-line-incomplete-cr",
+        b"GET " + TARGET_AT_LIMIT.encode() + b"a HTTP/1.1\r",
+        414,
+        complete=False,
+    ),
     # RFC 6585 §5: too many or too large header fields is a 431.
     err("header-fields-101", get("/", *(f"X-{i}: {i}" for i in range(100))), 431),
     err("header-bytes-over-limit", get("/", f"X-Pad: {PAD_AT_LIMIT}p"), 431),
     err("header-bytes-70k", get("/", f"X-Pad: {'p' * 70 * KIB}"), 431),
-    err("header-bytes-incomplete",
-        b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * (65 * KIB), 431, complete=False),
-    err("header-bytes-many-lines-incomplete",
-        b"GET / HTTP/1.1\r\n" + b"X-Pad: 0123456789\r\n" * 3500, 431, complete=False),
+    err(
+        "header-bytes-incomplete",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * (65 * KIB),
+        431,
+        complete=False,
+    ),
+    err(
+        "header-bytes-many-lines-incomplete",
+        b"GET / HTTP/1.1\r\n" + b"X-Pad: 0123456789\r\n" * 3500,
+        431,
+        complete=False,
+    ),
     # RFC 9110 §15.5.14: content larger than we accept is a 413.
     err("content-length-over-max-body", post("Content-Length: 1048577"), 413),
-    err("content-length-over-small-max", post("Content-Length: 11", body=b"x" * 11), 413,
-        limits=SMALL_BODY),
+    err(
+        "content-length-over-small-max",
+        post("Content-Length: 11", body=b"x" * 11),
+        413,
+        limits=SMALL_BODY,
+    ),
     body_err("chunk-size-over-max-body", post(CHUNKED, body=b"100001\r\n"), 413),
-    body_err("chunks-grow-over-max-body",
-             post(CHUNKED, body=b"5\r\nhello\r\n5\r\nworld\r\n1\r\n!\r\n0\r\n\r\n"), 413,
-             limits=SMALL_BODY),
+    body_err(
+        "chunks-grow-over-max-body",
+        post(CHUNKED, body=b"5\r\nhello\r\n5\r\nworld\r\n1\r\n!\r\n0\r\n\r\n"),
+        413,
+        limits=SMALL_BODY,
+    ),
     body_err("chunk-size-16-digits-over-max", post(CHUNKED, body=b"f" * 16 + b"\r\n"), 413),
     # ---- the peer closes mid-request (RFC 9112 §8): 400 ----
     err("eof-mid-request-line", b"GET / HT", 400, eof=True, complete=False),
     err("eof-mid-head", b"GET / HTTP/1.1\r\nHost: h\r\n", 400, eof=True, complete=False),
     err("eof-lone-cr", b"\r", 400, eof=True, complete=False),
     err("eof-mid-head-cr", b"GET / HTTP/1.1\r\nHost: h\r\n\r", 400, eof=True, complete=False),
-    body_err("eof-mid-content-length", post("Content-Length: 10", body=b"hello"), 400, eof=True,
-             complete=False),
+    body_err(
+        "eof-mid-content-length",
+        post("Content-Length: 10", body=b"hello"),
+        400,
+        eof=True,
+        complete=False,
+    ),
     body_err("eof-mid-chunk-size", post(CHUNKED, body=b"5"), 400, eof=True, complete=False),
     body_err("eof-mid-chunk", post(CHUNKED, body=b"5\r\nhel"), 400, eof=True, complete=False),
-    body_err("eof-after-chunk-data", post(CHUNKED, body=b"5\r\nhello"), 400, eof=True,
-             complete=False),
-    body_err("eof-before-last-chunk", post(CHUNKED, body=b"5\r\nhello\r\n"), 400, eof=True,
-             complete=False),
-    body_err("eof-in-trailers", post(CHUNKED, body=b"0\r\nX-T: 1\r\n"), 400, eof=True,
-             complete=False),
+    body_err(
+        "eof-after-chunk-data", post(CHUNKED, body=b"5\r\nhello"), 400, eof=True, complete=False
+    ),
+    body_err(
+        "eof-before-last-chunk",
+        post(CHUNKED, body=b"5\r\nhello\r\n"),
+        400,
+        eof=True,
+        complete=False,
+    ),
+    body_err(
+        "eof-in-trailers", post(CHUNKED, body=b"0\r\nX-T: 1\r\n"), 400, eof=True, complete=False
+    ),
     # ... while a clean close between requests is no error at all.
     ok("eof-between-requests", get("/1") + get("/2"), {"path": "/1"}, {"path": "/2"}, eof=True),
     ok("eof-after-body", post("Content-Length: 2", body=b"hi"), {"has_body": True}, eof=True),
-    ok("eof-after-chunked-body", post(CHUNKED, body=b"2\r\nhi\r\n0\r\n\r\n"), {"has_body": True},
-       eof=True),
+    ok(
+        "eof-after-chunked-body",
+        post(CHUNKED, body=b"2\r\nhi\r\n0\r\n\r\n"),
+        {"has_body": True},
+        eof=True,
+    ),
     ok("eof-after-leading-crlf", get("/1") + b"\r\n", {"path": "/1"}, eof=True),
     # An error in a later pipelined request still yields the good ones before it.
-    Case("error-after-good-request", get("/1") + b"GET / HTTP/2.0\r\n\r\n",
-         requests=({"path": "/1"},), error=505),
+    Case(
+        "error-after-good-request",
+        get("/1") + b"GET / HTTP/2.0\r\n\r\n",
+        requests=({"path": "/1"},),
+        error=505,
+    ),
 ]
 
 
@@ -587,18 +785,27 @@ def test_header_lookup_helper() -> None:
 @pytest.mark.parametrize(
     ("status", "headers", "expected"),
     [
-        (200, [("Content-Length", "5"), ("Content-Type", "text/plain")],
-         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\n"),
+        (
+            200,
+            [("Content-Length", "5"), ("Content-Type", "text/plain")],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\n",
+        ),
         (404, [], b"HTTP/1.1 404 Not Found\r\n\r\n"),
         (304, [("ETag", '"abc"')], b'HTTP/1.1 304 Not Modified\r\nETag: "abc"\r\n\r\n'),
-        (413, [("Connection", "close")],
-         b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n"),
+        (
+            413,
+            [("Connection", "close")],
+            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n",
+        ),
         (505, [], b"HTTP/1.1 505 HTTP Version Not Supported\r\n\r\n"),
         (599, [("X-A", "1")], b"HTTP/1.1 599 Unknown\r\nX-A: 1\r\n\r\n"),
         (418, [], b"HTTP/1.1 418 Unknown\r\n\r\n"),
         # Repeated fields stay separate and in order; values are latin-1 on the wire.
-        (200, [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("X-Name", "caf\xe9")],
-         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Name: caf\xe9\r\n\r\n"),
+        (
+            200,
+            [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("X-Name", "caf\xe9")],
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Name: caf\xe9\r\n\r\n",
+        ),
     ],
 )
 def test_response_head_bytes(status: int, headers: list[tuple[str, str]], expected: bytes) -> None:
@@ -630,26 +837,47 @@ def test_reason_phrase() -> None:
 
 
 # -- properties ------------------------------------------------------------------------
-TINY = Limits(max_request_line=40, max_header_bytes=60, max_header_fields=3, max_body=10,
-              max_chunk_line=12)
-FRAGMENTS = st.sampled_from([
-    b"GET / HTTP/1.1\r\n", b"POST /p?q HTTP/1.0\r\n", b"OPTIONS * HTTP/1.1\r\n",
-    b"GET http://h/x HTTP/1.1\r\n", b"Host: h\r\n", b"Content-Length: 3\r\n",
-    b"Content-Length: 3, 3\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
-    b"Expect: 100-continue\r\n", b"\r\n", b"\r\n\r\n", b"\n", b"\r", b" ", b"\t", b":",
-    b"3\r\nabc\r\n", b"a;x=y\r\n", b"0\r\n\r\n", b"0\r\nT: 1\r\n\r\n", b"abc", b"\x00", b"\xff",
-])
+TINY = Limits(
+    max_request_line=40, max_header_bytes=60, max_header_fields=3, max_body=10, max_chunk_line=12
+)
+FRAGMENTS = st.sampled_from(
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"POST /p?q HTTP/1.0\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"GET http://h/x HTTP/1.1\r\n",
+        b"Host: h\r\n",
+        b"Content-Length: 3\r\n",
+        b"Content-Length: 3, 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: close\r\n",
+        b"Expect: 100-continue\r\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b":",
+        b"3\r\nabc\r\n",
+        b"a;x=y\r\n",
+        b"0\r\n\r\n",
+        b"0\r\nT: 1\r\n\r\n",
+        b"abc",
+        b"\x00",
+        b"\xff",
+    ]
+)
 # Runs of filler around TINY's limits, so cuts land right at the 414/431/chunk-line edges.
 FILLER = st.integers(8, 64).map(lambda n: b"a" * n)
-STREAMS = st.lists(st.one_of(st.binary(max_size=24), FRAGMENTS, FILLER), max_size=24).map(
-    b"".join
-)
+STREAMS = st.lists(st.one_of(st.binary(max_size=24), FRAGMENTS, FILLER), max_size=24).map(b"".join)
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=200, database=None)
 
 
 @PROPERTY_SETTINGS
-@given(data=st.data(), raw=STREAMS, limits=st.sampled_from([DEFAULT_LIMITS, TINY]),
-       eof=st.booleans())
+@given(
+    data=st.data(), raw=STREAMS, limits=st.sampled_from([DEFAULT_LIMITS, TINY]), eof=st.booleans()
+)
 def test_arbitrary_input_never_crashes_and_split_does_not_matter(
     data: st.DataObject, raw: bytes, limits: Limits, eof: bool
 ) -> None:
@@ -795,10 +1023,7 @@ def read_bodies(
 
 
 CHUNKED_BODY = (
-    b"5;ext=1\r\nhello\r\n"
-    b"1\r\n \r\n"
-    b"05\r\nworld\r\n"
-    b"0\r\nX-Trailer: dropped\r\nX-Other: too\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n1\r\n \r\n05\r\nworld\r\n0\r\nX-Trailer: dropped\r\nX-Other: too\r\n\r\n"
 )
 BODY_CASES = [
     pytest.param(post("Content-Length: 11", body=b"hello world"), b"hello world", id="length"),
@@ -903,7 +1128,10 @@ class Parsed:
 
 
 def parse_response(
-    pieces: Iterable[bytes], method: str = "GET", *, eof: bool = False,
+    pieces: Iterable[bytes],
+    method: str = "GET",
+    *,
+    eof: bool = False,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Parsed, list[ResponseHead], ResponseParser]:
     parser = ResponseParser(method, limits)
@@ -944,88 +1172,277 @@ def rhead(status_line: str, *fields: str) -> bytes:
 
 L, C, N, X = Framing.LENGTH, Framing.CHUNKED, Framing.NONE, Framing.CLOSE
 RESPONSE_CASES: list[tuple[str, str, bytes, bool, Parsed]] = [
-    ("length", "GET", rhead(OK_LINE, "Content-Length: 5") + b"hello", False,
-     Parsed(((200, L),), b"hello", True, None)),
-    ("length-zero", "GET", rhead(OK_LINE, "Content-Length: 0"), False,
-     Parsed(((200, L),), b"", True, None)),
-    ("length-identical-list", "GET", rhead(OK_LINE, "Content-Length: 2, 2") + b"hi", False,
-     Parsed(((200, L),), b"hi", True, None)),
-    ("chunked", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + CHUNKED_BODY, False,
-     Parsed(((200, C),), b"hello world", True, None)),
-    ("chunked-case", "GET", rhead(OK_LINE, "transfer-encoding: Chunked") + b"0\r\n\r\n",
-     False, Parsed(((200, C),), b"", True, None)),
-    ("close-delimited", "GET", rhead(OK_LINE) + b"until the end", True,
-     Parsed(((200, X),), b"until the end", True, None)),
-    ("close-delimited-open", "GET", rhead(OK_LINE) + b"so far", False,
-     Parsed(((200, X),), b"so far", False, None)),
-    ("http10-close", "GET", rhead("HTTP/1.0 200 OK") + b"old", True,
-     Parsed(((200, X),), b"old", True, None)),
-    ("head-has-no-body", "HEAD", rhead(OK_LINE, "Content-Length: 100"), False,
-     Parsed(((200, N),), b"", True, None)),
-    ("head-chunked-no-body", "HEAD", rhead(OK_LINE, "Transfer-Encoding: chunked"), False,
-     Parsed(((200, N),), b"", True, None)),
-    ("204", "GET", rhead("HTTP/1.1 204 No Content", "Content-Length: 7"), False,
-     Parsed(((204, N),), b"", True, None)),
-    ("304", "GET", rhead("HTTP/1.1 304 Not Modified", "Content-Length: 42"), False,
-     Parsed(((304, N),), b"", True, None)),
-    ("100-then-200", "POST", rhead("HTTP/1.1 100 Continue")
-     + rhead(OK_LINE, "Content-Length: 2") + b"ok", False,
-     Parsed(((100, N), (200, L)), b"ok", True, None)),
-    ("103-then-200", "GET", rhead("HTTP/1.1 103 Early Hints", "Link: </a.css>")
-     + rhead(OK_LINE, "Content-Length: 0"), False,
-     Parsed(((103, N), (200, L)), b"", True, None)),
-    ("no-reason", "GET", rhead("HTTP/1.1 200", "Content-Length: 1") + b"x", False,
-     Parsed(((200, L),), b"x", True, None)),
-    ("empty-reason", "GET", rhead("HTTP/1.1 200 ", "Content-Length: 1") + b"x", False,
-     Parsed(((200, L),), b"x", True, None)),
-    ("bare-lf", "GET", b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx", False,
-     Parsed(((200, L),), b"x", True, None)),
-    ("obs-fold-replaced", "GET", rhead(OK_LINE, "X-A: one", " two", "Content-Length: 0"),
-     False, Parsed(((200, L),), b"", True, None)),
+    (
+        "length",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 5") + b"hello",
+        False,
+        Parsed(((200, L),), b"hello", True, None),
+    ),
+    (
+        "length-zero",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 0"),
+        False,
+        Parsed(((200, L),), b"", True, None),
+    ),
+    (
+        "length-identical-list",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 2, 2") + b"hi",
+        False,
+        Parsed(((200, L),), b"hi", True, None),
+    ),
+    (
+        "chunked",
+        "GET",
+        rhead(OK_LINE, "Transfer-Encoding: chunked") + CHUNKED_BODY,
+        False,
+        Parsed(((200, C),), b"hello world", True, None),
+    ),
+    (
+        "chunked-case",
+        "GET",
+        rhead(OK_LINE, "transfer-encoding: Chunked") + b"0\r\n\r\n",
+        False,
+        Parsed(((200, C),), b"", True, None),
+    ),
+    (
+        "close-delimited",
+        "GET",
+        rhead(OK_LINE) + b"until the end",
+        True,
+        Parsed(((200, X),), b"until the end", True, None),
+    ),
+    (
+        "close-delimited-open",
+        "GET",
+        rhead(OK_LINE) + b"so far",
+        False,
+        Parsed(((200, X),), b"so far", False, None),
+    ),
+    (
+        "http10-close",
+        "GET",
+        rhead("HTTP/1.0 200 OK") + b"old",
+        True,
+        Parsed(((200, X),), b"old", True, None),
+    ),
+    (
+        "head-has-no-body",
+        "HEAD",
+        rhead(OK_LINE, "Content-Length: 100"),
+        False,
+        Parsed(((200, N),), b"", True, None),
+    ),
+    (
+        "head-chunked-no-body",
+        "HEAD",
+        rhead(OK_LINE, "Transfer-Encoding: chunked"),
+        False,
+        Parsed(((200, N),), b"", True, None),
+    ),
+    (
+        "204",
+        "GET",
+        rhead("HTTP/1.1 204 No Content", "Content-Length: 7"),
+        False,
+        Parsed(((204, N),), b"", True, None),
+    ),
+    (
+        "304",
+        "GET",
+        rhead("HTTP/1.1 304 Not Modified", "Content-Length: 42"),
+        False,
+        Parsed(((304, N),), b"", True, None),
+    ),
+    (
+        "100-then-200",
+        "POST",
+        rhead("HTTP/1.1 100 Continue") + rhead(OK_LINE, "Content-Length: 2") + b"ok",
+        False,
+        Parsed(((100, N), (200, L)), b"ok", True, None),
+    ),
+    (
+        "103-then-200",
+        "GET",
+        rhead("HTTP/1.1 103 Early Hints", "Link: </a.css>") + rhead(OK_LINE, "Content-Length: 0"),
+        False,
+        Parsed(((103, N), (200, L)), b"", True, None),
+    ),
+    (
+        "no-reason",
+        "GET",
+        rhead("HTTP/1.1 200", "Content-Length: 1") + b"x",
+        False,
+        Parsed(((200, L),), b"x", True, None),
+    ),
+    (
+        "empty-reason",
+        "GET",
+        rhead("HTTP/1.1 200 ", "Content-Length: 1") + b"x",
+        False,
+        Parsed(((200, L),), b"x", True, None),
+    ),
+    (
+        "bare-lf",
+        "GET",
+        b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+        False,
+        Parsed(((200, L),), b"x", True, None),
+    ),
+    (
+        "obs-fold-replaced",
+        "GET",
+        rhead(OK_LINE, "X-A: one", " two", "Content-Length: 0"),
+        False,
+        Parsed(((200, L),), b"", True, None),
+    ),
     # Errors: every one is a 502.
-    ("cl-and-te", "GET", rhead(OK_LINE, "Content-Length: 5", "Transfer-Encoding: chunked"),
-     False, Parsed((), b"", False, "Both Transfer-Encoding and Content-Length in response")),
-    ("cl-invalid", "GET", rhead(OK_LINE, "Content-Length: five"), False,
-     Parsed((), b"", False, "Invalid Content-Length in response")),
-    ("cl-negative", "GET", rhead(OK_LINE, "Content-Length: -1"), False,
-     Parsed((), b"", False, "Invalid Content-Length in response")),
-    ("cl-conflicting", "GET", rhead(OK_LINE, "Content-Length: 5", "Content-Length: 6"), False,
-     Parsed((), b"", False, "Invalid Content-Length in response")),
-    ("te-gzip", "GET", rhead(OK_LINE, "Transfer-Encoding: gzip, chunked"), False,
-     Parsed((), b"", False, "Unsupported transfer coding in response")),
-    ("te-in-http10", "GET", rhead("HTTP/1.0 200 OK", "Transfer-Encoding: chunked"), False,
-     Parsed((), b"", False, "Transfer-Encoding in an HTTP/1.0 response")),
-    ("garbage", "GET", b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False,
-     Parsed((), b"", False, "Malformed status line")),
-    ("http2", "GET", rhead("HTTP/2.0 200 OK"), False,
-     Parsed((), b"", False, "Unsupported HTTP version in response")),
-    ("two-digit-status", "GET", rhead("HTTP/1.1 99 Odd"), False,
-     Parsed((), b"", False, "Malformed status line")),
-    ("status-below-100", "GET", rhead("HTTP/1.1 099 Odd"), False,
-     Parsed((), b"", False, "Invalid status code")),
-    ("no-colon", "GET", rhead(OK_LINE, "Content-Length 5"), False,
-     Parsed((), b"", False, "Malformed response header field")),
-    ("space-before-colon", "GET", rhead(OK_LINE, "Content-Length : 5"), False,
-     Parsed((), b"", False, "Malformed response header field")),
-    ("ctl-in-value", "GET", rhead(OK_LINE, "X-A: a\x01b"), False,
-     Parsed((), b"", False, "Invalid character in response header value")),
-    ("fold-first", "GET", rhead(OK_LINE, " folded"), False,
-     Parsed((), b"", False, "Line folding before the first header field")),
-    ("closed-before-anything", "GET", b"", True,
-     Parsed((), b"", False, "The backend closed the connection without a response")),
-    ("closed-in-head", "GET", b"HTTP/1.1 200 OK\r\nContent-", True,
-     Parsed((), b"", False, "The backend closed the connection inside the response head")),
-    ("closed-in-length-body", "GET", rhead(OK_LINE, "Content-Length: 9") + b"abc", True,
-     Parsed(((200, L),), b"abc", False,
-            "The backend closed the connection inside the response body")),
-    ("closed-in-chunk", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + b"5\r\nab",
-     True, Parsed(((200, C),), b"ab", False,
-                  "The backend closed the connection inside the response body")),
-    ("bad-chunk-size", "GET", rhead(OK_LINE, "Transfer-Encoding: chunked") + b"x\r\n", False,
-     Parsed(((200, C),), b"", False, "Invalid chunk size in response")),
-    ("no-crlf-after-chunk", "GET",
-     rhead(OK_LINE, "Transfer-Encoding: chunked") + b"1\r\naXY", False,
-     Parsed(((200, C),), b"a", False, "Missing CRLF after chunk data in response")),
+    (
+        "cl-and-te",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 5", "Transfer-Encoding: chunked"),
+        False,
+        Parsed((), b"", False, "Both Transfer-Encoding and Content-Length in response"),
+    ),
+    (
+        "cl-invalid",
+        "GET",
+        rhead(OK_LINE, "Content-Length: five"),
+        False,
+        Parsed((), b"", False, "Invalid Content-Length in response"),
+    ),
+    (
+        "cl-negative",
+        "GET",
+        rhead(OK_LINE, "Content-Length: -1"),
+        False,
+        Parsed((), b"", False, "Invalid Content-Length in response"),
+    ),
+    (
+        "cl-conflicting",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 5", "Content-Length: 6"),
+        False,
+        Parsed((), b"", False, "Invalid Content-Length in response"),
+    ),
+    (
+        "te-gzip",
+        "GET",
+        rhead(OK_LINE, "Transfer-Encoding: gzip, chunked"),
+        False,
+        Parsed((), b"", False, "Unsupported transfer coding in response"),
+    ),
+    (
+        "te-in-http10",
+        "GET",
+        rhead("HTTP/1.0 200 OK", "Transfer-Encoding: chunked"),
+        False,
+        Parsed((), b"", False, "Transfer-Encoding in an HTTP/1.0 response"),
+    ),
+    (
+        "garbage",
+        "GET",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        False,
+        Parsed((), b"", False, "Malformed status line"),
+    ),
+    (
+        "http2",
+        "GET",
+        rhead("HTTP/2.0 200 OK"),
+        False,
+        Parsed((), b"", False, "Unsupported HTTP version in response"),
+    ),
+    (
+        "two-digit-status",
+        "GET",
+        rhead("HTTP/1.1 99 Odd"),
+        False,
+        Parsed((), b"", False, "Malformed status line"),
+    ),
+    (
+        "status-below-100",
+        "GET",
+        rhead("HTTP/1.1 099 Odd"),
+        False,
+        Parsed((), b"", False, "Invalid status code"),
+    ),
+    (
+        "no-colon",
+        "GET",
+        rhead(OK_LINE, "Content-Length 5"),
+        False,
+        Parsed((), b"", False, "Malformed response header field"),
+    ),
+    (
+        "space-before-colon",
+        "GET",
+        rhead(OK_LINE, "Content-Length : 5"),
+        False,
+        Parsed((), b"", False, "Malformed response header field"),
+    ),
+    (
+        "ctl-in-value",
+        "GET",
+        rhead(OK_LINE, "X-A: a\x01b"),
+        False,
+        Parsed((), b"", False, "Invalid character in response header value"),
+    ),
+    (
+        "fold-first",
+        "GET",
+        rhead(OK_LINE, " folded"),
+        False,
+        Parsed((), b"", False, "Line folding before the first header field"),
+    ),
+    (
+        "closed-before-anything",
+        "GET",
+        b"",
+        True,
+        Parsed((), b"", False, "The backend closed the connection without a response"),
+    ),
+    (
+        "closed-in-head",
+        "GET",
+        b"HTTP/1.1 200 OK\r\nContent-",
+        True,
+        Parsed((), b"", False, "The backend closed the connection inside the response head"),
+    ),
+    (
+        "closed-in-length-body",
+        "GET",
+        rhead(OK_LINE, "Content-Length: 9") + b"abc",
+        True,
+        Parsed(
+            ((200, L),), b"abc", False, "The backend closed the connection inside the response body"
+        ),
+    ),
+    (
+        "closed-in-chunk",
+        "GET",
+        rhead(OK_LINE, "Transfer-Encoding: chunked") + b"5\r\nab",
+        True,
+        Parsed(
+            ((200, C),), b"ab", False, "The backend closed the connection inside the response body"
+        ),
+    ),
+    (
+        "bad-chunk-size",
+        "GET",
+        rhead(OK_LINE, "Transfer-Encoding: chunked") + b"x\r\n",
+        False,
+        Parsed(((200, C),), b"", False, "Invalid chunk size in response"),
+    ),
+    (
+        "no-crlf-after-chunk",
+        "GET",
+        rhead(OK_LINE, "Transfer-Encoding: chunked") + b"1\r\naXY",
+        False,
+        Parsed(((200, C),), b"a", False, "Missing CRLF after chunk data in response"),
+    ),
 ]
 
 
@@ -1044,15 +1461,23 @@ def test_response_parser_table(
 
 def test_response_head_keeps_case_order_and_repetition() -> None:
     data = rhead(
-        OK_LINE, "Set-Cookie: a=1", "X-Custom: One", "set-cookie: b=2", "X-A: one",
-        " two", "Content-Length: 0",
+        OK_LINE,
+        "Set-Cookie: a=1",
+        "X-Custom: One",
+        "set-cookie: b=2",
+        "X-A: one",
+        " two",
+        "Content-Length: 0",
     )
     for pieces in ([data], bytewise(data)):
         _, heads, _ = parse_response(pieces)
         (response,) = heads
         assert response.headers == (
-            ("Set-Cookie", "a=1"), ("X-Custom", "One"), ("set-cookie", "b=2"),
-            ("X-A", "one two"), ("Content-Length", "0"),
+            ("Set-Cookie", "a=1"),
+            ("X-Custom", "One"),
+            ("set-cookie", "b=2"),
+            ("X-A", "one two"),
+            ("Content-Length", "0"),
         )
         assert response.header("SET-COOKIE") == "a=1, b=2"
         assert response.header("missing") is None
@@ -1060,8 +1485,10 @@ def test_response_head_keeps_case_order_and_repetition() -> None:
 
 
 def test_response_parser_101_hands_over_the_rest() -> None:
-    data = rhead("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket",
-                 "Connection: Upgrade") + b"\x81\x02hi"
+    data = (
+        rhead("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade")
+        + b"\x81\x02hi"
+    )
     parser = ResponseParser("GET")
     parser.feed(data)
     event = parser.next_event()

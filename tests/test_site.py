@@ -173,13 +173,9 @@ def test_headers_rules_come_with_the_decision(root: Path) -> None:
     site = make_site(root)
     assert site.decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == (("X-Kind", "style"),)
     # ... on an error page of that path too, and on no other path.
-    assert site.decide(parse(f"DELETE /style.css HTTP/1.1\n{HOST}"))[1] == (
-        ("X-Kind", "style"),
-    )
+    assert site.decide(parse(f"DELETE /style.css HTTP/1.1\n{HOST}"))[1] == (("X-Kind", "style"),)
     assert site.decide(parse(f"GET / HTTP/1.1\n{HOST}"))[1] == ()
-    assert (
-        make_site(root, rules=False).decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == ()
-    )
+    assert make_site(root, rules=False).decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == ()
 
 
 def test_options_preflight_with_cors(root: Path) -> None:

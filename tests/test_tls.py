@@ -317,9 +317,7 @@ def _sans(cert: x509.Certificate) -> set[str]:
     }
 
 
-def test_https_chain_verifies_for_every_name(
-    site: Path, worker_model: str, tmp_path: Path
-) -> None:
+def test_https_chain_verifies_for_every_name(site: Path, worker_model: str, tmp_path: Path) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "data")}
     srv = start_server(site, worker_model, "--https", "--host", "0.0.0.0", env=env)
     try:

@@ -32,7 +32,6 @@ MAX_INJECT = 16 * 1024 * 1024
 _READ_ATTEMPTS = 10
 
 
-
 class FileVersion(NamedTuple):
     """One version of one file as ``stat`` sees it: the one file-version type.
 

@@ -42,6 +42,7 @@ from sitepeek.connections import (
 )
 from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy, split_host
+from sitepeek.hotcache import request_key
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
     ProtocolError,
@@ -235,12 +236,19 @@ class Handler:
             conn.readable = self._io.read_wait(raw.fileno())
         return conn
 
-    def _run(self, conn: Connection, first: bytes = b"", pending: bytes = b"") -> None:
+    def _run(
+        self,
+        conn: Connection,
+        first: bytes = b"",
+        pending: bytes = b"",
+        parsed: Request | ProtocolError | None = None,
+    ) -> None:
         """Serve ``conn`` in this task until it closes or parks; never raises.
 
         ``first``: bytes already received; ``pending``: the rest of a hot answer the
         event loop could not send at once (when its request asked to close, the
-        connection is then closed: ``conn.parkable`` is False).
+        connection is then closed: ``conn.parkable`` is False); ``parsed``: what the
+        event loop parsed from ``conn.parser``'s bytes (a request, or its error).
         """
         lingers = parked = False
         try:
@@ -248,7 +256,7 @@ class Handler:
                 conn.sendall(pending)
                 if not conn.parkable:
                     return
-            lingers = self._serve_requests(conn, first)
+            lingers = self._serve_requests(conn, first, parsed)
             if lingers and not self.stopping:
                 linger(conn.sock)
         except Park:
@@ -381,8 +389,10 @@ class Handler:
     def _poll(self, conn: Connection) -> None:
         """Read what a parked connection has received, in the event loop; never blocks.
 
-        A request the hot cache answers in one send is answered here; anything else
-        (and the end of an answer the socket could not take at once) goes to a task.
+        A request the hot cache answers in one send is answered here: by its bytes, or
+        else, parsed (parsing never blocks), by its request key. Anything else (and the
+        end of an answer the socket could not take at once) goes to a task, with the
+        request parsed here.
         """
         raw = conn.raw
         readable = conn.readable
@@ -405,45 +415,77 @@ class Handler:
             if hit is not None:
                 # (The hot path of the whole server: kept to the calls it needs.)
                 entry, response = hit
-                self.requests += 1
-                conn.hot_streak = True
-                conn.status = entry.status
-                conn.sent = size = len(response)
-                started = time.monotonic()
-                try:
-                    sent = raw.send(response)
-                except BlockingIOError:
-                    sent = 0
-                conn.last_request = started
-                if self._log is not None:
-                    self._log.record(
-                        entry.method, entry.target, entry.status, size, time.monotonic() - started
-                    )
-                if sent == size:
-                    if not entry.keep_alive:
-                        self._table.close(conn)
-                        return
-                    conn.deadline = started + self._config.keepalive_timeout
-                    readable.notify(conn.on_readable)  # (already watching, unless adopted)
-                    return
-                readable.notify(None)
-                conn.idle = False
-                conn.deadline = started + self._config.send_timeout
-                conn.parkable = entry.keep_alive
-                self._io.dispatch(lambda: self._run(conn, pending=response[sent:]))
+                self._send_in_loop(conn, entry, response, entry.method, entry.target)
                 return
+            if parser is None:
+                parser = conn.parser = RequestParser(body_limit=self._body_limit)
+            parser.feed(data)
+            parsed: Request | ProtocolError | None
+            try:
+                parsed = parser.next_request()
+            except ProtocolError as exc:
+                parsed = exc
+            if isinstance(parsed, Request) and not parsed.has_body and parser.drained:
+                alias = request_key(parsed)
+                hit = None if alias is None else self._hot.lookup(alias)
+                if hit is not None:
+                    entry, response = hit
+                    self._send_in_loop(conn, entry, response, parsed.method, parsed.target)
+                    return
+                conn.hot_key = data  # (alone in one read: the bytes may key an answer)
+            else:
+                conn.hot_key = None
             readable.notify(None)
             conn.idle = False
-            self._io.dispatch(lambda: self._run(conn, data))
+            self._io.dispatch(lambda: self._run(conn, parsed=parsed))
         except OSError:
             self._table.close(conn)
         except Exception as exc:  # never into the event loop
             _report_bug("connection", exc)
             self._table.close(conn)
 
-    def _serve_requests(self, conn: Connection, first: bytes = b"") -> bool:
+    def _send_in_loop(
+        self, conn: Connection, entry: hotcache.Entry, response: bytes, method: str, target: str
+    ) -> None:
+        """Send a hot answer from the event loop; what the socket cannot take at once
+        goes on in a task."""
+        raw = conn.raw
+        readable = conn.readable
+        assert raw is not None and readable is not None
+        self.requests += 1
+        conn.hot_streak = True
+        conn.status = entry.status
+        conn.sent = size = len(response)
+        started = time.monotonic()
+        try:
+            sent = raw.send(response)
+        except BlockingIOError:
+            sent = 0
+        conn.last_request = started
+        if self._log is not None:
+            self._log.record(method, target, entry.status, size, time.monotonic() - started)
+        if sent == size:
+            if not entry.keep_alive:
+                self._table.close(conn)
+                return
+            conn.deadline = started + self._config.keepalive_timeout
+            readable.notify(conn.on_readable)  # (already watching, unless adopted)
+            return
+        readable.notify(None)
+        conn.idle = False
+        conn.deadline = started + self._config.send_timeout
+        conn.parkable = entry.keep_alive
+        self._io.dispatch(lambda: self._run(conn, pending=response[sent:]))
+
+    def _serve_requests(
+        self,
+        conn: Connection,
+        first: bytes = b"",
+        parsed: Request | ProtocolError | None = None,
+    ) -> bool:
         """Answer requests until the connection should close; True to linger.
 
+        ``parsed``: the first request (or its error), already taken from the parser.
         Raises _Park when an adopted connection is idle again.
         """
         parser = conn.parser
@@ -457,7 +499,10 @@ class Handler:
             conn.status = conn.sent = 0
             conn.hot = None
             try:
-                request = self._read_request(conn, parser, first)
+                if parsed is None:
+                    request = self._read_request(conn, parser, first)
+                else:
+                    request, parsed = self._take(conn, parsed), None
             except ProtocolError as exc:
                 self._writer.send_error(conn, None, exc.status, exc.reason, keep_alive=False)
                 return True
@@ -485,6 +530,15 @@ class Handler:
                 # or a body we did not read): closing with unread data would reset the
                 # connection and could destroy our response (RFC 9112 §9.6).
                 return not keep_alive and (parser.has_partial_request or request.has_body)
+
+    @staticmethod
+    def _take(conn: Connection, parsed: Request | ProtocolError) -> Request:
+        """The request the event loop parsed (see _poll), as _read_request returns one."""
+        conn.idle = False
+        conn.head_deadline = 0.0
+        if isinstance(parsed, ProtocolError):
+            raise parsed
+        return parsed
 
     def _read_request(
         self, conn: Connection, parser: RequestParser, first: bytes = b""
@@ -574,9 +628,18 @@ class Handler:
     # -- responses: writing a plan -------------------------------------------------
     def _respond(self, out: Connection, request: Request) -> bool:
         """Answer one request; returns whether the connection stays open."""
+        alias = request_key(request)
+        if alias is not None:
+            hit = self._hot.lookup(alias)
+            if hit is not None:  # the answer made for this file version, again
+                entry, response = hit
+                out.status = entry.status  # (set: these bytes need no header filtering)
+                out.hot_streak = True  # (the next one may well be answered by the loop)
+                out.sendall(response)
+                return entry.keep_alive
         keep_alive = request.keep_alive and not self._stopping
         try:
-            plan, added = self._site.decide(request, out.hot_key)
+            plan, added = self._site.decide(request, out.hot_key, alias)
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server

@@ -11,7 +11,11 @@ What an answer depends on, and how a hit checks it (synchronously: a change is s
 the very next request, never only when the watcher reports it):
 
 - the request: the key is its exact bytes (method, target, every header field), and
-  only a request that arrived alone in one read, without a body, is a key;
+  only a request that arrived alone in one read, without a body, is a key. A parsed
+  request has a second key, :func:`request_key`: what a file's answer can depend on
+  (method, path, version, keep-alive, Host, Accept-Encoding and the validators), so
+  requests that differ only in what a file's answer ignores (the query, a cookie, the
+  User-Agent) share the answer made once per file version;
 - the file: its identity (device, inode, mtime, ctime, size) from ``lstat``;
 - the directories from the root down to the file, by (mtime, ctime): creating,
   removing or renaming any entry there (a new ``index.html``, a clean-URL sibling, a
@@ -39,6 +43,7 @@ from typing import NamedTuple
 
 from sitepeek import compression
 from sitepeek.entities import Identity, identity
+from sitepeek.http11 import Request
 from sitepeek.responses import DateCache, without_overridden
 from sitepeek.rules import RuleSet, RulesFile
 
@@ -50,6 +55,43 @@ DOORKEEPER = 1024 * 1024  # bytes of keys remembered from their first sighting
 MAX_KEY = 8 * 1024  # a longer request head is not worth an entry
 
 Version = tuple[int, int]  # (mtime_ns, ctime_ns) of a directory
+Key = bytes | str  # a request's exact bytes, or its request_key()
+
+# Fields that make a file's answer something other than the whole representation or a
+# 304 (ranges, the other preconditions), or the request something else (an upgrade):
+# such requests take the full path every time.
+_PARTICULAR = frozenset({"range", "if-range", "if-match", "if-unmodified-since", "upgrade"})
+_ABSENT = "\x00"  # (never in a field value: the parser refuses control characters)
+
+
+def request_key(request: Request) -> str | None:
+    """The key of the answers a file of the site gives ``request``, or None when it
+    must take the full path.
+
+    Everything the answer for a file found at the URL path depends on: the method,
+    the path (not the query: a file's answer never depends on it, see
+    :attr:`Candidate.alias`), the version and keep-alive (the Connection field),
+    the Host (the host check), Accept-Encoding (the coding) and the validators
+    (a 304 or not).
+    """
+    method = request.method
+    if method not in ("GET", "HEAD") or request.has_body:
+        return None
+    headers = request.headers
+    if not _PARTICULAR.isdisjoint(headers):
+        return None
+    get = headers.get
+    return "\n".join(
+        (
+            method,
+            request.path,
+            request.version if request.keep_alive else request.version + " close",
+            get("host", _ABSENT),
+            get("accept-encoding", _ABSENT),
+            get("if-none-match", _ABSENT),
+            get("if-modified-since", _ABSENT),
+        )
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -153,16 +195,16 @@ class HotCache:
     """
 
     def __init__(self, budget: int = BUDGET, doorkeeper: int = DOORKEEPER) -> None:
-        self._entries: dict[bytes, Entry] = {}
+        self._entries: dict[Key, Entry] = {}
         self._budget = budget
         self._bytes = 0
-        self._seen: set[bytes] = set()
+        self._seen: set[Key] = set()
         self._seen_bytes = 0
         self._doorkeeper = doorkeeper
         self._lock = threading.Lock()
         self.get = self._entries.get
 
-    def wanted(self, key: bytes) -> bool:
+    def wanted(self, key: Key) -> bool:
         """Is ``key`` worth an entry (seen before)? Remembers it otherwise."""
         seen = self._seen
         if key in seen:
@@ -176,35 +218,40 @@ class HotCache:
         self._seen_bytes += len(key)
         return False
 
-    def put(self, key: bytes, entry: Entry) -> None:
+    def put(self, key: Key, entry: Entry) -> None:
         # The bytes are held twice (``rest`` and the stamped response), plus the
-        # entry's own objects.
-        entry.size = len(key) + 2 * len(entry.rest) + 600
-        if entry.size > self._budget:
+        # entry's own objects; an entry under two keys counts twice.
+        entry.size = 2 * len(entry.rest) + 600
+        size = len(key) + entry.size
+        if size > self._budget:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old.size
-            while self._entries and self._bytes + entry.size > self._budget:
-                self._bytes -= self._entries.pop(next(iter(self._entries))).size
+                self._bytes -= len(key) + old.size
+            while self._entries and self._bytes + size > self._budget:
+                oldest = next(iter(self._entries))
+                self._bytes -= len(oldest) + self._entries.pop(oldest).size
             self._entries[key] = entry
-            self._bytes += entry.size
+            self._bytes += size
 
-    def discard(self, key: bytes, entry: Entry) -> None:
+    def discard(self, key: Key, entry: Entry) -> None:
         """Forget ``entry`` (found stale) unless it was replaced meanwhile."""
         with self._lock:
             if self._entries.get(key) is entry:
                 del self._entries[key]
-                self._bytes -= entry.size
+                self._bytes -= len(key) + entry.size
 
 
 class Candidate(NamedTuple):
-    """A request whose answer may be remembered: its bytes arrived alone in one read
-    and it names a file of the site. (A named tuple: one is made per request, and a
-    frozen dataclass costs five times as much to build.)"""
+    """A request whose answer may be remembered: it names a file of the site, and its
+    bytes arrived alone in one read or it has a :func:`request_key`. (A named tuple:
+    one is made per request, and a frozen dataclass costs five times as much to build.)"""
 
-    key: bytes  # the request's exact bytes
+    key: bytes | None  # the request's exact bytes
+    # Its request_key(), when the answer cannot depend on the query: no rule in force
+    # can apply to an existing file (see RuleSet.shadows_files).
+    alias: str | None
     path: str  # the file's real path
     url_dir: str  # the URL path's directory, below the root ("" for the root)
     html: bool  # subject to the build gate
@@ -241,7 +288,7 @@ class HotAnswers:
         self._cache = HotCache()
         self.stopping = False  # set by the handler: answers must then say close
 
-    def lookup(self, key: bytes) -> tuple[Entry, bytes] | None:
+    def lookup(self, key: Key) -> tuple[Entry, bytes] | None:
         """The entry for ``key`` and its response stamped now, if it may answer again."""
         entry = self._cache.get(key)
         if entry is None or self.stopping:
@@ -276,14 +323,16 @@ class HotAnswers:
         """The response ``status_line`` + Date/Server/Connection + ``rest``, with the
         override rule applied; remembered for ``candidate`` (made from the file version
         ``file``) when it is worth it and can be checked cheaply."""
-        if (
-            candidate is None
-            or self.stopping
-            or len(rest) > MAX_RESPONSE
-            or not self._cache.wanted(candidate.key)
-        ):
+        keys: tuple[Key, ...] = ()
+        if candidate is not None and not self.stopping and len(rest) <= MAX_RESPONSE:
+            wanted = self._cache.wanted
+            keys = tuple(
+                key for key in (candidate.key, candidate.alias) if key is not None and wanted(key)
+            )
+        if not keys:
             response = status_line + self._dates.prefix(keep_alive, version) + rest
             return without_overridden(response, overrides) if overrides else response
+        assert candidate is not None
         entry = Entry(
             status_line,
             keep_alive,
@@ -306,7 +355,8 @@ class HotAnswers:
         dirs = capture(self._root, candidate.path, candidate.url_dir, file, candidate.began_ns)
         if dirs is not None:
             entry.dirs = dirs
-            self._cache.put(candidate.key, entry)
+            for key in keys:
+                self._cache.put(key, entry)
         return response
 
     def stamped(self, entry: Entry) -> bytes:

@@ -599,6 +599,12 @@ class RuleSet:
         header_rules, header_warnings = parse_headers(headers)
         return cls(redirect_rules, header_rules, redirect_warnings + header_warnings)
 
+    @property
+    def shadows_files(self) -> bool:
+        """Can a ``_redirects`` rule apply to a URL that names an existing file? Only a
+        forced one can (``301!``); whether it matches may depend on the query."""
+        return any(rule.force for rule in self.redirects)
+
     def matching_rules(self, path: str, query: str | None = None) -> Iterator[RuleMatch]:
         """Every ``_redirects`` rule that matches, in file order.
 

@@ -101,9 +101,12 @@ class Site:
         """The ``--proxy`` route for ``path``, if any."""
         return match(self.routes, path) if self.routes else None
 
-    def decide(self, request: Request, key: bytes | None = None) -> Decision:
-        """What to answer ``request`` with. ``key``: the request's bytes, when the hot
-        cache may remember the answer (a file's plan then carries a Candidate)."""
+    def decide(
+        self, request: Request, key: bytes | None = None, alias: str | None = None
+    ) -> Decision:
+        """What to answer ``request`` with. ``key``: the request's bytes, ``alias``: its
+        :func:`~sitepeek.hotcache.request_key`, when the hot cache may remember the
+        answer under them (a file's plan then carries a Candidate)."""
         path = request.path
         broadcaster = self._broadcaster
         if (
@@ -142,17 +145,24 @@ class Site:
             # A burst of changes is being written: wait (bounded) for it to settle,
             # so a page never shows a half-written build.
             broadcaster.wait_until_settled(site_path)
-        return self._site(request, site_path, rules, key, html), headers
+        return self._site(request, site_path, rules, key, alias, html), headers
 
     # -- below the base path ---------------------------------------------------------
     def _site(
-        self, request: Request, path: str, rules: RuleSet | None, key: bytes | None, html: bool
+        self,
+        request: Request,
+        path: str,
+        rules: RuleSet | None,
+        key: bytes | None,
+        alias: str | None,
+        html: bool,
     ) -> Plan:
         """GET/HEAD for a path of the site; ``rules`` as loaded (None: --no-rules);
         ``html``: the path may name a page (:func:`may_be_html`)."""
         if rules is not None and path in _RULE_FILES:
             return _NOT_FOUND
-        began = time.time_ns() if key is not None else 0
+        remember = key is not None or alias is not None
+        began = time.time_ns() if remember else 0
         resolved: list[Resolution] = []
 
         def resolution() -> Resolution:
@@ -171,9 +181,11 @@ class Site:
         found = resolution()
         if isinstance(found, NotFound):
             return self._not_found(request, path)
-        if key is not None and isinstance(found, File):
+        if remember and isinstance(found, File):
+            if rules is not None and alias is not None and rules.shadows_files:
+                alias = None  # a forced rule's match may depend on the query
             url_dir = path[: path.rfind("/")]
-            candidate = Candidate(key, found.fs_path, url_dir, html, rules, began)
+            candidate = Candidate(key, alias, found.fs_path, url_dir, html, rules, began)
             return SendFile(found, 200, candidate)
         return self._resolution(request, found)
 
