@@ -94,6 +94,8 @@ class Handler:
         self._static_extra = header_bytes(static)
         self._static_overrides = overridable(static)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
+        # (Hot answers below this status skip the log's call: -q logs 5xx only.)
+        self._log_from = 1000 if self._log is None else self._log.min_status
         self._dates = DateCache()
         self._table = ConnectionTable(
             io, config.keepalive_timeout, config.header_timeout, config.send_timeout
@@ -133,7 +135,7 @@ class Handler:
             self._site.resolver.root,
             self._dates,
             self._site.rules,
-            None if gate is None else lambda: gate.settled,
+            None if gate is None else gate.is_settled,
             KNOWN_CODINGS,
         )
         self._stopping = False
@@ -224,6 +226,8 @@ class Handler:
             return
         conn.parkable = True
         conn.on_readable = lambda: self._poll(conn)
+        # Watching from now on, so _poll always runs with the watcher armed.
+        conn.readable.notify(conn.on_readable)
         self._poll(conn)  # the request often arrives with the connection
 
     def _open(self, sock: socket.socket, peer: object) -> Connection | None:
@@ -412,70 +416,75 @@ class Handler:
                 self._table.close(conn)  # closed by the peer, or by the reaper (idle too long)
                 return
             hit = self._hot.lookup(data)
-            if hit is not None:
-                # (The hot path of the whole server: kept to the calls it needs.)
-                entry, response = hit
-                self._send_in_loop(conn, entry, response, entry.method, entry.target)
-                return
-            if parser is None:
-                parser = conn.parser = RequestParser(body_limit=self._body_limit)
-            parser.feed(data)
-            parsed: Request | ProtocolError | None
-            try:
-                parsed = parser.next_request()
-            except ProtocolError as exc:
-                parsed = exc
-            if isinstance(parsed, Request) and not parsed.has_body and parser.drained:
-                alias = request_key(parsed)
-                hit = None if alias is None else self._hot.lookup(alias)
-                if hit is not None:
-                    entry, response = hit
-                    self._send_in_loop(conn, entry, response, parsed.method, parsed.target)
-                    return
-                conn.hot_key = data  # (alone in one read: the bytes may key an answer)
+            if hit is None:
+                request = self._parse_in_loop(conn, data)
+                if request is None:
+                    return  # (gone to a task)
+                entry, response, method, target = request
             else:
-                conn.hot_key = None
-            readable.notify(None)
-            conn.idle = False
-            self._io.dispatch(lambda: self._run(conn, parsed=parsed))
+                entry, response = hit
+                method, target = entry.method, entry.target
+            # (The hot path of the whole server: kept to the calls it needs.)
+            self.requests += 1
+            conn.hot_streak = True
+            conn.status = status = entry.status
+            conn.sent = size = len(response)
+            conn.last_request = started = time.monotonic()
+            try:
+                sent = raw.send(response)
+            except BlockingIOError:
+                sent = 0
+            if status >= self._log_from:
+                assert self._log is not None
+                self._log.record(method, target, status, size, time.monotonic() - started)
+            if sent != size:
+                self._send_rest(conn, response[sent:], entry.keep_alive)
+            elif entry.keep_alive:  # (the watcher stays armed: see adopt)
+                conn.deadline = started + self._config.keepalive_timeout
+            else:
+                self._table.close(conn)
         except OSError:
             self._table.close(conn)
         except Exception as exc:  # never into the event loop
             _report_bug("connection", exc)
             self._table.close(conn)
 
-    def _send_in_loop(
-        self, conn: Connection, entry: hotcache.Entry, response: bytes, method: str, target: str
-    ) -> None:
-        """Send a hot answer from the event loop; what the socket cannot take at once
-        goes on in a task."""
-        raw = conn.raw
-        readable = conn.readable
-        assert raw is not None and readable is not None
-        self.requests += 1
-        conn.hot_streak = True
-        conn.status = entry.status
-        conn.sent = size = len(response)
-        started = time.monotonic()
-        try:
-            sent = raw.send(response)
-        except BlockingIOError:
-            sent = 0
-        conn.last_request = started
-        if self._log is not None:
-            self._log.record(method, target, entry.status, size, time.monotonic() - started)
-        if sent == size:
-            if not entry.keep_alive:
-                self._table.close(conn)
-                return
-            conn.deadline = started + self._config.keepalive_timeout
-            readable.notify(conn.on_readable)  # (already watching, unless adopted)
-            return
-        readable.notify(None)
+    def _send_rest(self, conn: Connection, rest: bytes, keep_alive: bool) -> None:
+        """The end of a hot answer the socket could not take at once: sent by a task."""
+        assert conn.readable is not None
+        conn.readable.notify(None)
         conn.idle = False
-        conn.deadline = started + self._config.send_timeout
-        conn.parkable = entry.keep_alive
-        self._io.dispatch(lambda: self._run(conn, pending=response[sent:]))
+        conn.deadline = conn.last_request + self._config.send_timeout
+        conn.parkable = keep_alive
+        self._io.dispatch(lambda: self._run(conn, pending=rest))
+
+    def _parse_in_loop(
+        self, conn: Connection, data: bytes
+    ) -> tuple[hotcache.Entry, bytes, str, str] | None:
+        """Parse ``data`` (not a hot answer's bytes) in the event loop: the hot answer
+        for its request key, with the request's method and target; else None, and the
+        request (or its error) has gone to a task."""
+        parser = conn.parser
+        if parser is None:
+            parser = conn.parser = RequestParser(body_limit=self._body_limit)
+        parser.feed(data)
+        parsed: Request | ProtocolError | None
+        try:
+            parsed = parser.next_request()
+        except ProtocolError as exc:
+            parsed = exc
+        conn.hot_key = None
+        if isinstance(parsed, Request) and not parsed.has_body and parser.drained:
+            alias = request_key(parsed)
+            hit = None if alias is None else self._hot.lookup(alias)
+            if hit is not None:
+                return hit[0], hit[1], parsed.method, parsed.target
+            conn.hot_key = data  # (alone in one read: the bytes may key an answer)
+        assert conn.readable is not None
+        conn.readable.notify(None)
+        conn.idle = False
+        self._io.dispatch(lambda: self._run(conn, parsed=parsed))
+        return None
 
     def _serve_requests(
         self,

@@ -121,6 +121,9 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._settled = io.signal()
         self._settled.set()
+        # settled, as a callable without a property in between (the hot cache asks it
+        # for every cached page it answers).
+        self.is_settled: Callable[[], bool] = self._settled.is_set
         self._settle_timeout = settle_timeout
         self._building = False
         # The overlays on show, by id ("build", "run:CMD"): sent to every tab that connects.

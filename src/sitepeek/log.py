@@ -94,7 +94,8 @@ class RequestLog:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._stream = stream
-        self._min_status = 500 if errors_only else 0
+        # Statuses below this are not logged (-q): the hot path skips the call for them.
+        self.min_status = 500 if errors_only else 0
         self._format = self._json_line if json_lines else self._text_line
         self._style = Style(color)
         self._schedule = schedule_flush
@@ -114,7 +115,7 @@ class RequestLog:
 
     def record(self, method: str, target: str, status: int, size: int, seconds: float) -> None:
         """Log one response: ``size`` bytes sent in ``seconds``."""
-        if status < self._min_status:
+        if status < self.min_status:
             return
         line = self._format(method, target, status, size, seconds)
         now = self._clock()

@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "UNSATISFIABLE",
@@ -388,31 +389,22 @@ def _posix_seconds(
 # --------------------------------------------------------------------------- entity-tags
 
 
-@dataclass(frozen=True, slots=True)
-class _EntityTag:
+class _EntityTag(NamedTuple):
     weak: bool
     opaque: str  # the characters between the quotes
 
 
-def _is_etagc(char: str) -> bool:
-    # etagc = %x21 / %x23-7E / obs-text (RFC 9110 §8.8.3); obs-text = %x80-FF
-    code = ord(char)
-    return code == 0x21 or 0x23 <= code <= 0x7E or 0x80 <= code <= 0xFF
+# entity-tag = [ weak ] opaque-tag; weak = %s"W/"; opaque-tag = DQUOTE *etagc DQUOTE;
+# etagc = %x21 / %x23-7E / obs-text (RFC 9110 §8.8.3); obs-text = %x80-FF.
+_ENTITY_TAG = re.compile('(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 
 
 def _entity_tag_at(text: str, start: int) -> tuple[_EntityTag, int] | None:
     """Parse ``entity-tag = [ weak ] opaque-tag`` at ``start``; return it and the end."""
-    weak = text.startswith("W/", start)  # weak = %s"W/": case-sensitive
-    position = start + 2 if weak else start
-    if not text.startswith('"', position):
+    match = _ENTITY_TAG.match(text, start)
+    if match is None:
         return None
-    close = text.find('"', position + 1)
-    if close < 0:
-        return None
-    opaque = text[position + 1 : close]
-    if not all(map(_is_etagc, opaque)):
-        return None
-    return _EntityTag(weak, opaque), close + 1
+    return _EntityTag(match.group(1) is not None, match.group(2)), match.end()
 
 
 def _entity_tag(text: str) -> _EntityTag | None:
