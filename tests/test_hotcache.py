@@ -575,6 +575,63 @@ def test_pipelined_repeats_are_each_answered(live: Server, site: Path) -> None:
         assert client.read_response().body == b"pipelined"
 
 
+def test_after_shared_answers_every_kind_of_next_request_is_answered(
+    live: Server, site: Path
+) -> None:
+    """Once answers come from the event loop (parsed there), what follows them still
+    gets its own answer: pipelined requests, one in pieces, one with a body, a HEAD."""
+    (site / "q.txt").write_text("queried")
+    settle()
+    target = f"/{site.name}/q.txt"
+
+    def raw(n: int, extra: str = "") -> bytes:
+        return f"GET {target}?n={n} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
+
+    with live.connect() as sock:
+        client = H11Client(sock)
+        for n in range(4):  # the last ones are answered from the loop
+            client.send_raw(raw(n))
+            assert client.read_response().body == b"queried"
+        client.send_raw(raw(10) + raw(11) + raw(12))
+        for _ in range(3):
+            assert client.read_response().body == b"queried"
+        client.send_raw(raw(20)[:9])
+        client.send_raw(raw(20)[9:])
+        assert client.read_response().body == b"queried"
+        client.send_raw(raw(30, "Content-Length: 5\r\n") + b"hello" + raw(31))
+        assert client.read_response().body == b"queried"
+        assert client.read_response().body == b"queried"
+        client.send_raw(f"HEAD {target}?n=40 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = client.read_response("HEAD")
+        assert (head.status, head.body, head.header("content-length")) == (200, b"", "7")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Field: x\r\n\r\n", 400),
+        (b"GET /x HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /x HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
+    ],
+    ids=["bad-field", "no-host", "http2"],
+)
+def test_after_shared_answers_a_malformed_request_gets_its_status(
+    live: Server, site: Path, request_bytes: bytes, status: int
+) -> None:
+    (site / "m.txt").write_text("m")
+    settle()
+    with live.connect() as sock:
+        client = H11Client(sock)
+        for n in range(4):
+            assert client.request("GET", f"/{site.name}/m.txt?n={n}").body == b"m"
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):  # the error page, then the server closes
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 %d " % status)
+        assert b"connection: close" in answer.lower()
+
+
 @pytest.mark.parametrize("close", [False, True])
 def test_a_cached_answer_larger_than_the_socket_takes_is_sent_whole(
     tmp_path: Path, close: bool
