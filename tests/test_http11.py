@@ -36,6 +36,7 @@ from sitepeek.http11 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    find_head_end,
     reason_phrase,
     response_head,
 )
@@ -1530,3 +1531,28 @@ def test_response_head_validates_itself() -> None:
 def test_gateway_statuses_have_reasons() -> None:
     assert reason_phrase(502) == "Bad Gateway"
     assert reason_phrase(504) == "Gateway Timeout"
+
+
+def _head_end_by_scanning(buf: bytes, start: int) -> int:
+    """RFC 9112 §2.2's head end, found one line feed at a time: the first LF followed
+    by LF or CRLF (a bare LF may end a line)."""
+    index = start
+    while (index := buf.find(b"\n", index)) >= 0:
+        index += 1
+        if buf.startswith(b"\n", index):
+            return index + 1
+        if buf.startswith(b"\r\n", index):
+            return index + 2
+    return -1
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\r\n\r\n", b": "]), max_size=20),
+    st.integers(0, 40),
+)
+def test_the_head_end_fast_path_agrees_with_scanning_line_by_line(
+    pieces: list[bytes], start: int
+) -> None:
+    buf = bytearray(b"".join(pieces))
+    start = min(start, len(buf))
+    assert find_head_end(buf, start) == _head_end_by_scanning(bytes(buf), start)

@@ -264,14 +264,17 @@ class RequestParser:
         buf = self._buffer
         if not buf:
             return None  # the common case between requests: nothing to look at
-        # RFC 9112 §2.2: ignore empty lines received before the request-line.
-        start = 0
-        while buf.startswith(b"\r\n", start) or buf.startswith(b"\n", start):
-            start += 2 if buf[start] == 0x0D else 1
-        if start:
-            del buf[:start]
-            self._head_scanned = 0
-        end = _find_head_end(buf, self._head_scanned)
+        if buf[0] in _CR_LF:
+            # RFC 9112 §2.2: ignore empty lines received before the request-line.
+            start = 0
+            while buf.startswith(b"\r\n", start) or buf.startswith(b"\n", start):
+                start += 2 if buf[start] == 0x0D else 1
+            if start:
+                del buf[:start]
+                self._head_scanned = 0
+                if not buf:
+                    return None
+        end = find_head_end(buf, self._head_scanned)
         if end < 0:
             # Resume the search where it stopped: rescanning the whole buffer on every
             # call would make a head trickled in byte by byte cost quadratic time. A
@@ -496,13 +499,24 @@ def _take_line(buf: bytearray, limit: int, too_long: Callable[[], ProtocolError]
     return line
 
 
-def _find_head_end(buf: bytearray, start: int = 0) -> int:
+_CR_LF = b"\r\n"
+
+
+def find_head_end(buf: bytearray, start: int = 0) -> int:
     """Index just past the empty line ending the head, or -1; search from ``start``.
 
     RFC 9112 §2.2 lets a recipient accept a bare LF as a line terminator, so the head
     ends at the first LF followed by LF or CRLF. Searching for CRLFCRLF first would
     skip an earlier mixed ending and swallow the next pipelined request.
     """
+    crlf = buf.find(b"\r\n\r\n", start)
+    if (
+        crlf >= 0
+        and buf.find(b"\n\n", start, crlf + 2) < 0
+        and buf.find(b"\n\r\n", start, crlf + 4) == crlf + 1
+    ):
+        # The usual head: CRLF line ends, and no bare-LF ending before its CRLFCRLF.
+        return crlf + 4
     index = start
     while (index := buf.find(b"\n", index)) >= 0:
         index += 1
@@ -816,7 +830,7 @@ class ResponseParser:
     def _next_head(self) -> ResponseHead | None:
         buf = self._buffer
         limits = self._limits
-        end = _find_head_end(buf, self._head_scanned)
+        end = find_head_end(buf, self._head_scanned)
         bound = limits.max_request_line + limits.max_header_bytes + 4
         if end < 0:
             self._head_scanned = max(0, len(buf) - 2)
