@@ -42,6 +42,7 @@ __all__ = [
     "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
+    "find_head_end",
     "reason_phrase",
     "response_head",
 ]
