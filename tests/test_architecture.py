@@ -61,7 +61,7 @@ IMPORTS: dict[str, set[str]] = {
     "log": {"concurrency", "config", "console"},
     "responses": {"version", "http11", "representation"},
     "connections": {"concurrency", "entities", "hotcache", "http11", "responses"},
-    "proxy": {"version", "concurrency", "http11", "representation", "routes"},
+    "proxy": {"concurrency", "http11", "representation", "responses", "routes"},
     "livereload": {"version", "changes", "concurrency", "inject", "tabs", "websocket"},
     "plan": {"entities", "hotcache", "resolver", "routes"},
     "site": {

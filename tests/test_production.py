@@ -53,7 +53,20 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 XSS_HREF = "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example
 WS_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-EXTRA_HEADERS = (("X-Test", "1"), ("X-Other", "two"))
+EXTRA_HEADERS = (
+    ("X-Test", "1"),
+    ("X-Other", "two"),
+    ("Cache-Control", "max-age=5"),  # replaces sitepeek's own
+    ("Link", "</style.css>; rel=preload"),
+    ("Link", "</app.js>; rel=preload"),
+)
+# As they go out: one line per name (RFC 9110 §5.3), replacing sitepeek's fields.
+EXTRA_SENT = (
+    ("X-Test", "1"),
+    ("X-Other", "two"),
+    ("Cache-Control", "max-age=5"),
+    ("Link", "</style.css>; rel=preload, </app.js>; rel=preload"),
+)
 
 
 def page(title: str) -> str:
@@ -1061,7 +1074,7 @@ def test_no_cors_headers_without_the_option(default_server: Server) -> None:
 
 # == --header ===========================================================================
 def _check_extra(response: Response) -> None:
-    for name, value in EXTRA_HEADERS:
+    for name, value in EXTRA_SENT:
         assert values(response, name) == [value], response.raw_headers
 
 

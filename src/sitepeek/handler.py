@@ -46,6 +46,7 @@ from sitepeek.http11 import (
     ProtocolError,
     Request,
     RequestParser,
+    combine_fields,
 )
 from sitepeek.log import io_scheduler, make_request_log, report_bug
 from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
@@ -85,8 +86,10 @@ class Handler:
             else None
         )
         ca_entity = None if ca_cert is None else entities.from_bytes("ca.crt", ca_cert)
-        static = list(config.header)
-        if config.cors:
+        # One line per name (so the override rule keeps every --header value); an
+        # Access-Control-Allow-Origin of the user's own wins over --cors's "*".
+        static = combine_fields(config.header)
+        if config.cors and "access-control-allow-origin" not in overridable(static):
             static.append(("Access-Control-Allow-Origin", "*"))
         self._static_headers = tuple(static)
         self._static_extra = header_bytes(static)
@@ -552,9 +555,7 @@ class Handler:
         if isinstance(plan, Redirect):
             return self._writer.send_location(out, request, plan.status, plan.location, keep)
         if isinstance(plan, Page):
-            headers = self._writer.base_headers(keep, request)
-            headers += plan.headers
-            self._writer.send(out, request, plan.status, headers, plan.body)
+            self._writer.send(out, request, plan.status, keep, plan.headers, plan.body)
             return keep
         if isinstance(plan, SendEntity):
             return self._writer.send_entity(out, request, plan.entity, -1, keep)

@@ -42,6 +42,7 @@ __all__ = [
     "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
+    "combine_fields",
     "reason_phrase",
     "response_head",
 ]
@@ -988,6 +989,28 @@ def _combined(headers: Iterable[tuple[str, str]], key: str) -> str | None:
 
 
 # -- responses -------------------------------------------------------------------------
+def combine_fields(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One line per field name, values joined with ", " in order (RFC 9110 §5.3).
+
+    A name keeps its place and its spelling from its first line. Set-Cookie is the
+    exception §5.3 names: its lines are never combined (RFC 6265 §3), they stay
+    separate, together at the first one's place.
+    """
+    names: dict[str, str] = {}  # lowercase -> as first written
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        key = name.lower()
+        names.setdefault(key, name)
+        values.setdefault(key, []).append(value)
+    combined: list[tuple[str, str]] = []
+    for key, name in names.items():
+        if key == "set-cookie":
+            combined.extend((name, value) for value in values[key])
+        else:
+            combined.append((name, ", ".join(values[key])))
+    return combined
+
+
 _REASONS = {
     101: "Switching Protocols",
     200: "OK",

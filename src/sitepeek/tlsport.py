@@ -147,14 +147,13 @@ class TlsPort:
             status = 301 if request.method in ("GET", "HEAD") else 308
             location = tls.https_location(host, request.target)
             body = f"This is an HTTPS port: {location}\n".encode()
-            headers = writer.base_headers(False, request)
-            headers += [
+            headers = [
                 ("Location", location),
                 ("Cache-Control", "no-store"),
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Content-Length", str(len(body))),
             ]
-            writer.send(conn, request, status, headers, body)
+            writer.send(conn, request, status, False, headers, body)
         if self._log is not None:
             duration = time.monotonic() - started
             self._log.record(request.method, request.target, conn.status, conn.sent, duration)
