@@ -48,14 +48,15 @@ IMPORTS: dict[str, set[str]] = {
     "reload": {"fingerprints"},
     "representation": set(),
     "routes": set(),
+    "qvalues": set(),
     "certs": set(),
     "tls": {"concurrency"},
     "websocket": {"http11"},
     "rules": {"http11"},
-    "resolver": {"http11", "representation"},
+    "resolver": {"http11", "qvalues", "representation"},
     "listing": {"console", "resolver"},
     "entities": {"inject", "representation"},
-    "compression": {"entities", "http11", "representation"},
+    "compression": {"entities", "http11", "qvalues", "representation"},
     "hotcache": {"compression", "entities", "responses", "rules"},
     "config": {"http11", "resolver", "routes"},
     "log": {"concurrency", "config", "console"},
@@ -248,7 +249,16 @@ def test_third_party_packages_are_imported_only_where_designed(package: str) -> 
 
 @pytest.mark.parametrize(
     "module",
-    ["http11", "resolver", "inject", "config", "representation", "routes", "concurrency"],
+    [
+        "http11",
+        "resolver",
+        "inject",
+        "config",
+        "representation",
+        "routes",
+        "concurrency",
+        "qvalues",
+    ],
 )
 def test_protocol_and_path_modules_use_the_standard_library_only(module: str) -> None:
     assert not (_modules()[module] & THIRD_PARTY)

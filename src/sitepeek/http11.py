@@ -137,8 +137,6 @@ class Request:
 TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 TOKEN = re.compile(TCHAR + "+")
 _TOKEN = re.compile(TCHAR.encode() + b"+")  # (the parser works on bytes)
-# RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-QVALUE = r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?"
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT
 _HTTP_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 # RFC 9110 §5.5: field-value = *field-content; no CTLs except HTAB; obs-text allowed.
