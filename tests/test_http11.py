@@ -36,6 +36,7 @@ from sitepeek.http11 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    combine_fields,
     find_head_end,
     reason_phrase,
     response_head,
@@ -1556,3 +1557,39 @@ def test_the_head_end_fast_path_agrees_with_scanning_line_by_line(
     buf = bytearray(b"".join(pieces))
     start = min(start, len(buf))
     assert find_head_end(buf, start) == _head_end_by_scanning(bytes(buf), start)
+
+
+# -- combining field lines (RFC 9110 §5.3) ------------------------------------------
+@pytest.mark.parametrize(
+    ("fields", "combined"),
+    [
+        ([], []),
+        ([("X-A", "1"), ("X-B", "2")], [("X-A", "1"), ("X-B", "2")]),
+        ([("Link", "<a>"), ("X-B", "2"), ("link", "<b>")], [("Link", "<a>, <b>"), ("X-B", "2")]),
+        ([("Vary", ""), ("Vary", "Origin")], [("Vary", ", Origin")]),
+        (
+            [("X-A", "1"), ("Set-Cookie", "a=1"), ("X-B", "2"), ("set-cookie", "b=2")],
+            [("X-A", "1"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("X-B", "2")],
+        ),
+    ],
+)
+def test_combine_fields(fields: list[tuple[str, str]], combined: list[tuple[str, str]]) -> None:
+    assert combine_fields(fields) == combined
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "a", "B", "Set-Cookie", "SET-COOKIE"]), st.text(max_size=4)
+        ),
+        max_size=10,
+    )
+)
+def test_combine_fields_keeps_every_value_in_order(fields: list[tuple[str, str]]) -> None:
+    combined = combine_fields(fields)
+    names = [name.lower() for name, _ in combined if name.lower() != "set-cookie"]
+    assert len(names) == len(set(names))  # one line per name, Set-Cookie excepted
+    for key in {name.lower() for name, _ in fields}:
+        values = [value for name, value in fields if name.lower() == key]
+        got = [value for name, value in combined if name.lower() == key]
+        assert got == (values if key == "set-cookie" else [", ".join(values)])

@@ -27,6 +27,7 @@ import pytest
 
 from sitepeek.http11 import DEFAULT_LIMITS, RequestParser
 from sitepeek.proxy import HOP_BY_HOP, ProxyRoute, forward, match, parse_route
+from sitepeek.responses import SERVER
 from sitepeek.websocket import accept_key
 from sitepeek.workers.base import Io
 from sitepeek.workers.greenlets import GeventIo
@@ -788,6 +789,50 @@ def test_hop_by_hop_response_fields_are_dropped(backends: Any, proxies: Any) -> 
     assert reply.header("x-end") == "kept"
     assert [v for k, v in reply.headers if k == "set-cookie"] == ["a=1", "b=2"]  # never merged
     assert client.reusable  # the backend's Connection: close is its own hop's business
+
+
+ADDED = [
+    ("Cache-Control", "no-store"),
+    ("Link", "</a.css>; rel=preload"),
+    ("link", "</b.js>; rel=preload"),
+    ("Set-Cookie", "theme=dark"),
+]
+
+
+def values_of(reply: Reply, name: str) -> list[str]:
+    return [value for key, value in reply.headers if key == name]
+
+
+def test_added_fields_replace_the_backends_of_the_same_name(backends: Any, proxies: Any) -> None:
+    """--header/--cors fields follow the one override rule (responses.without_overridden)."""
+    backend = backends(
+        answer(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nLink: </c.css>\r\n"
+            b"Set-Cookie: session=1\r\ncache-control: public\r\nX-Kept: yes\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+    )
+    client = Client(proxies([backend.route()], extra_headers=ADDED).client)
+    reply = client.request("GET", "/api/x")
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert values_of(reply, "cache-control") == ["no-store"]
+    # Two lines of one name are both sent, as one (RFC 9110 §5.3).
+    assert values_of(reply, "link") == ["</a.css>; rel=preload, </b.js>; rel=preload"]
+    # A cookie is never replaced: the backend's session survives an added one.
+    assert values_of(reply, "set-cookie") == ["theme=dark", "session=1"]
+    assert values_of(reply, "x-kept") == ["yes"]
+
+
+def test_added_fields_on_the_failure_page(proxies: Any) -> None:
+    route = parse_route(f"/api=http://127.0.0.1:{free_port()}")
+    added = [*ADDED, ("Server", "mine")]
+    reply = Client(proxies([route], extra_headers=added).client).request("GET", "/api/x")
+    assert reply.status == 502
+    assert values_of(reply, "cache-control") == ["no-store"]
+    assert values_of(reply, "link") == ["</a.css>; rel=preload, </b.js>; rel=preload"]
+    assert values_of(reply, "set-cookie") == ["theme=dark"]
+    # As on every answer of sitepeek's own, Date and Server are sitepeek's.
+    assert values_of(reply, "server") == [SERVER]
 
 
 def test_early_hints_are_relayed(backends: Any, proxies: Any) -> None:

@@ -8,6 +8,7 @@ end-to-end suites; this is where the decisions are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from sitepeek.http11 import Request, RequestParser
 from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
 from sitepeek.site import MISDIRECTED, Site, may_be_html
 from sitepeek.workers.threads import ThreadIo
+from sites import CLEAN_OUTCOMES, CLEAN_STATES, LISTING, build_general, build_rules, build_spa
+from test_rules import EXAMPLE_CASES
 
 FILES = {
     "index.html": "<!doctype html><title>home</title>",
@@ -221,3 +224,208 @@ def test_listing_negotiates_json(root: Path) -> None:
 )
 def test_may_be_html(path: str, html: bool) -> None:
     assert may_be_html(path) is html
+
+
+# -- the production-preview sites ------------------------------------------------------
+# The sites test_production.py serves in every worker model (tests/sites.py); their
+# routing cases are decided here, and that suite keeps what needs a socket.
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("production")
+    return {
+        "general": build_general(base / "general"),
+        "spa": build_spa(base / "spa"),
+        "rules": build_rules(base / "rules"),
+    }
+
+
+@pytest.fixture(scope="module")
+def decide(sites: dict[str, Path]) -> Callable[..., tuple[Any, ...]]:
+    """``decide(site, head, **options)``: the plan, described; one Site per options."""
+    made: dict[tuple[str, tuple[tuple[str, Any], ...]], Site] = {}
+
+    def plan(name: str, head: str, **options: Any) -> tuple[Any, ...]:
+        key = (name, tuple(sorted(options.items())))
+        if key not in made:
+            made[key] = make_site(sites[name], **options)
+        return describe(made[key].decide(parse(head))[0], sites[name])
+
+    return plan
+
+
+def get(target: str, *fields: str) -> str:
+    return "\n".join([f"GET {target} HTTP/1.1", HOST, *fields])
+
+
+ACCEPT_HTML = "Accept: text/html"
+ACCEPT_BROWSER = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+SPA_INDEX = {"spa": "index.html"}  # --spa
+SPA_APP = {"spa": "app.html"}  # --spa app.html
+GENERAL_BASE = {"base": "/repo/"}
+PLAIN = {"clean_urls": False, "listing": False}
+DEV_TEST = {"allowed_host": ("dev.test",)}
+FOUR_OH_FOUR = ("file", "404.html", 404)
+
+PRODUCTION_CASES: list[tuple[str, dict[str, Any], str, tuple[Any, ...]]] = [
+    # SPA fallback: a page the app routes, whatever the Accept of a browser (or none).
+    *[
+        ("spa", SPA_INDEX, get(path, *accept), ("file", "index.html", 200))
+        for path in (
+            "/dashboard",
+            "/dashboard/settings/42",
+            "/users/",
+            "/users/john.doe",  # a dot in the last segment is not an asset (issue 19)
+            "/releases/v1.2",
+            "/old-page.html",
+            "/posts/hello.world/",
+            "/route",
+        )
+        for accept in ((ACCEPT_HTML,), (ACCEPT_BROWSER,), ())
+    ],
+    ("spa", SPA_APP, get("/dashboard/x", ACCEPT_HTML), ("file", "app.html", 200)),
+    ("spa", SPA_APP, get("/", ACCEPT_HTML), ("file", "index.html", 200)),
+    # ... never for what does not accept HTML, an asset name, a dotfile, our own URLs.
+    ("spa", SPA_INDEX, get("/dashboard", "Accept: application/json"), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/app.js", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/img/logo.png", ACCEPT_BROWSER), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/users/john.css", ACCEPT_BROWSER), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/assets/index-4f2a.js.map", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/data/USERS.JSON", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/fonts/inter.woff2", ACCEPT_BROWSER), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/route.css", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/.hidden", ACCEPT_HTML), FOUR_OH_FOUR),  # an existing dotfile
+    ("spa", SPA_INDEX, get("/.well-known/x", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/.secret/route", ACCEPT_HTML), FOUR_OH_FOUR),
+    ("spa", SPA_INDEX, get("/__sitepeek__/route", ACCEPT_HTML), ("error", 404)),
+    ("spa", SPA_INDEX, f"DELETE /dashboard HTTP/1.1\n{HOST}\n{ACCEPT_HTML}", ("error", 405)),
+    ("spa", {}, get("/dashboard", ACCEPT_HTML), FOUR_OH_FOUR),  # not without --spa
+    # ... and existing files, clean URLs included, come first.
+    ("spa", SPA_INDEX, get("/", ACCEPT_HTML), ("file", "index.html", 200)),
+    ("spa", SPA_INDEX, get("/style.css", ACCEPT_HTML), ("file", "style.css", 200)),
+    ("spa", SPA_INDEX, get("/real.html", ACCEPT_HTML), ("file", "real.html", 200)),
+    ("spa", SPA_INDEX, get("/real", ACCEPT_HTML), ("file", "real.html", 200)),
+    ("spa", SPA_INDEX, get("/app.html", ACCEPT_HTML), ("file", "app.html", 200)),
+    # Clean URLs.
+    ("general", {}, get("/about"), ("file", "about.html", 200)),
+    ("general", {}, get("/about.html"), ("file", "about.html", 200)),
+    ("general", {}, get("/about/"), ("redirect", 308, "/about")),
+    ("general", {}, get("/about/?q=1"), ("redirect", 308, "/about?q=1")),
+    ("general", PLAIN, get("/about"), FOUR_OH_FOUR),
+    ("general", PLAIN, get("/about.html"), ("file", "about.html", 200)),
+    ("general", PLAIN, get("/about/"), FOUR_OH_FOUR),
+    # The custom 404 page.
+    ("general", {}, get("/missing"), FOUR_OH_FOUR),
+    ("general", {}, get("/missing.js"), FOUR_OH_FOUR),
+    ("general", {}, get("/deep/er/missing.html"), FOUR_OH_FOUR),
+    # Listings, and --no-listing.
+    ("general", {}, get("/list/"), ("page", 200)),
+    ("general", PLAIN, get("/list/"), FOUR_OH_FOUR),
+    ("general", PLAIN, get("/list/", "Accept: application/json"), FOUR_OH_FOUR),
+    ("general", PLAIN, get("/list/a.txt"), ("file", "list/a.txt", 200)),
+    # The base path: the site under it, redirects into it, nothing outside it.
+    ("general", GENERAL_BASE, get("/repo/"), ("file", "index.html", 200)),
+    ("general", GENERAL_BASE, get("/repo/sub/x.css"), ("file", "sub/x.css", 200)),
+    ("general", GENERAL_BASE, get("/repo/about"), ("file", "about.html", 200)),
+    ("general", GENERAL_BASE, get("/"), ("redirect", 302, "/repo/")),
+    ("general", GENERAL_BASE, get("/?a=1&b=2"), ("redirect", 302, "/repo/?a=1&b=2")),
+    ("general", GENERAL_BASE, get("/repo"), ("redirect", 302, "/repo/")),
+    ("general", GENERAL_BASE, get("/repo?x=2"), ("redirect", 302, "/repo/?x=2")),
+    *[
+        ("general", GENERAL_BASE, get(target), ("error", 404))
+        for target in ("/other", "/index.html", "/sub/x.css", "/repox/", "/rep")
+    ],
+    ("general", GENERAL_BASE, get("/repo/sub"), ("redirect", 301, "/repo/sub/")),
+    ("general", GENERAL_BASE, get("/repo/sub/"), ("file", "sub/index.html", 200)),
+    ("general", GENERAL_BASE, get("/repo/about/"), ("redirect", 308, "/repo/about")),
+    ("general", GENERAL_BASE, get("/repo/list"), ("redirect", 301, "/repo/list/")),
+    ("general", GENERAL_BASE, get("/repo/missing"), FOUR_OH_FOUR),
+    # The rules files are never served.
+    *[
+        ("rules", {}, f"{method} {path} HTTP/1.1\n{HOST}", ("error", 404))
+        for path in ("/_redirects", "/_headers")
+        for method in ("GET", "HEAD")
+    ],
+    # Host check: loopback names are served; others only when allowed.
+    *[
+        ("general", {}, f"GET / HTTP/1.1\nHost: {host}", ("file", "index.html", 200))
+        for host in (
+            "localhost",
+            "localhost:8000",
+            "LocalHost:8000",
+            "127.0.0.1:8000",
+            "127.0.0.1",
+            "app.localhost:8000",
+            "[::1]:8000",
+            "[::1]",
+        )
+    ],
+    *[
+        ("general", {}, f"GET / HTTP/1.1\nHost: {host}", ("error", 421))
+        for host in (
+            "evil.example:8000",
+            "evil.example",
+            "dev.test",
+            "localhost.evil.example:8000",
+            "127.0.0.1.nip.io:8000",
+        )
+    ],
+    *[
+        ("general", DEV_TEST, f"GET /style.css HTTP/1.1\nHost: {host}", ("file", "style.css", 200))
+        for host in ("dev.test", "dev.test:8000", "DEV.TEST")
+    ],
+    ("general", DEV_TEST, "GET / HTTP/1.1\nHost: other.test", ("error", 421)),
+]
+
+
+@pytest.mark.parametrize(("site", "options", "head", "expected"), PRODUCTION_CASES)
+def test_production_sites(
+    decide: Callable[..., tuple[Any, ...]],
+    site: str,
+    options: dict[str, Any],
+    head: str,
+    expected: tuple[Any, ...],
+) -> None:
+    assert decide(site, head, **options) == expected
+
+
+def _rules_expected(status: int, target: str) -> tuple[Any, ...]:
+    """EXAMPLE_CASES' spelling of an outcome, as a described plan."""
+    if 300 <= status < 400:
+        return ("redirect", status, target)
+    if target:
+        return ("file", target.lstrip("/"), status)
+    return ("error", status)
+
+
+@pytest.mark.parametrize(("url", "status", "target"), EXAMPLE_CASES)
+def test_example_redirects(
+    decide: Callable[..., tuple[Any, ...]], url: str, status: int, target: str
+) -> None:
+    """test_rules.py's example _redirects, decided on its site by Site itself."""
+    assert decide("rules", get(url)) == _rules_expected(status, target)
+
+
+@pytest.mark.parametrize("state", list(CLEAN_STATES))
+@pytest.mark.parametrize("suffix", ["/about", "/about/", "/about.html"])
+def test_clean_url_matrix_never_loops(
+    decide: Callable[..., tuple[Any, ...]], state: str, suffix: str
+) -> None:
+    """Every combination of about, about.html and about/ (resolver.py's table): at most
+    one redirect, then the file, the listing or the 404 page."""
+    first, final, file = CLEAN_OUTCOMES[state][suffix]
+    target = f"/clean/{state}{suffix}"
+    plan = decide("general", get(target))
+    hops = []
+    while plan[0] == "redirect":
+        _, status, location = plan
+        assert location.startswith("/") and location != target, (target, location)
+        hops.append(status)
+        assert len(hops) <= 1, f"more than one redirect from {target}"
+        plan = decide("general", get(location))
+    assert (hops[0] if hops else plan[-1]) == first
+    if file == LISTING:
+        assert (final, plan) == (200, ("page", 200))
+    elif file is not None:
+        assert plan == ("file", f"clean/{state}/{file}", final)
+    else:
+        assert plan == FOUR_OH_FOUR and final == 404

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import importlib
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -35,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sitepeek.entities import FileChanged
-from sitepeek.http11 import QVALUE, TCHAR
+from sitepeek.http11 import TOKEN
+from sitepeek.qvalues import weighted_elements
 from sitepeek.representation import MIN_COMPRESS_SIZE as MIN_SIZE
 from sitepeek.representation import should_compress
 
@@ -134,41 +134,26 @@ def _new_encoder(coding: str) -> _Encoder:
 
 # --------------------------------------------------------------------------- negotiation
 
-# RFC 9110 §5.6.2 token (a content-coding), §5.6.1 OWS, §12.4.2 qvalue, §12.5.3 codings [ weight ].
-_OWS = r"[ \t]*"
-_CONTENT_CODING = TCHAR + "+"
-_QVALUE = QVALUE
-# The parameter name "q" is case-insensitive (§12.4.2); nothing else may follow a coding.
-_CODINGS_ELEMENT = re.compile(rf"{_OWS}({_CONTENT_CODING}){_OWS}(?:;{_OWS}[qQ]=({_QVALUE}){_OWS})?")
-
 # RFC 9110 §8.4.1.3: a recipient SHOULD consider "x-gzip" equivalent to "gzip".
 _ALIASES = {"x-gzip": "gzip"}
-
-
-def _thousandths(qvalue: str | None) -> int:
-    """A qvalue as an integer 0..1000, so comparisons are exact."""
-    if qvalue is None:
-        return 1000
-    whole, _, fraction = qvalue.partition(".")
-    return int(whole) * 1000 + int((fraction + "000")[:3])
 
 
 def _weights(field_value: str) -> dict[str, int]:
     """Parse Accept-Encoding into coding -> weight in thousandths.
 
-    Malformed elements (a bad q such as ``q=2``, ``q=0.1234`` or ``q=abc``, a parameter
-    other than q, a non-token) are ignored, as if absent. A coding listed twice gets
-    its lowest weight: when a client refuses a coding anywhere, honour the refusal.
+    RFC 9110 §12.5.3: ``#( codings [ weight ] )``, a coding a token. Malformed elements
+    (a bad q such as ``q=2``, ``q=0.1234`` or ``q=abc``, a parameter other than q, a
+    non-token) are ignored, as if absent. A coding listed twice gets its lowest
+    weight: when a client refuses a coding anywhere, honour the refusal.
     """
     weights: dict[str, int] = {}
-    for element in field_value.split(","):  # neither a token nor a qvalue holds a comma
-        match = _CODINGS_ELEMENT.fullmatch(element)
-        if match is None:
+    for element in weighted_elements(field_value):
+        if element.parameters or element.after or not TOKEN.fullmatch(element.value):
             continue
         # The token is ASCII, so lower() cannot turn e.g. KELVIN SIGN into "k".
-        coding = match.group(1).lower()
+        coding = element.value.lower()
         coding = _ALIASES.get(coding, coding)
-        weight = _thousandths(match.group(2))
+        weight = element.weight
         weights[coding] = min(weight, weights.get(coding, weight))
     return weights
 

@@ -6,7 +6,8 @@ the hot cache, else ask :meth:`sitepeek.site.Site.decide` for a plan and write i
 out. This is the only place that turns exceptions into status codes. It is written
 against the plain socket interface that gevent's cooperative sockets share with the
 standard library's, plus the :class:`~sitepeek.concurrency.Io` primitives its worker
-model supplies.
+model supplies. A connection on the TLS port first goes through
+:class:`~sitepeek.tlsport.TlsPort` (TLS, or a redirect to it), then comes back here.
 
 Why one module of this size: the read loop, the hot path that answers from the event
 loop (``_poll``) and the task that takes over from it hand one connection back and
@@ -16,10 +17,8 @@ forth; split apart, each would need the other's internals.
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Callable
-from typing import cast
 
 from sitepeek import (
     entities,
@@ -41,22 +40,24 @@ from sitepeek.connections import (
     linger,
 )
 from sitepeek.entities import Entity
-from sitepeek.hosts import HostPolicy, split_host
+from sitepeek.hosts import HostPolicy
 from sitepeek.hotcache import request_key
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
     ProtocolError,
     Request,
     RequestParser,
+    combine_fields,
 )
-from sitepeek.log import io_scheduler, make_request_log
+from sitepeek.log import io_scheduler, make_request_log, report_bug
 from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
 from sitepeek.responses import (
     DateCache,
     header_bytes,
     overridable,
 )
-from sitepeek.site import CA_CERT_PATH, MISDIRECTED, Site
+from sitepeek.site import Site
+from sitepeek.tlsport import TlsPort
 from sitepeek.writer import KNOWN_CODINGS, Writer
 
 # A proxied request body is streamed to the backend, never stored: allow uploads.
@@ -80,15 +81,16 @@ class Handler:
         to phones (--https)."""
         self._config = config
         self._io = io
-        self._tls = (
+        context = (  # first: a bad certificate fails before anything is started
             tls.server_context(config.cert, config.key)
             if config.cert is not None and config.key is not None
             else None
         )
-        self._hosts = HostPolicy(config.host, config.allowed_host)
-        self._ca_cert = None if ca_cert is None else entities.from_bytes("ca.crt", ca_cert)
-        static = list(config.header)
-        if config.cors:
+        ca_entity = None if ca_cert is None else entities.from_bytes("ca.crt", ca_cert)
+        # One line per name (so the override rule keeps every --header value); an
+        # Access-Control-Allow-Origin of the user's own wins over --cors's "*".
+        static = combine_fields(config.header)
+        if config.cors and "access-control-allow-origin" not in overridable(static):
             static.append(("Access-Control-Allow-Origin", "*"))
         self._static_headers = tuple(static)
         self._static_extra = header_bytes(static)
@@ -128,7 +130,7 @@ class Handler:
             client=self._client,
             snippet=self._snippet,
             claim=claim,
-            ca_cert=self._ca_cert,
+            ca_cert=ca_entity,
         )
         gate = self._broadcaster
         self._hot = hotcache.HotAnswers(
@@ -142,6 +144,20 @@ class Handler:
         self._writer = Writer(
             io, self._dates, self._hot, self._snippet, config.compress, config.send_timeout
         )
+        self._tls_port: TlsPort | None = None
+        if context is not None:
+            self._tls_port = TlsPort(
+                context,
+                io,
+                self._table,
+                self._writer,
+                HostPolicy(config.host, config.allowed_host),
+                config.header_timeout,
+                self._log,
+                ca_entity,
+                proceed=self._run,
+                counted=self._count_request,
+            )
 
     @property
     def stopping(self) -> bool:
@@ -193,10 +209,10 @@ class Handler:
     def serve(self, sock: socket.socket, peer: object = None) -> None:
         """Serve one accepted connection until it closes, in the caller's task; never
         raises (for serving in-process, as the tests do)."""
-        if self._tls is not None:
+        if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
-                self._run_secure(secure)
+                self._tls_port.serve(secure)
             return
         conn = self._open(sock, peer)
         if conn is not None:
@@ -213,10 +229,11 @@ class Handler:
         answer). Elsewhere the connection is served in a task of its own, as every TLS
         connection is (its handshake may block).
         """
-        if self._tls is not None:
+        if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
-                self._io.spawn(lambda: self._run_secure(secure))
+                tls_port = self._tls_port
+                self._io.spawn(lambda: tls_port.serve(secure))
             return
         conn = self._open(sock, peer)
         if conn is None:
@@ -268,113 +285,15 @@ class Handler:
         except (OSError, CloseConnection):
             pass  # the peer went away or the response could not be completed
         except Exception as exc:  # a bug must cost one connection, never the server
-            _report_bug("connection", exc)
+            report_bug("connection", exc)
         finally:
             if not parked:
                 self._table.close(conn)
         if parked:
             self._park(conn)
 
-    # -- TLS: the first bytes decide ---------------------------------------------------
-    def _run_secure(self, conn: Connection) -> None:
-        """Serve a connection on the TLS port, in its own task; never raises."""
-        try:
-            secured = self._secure(conn)
-        except (OSError, CloseConnection):
-            secured = False  # a failed handshake (ssl.SSLError), or the client left
-        except Exception as exc:
-            _report_bug("connection", exc)
-            secured = False
-        if secured:
-            self._run(conn)
-        else:
-            self._table.close(conn)
-
-    def _secure(self, conn: Connection) -> bool:
-        """Start TLS on ``conn``; False when it is done with (answered or dropped).
-
-        The handshake happens here, in the connection's task and within the header
-        timeout (the reaper ends a client that stalls in it), never in the accept
-        loop; the connection counts as idle meanwhile, so it never holds a slot
-        against newcomers. A first byte other than a TLS handshake record's is plain
-        HTTP: that request gets a redirect to its https:// URL.
-        """
-        assert self._tls is not None
-        conn.deadline = time.monotonic() + self._config.header_timeout
-        first = conn.sock.recv(RECV_SIZE)
-        if not first or conn.expired:
-            return False
-        if not tls.is_client_hello(first):
-            self._redirect_to_https(conn, first)
-            return False
-        raw = self._io.raw_socket(conn.sock)
-        if raw is not None:
-            conn.readable = self._io.read_wait(raw.fileno())  # (closed with conn)
-        secure = tls.TlsSocket(conn.sock, self._tls, first, raw, conn.readable)
-        secure.handshake()
-        if conn.expired:
-            return False
-        # Socket-shaped: the methods the connection, proxy and reload code call.
-        conn.sock = cast(socket.socket, secure)
-        return True
-
-    def _redirect_to_https(self, conn: Connection, first: bytes) -> None:
-        """Answer a plain-HTTP request on the TLS port with its https:// URL.
-
-        301 for GET and HEAD, 308 otherwise (RFC 9110 §15.4.9: the method is kept);
-        ``no-store``, so a browser does not remember it for a later plain server on
-        the same port. The local CA's certificate is the one thing served as it is:
-        a phone downloads it before it can trust anything served over TLS.
-        """
-        parser = RequestParser()
-        parser.feed(first)
-        try:
-            while (request := parser.next_request()) is None:
-                if parser.eof:
-                    return
-                conn.reading = True
-                try:
-                    data = conn.sock.recv(RECV_SIZE)
-                finally:
-                    conn.reading = False
-                if conn.expired:
-                    self._writer.send_error(conn, None, 408, "Request Timeout", keep_alive=False)
-                    return
-                parser.feed(data)
-        except ProtocolError as exc:
-            self._writer.send_error(conn, None, exc.status, exc.reason, keep_alive=False)
-            return
+    def _count_request(self) -> None:
         self.requests += 1
-        started = time.monotonic()
-        host = request.header("host")
-        if not host or split_host(host) is None or "@" in host or "/" in host:
-            status, detail = 400, "This is an HTTPS port: send a Host header, or use https://"
-            self._writer.send_error(conn, request, status, detail, keep_alive=False)
-        elif not self._hosts.allows(host):
-            self._writer.send_error(conn, request, 421, MISDIRECTED, keep_alive=False)
-        elif (
-            request.path == CA_CERT_PATH
-            and self._ca_cert is not None
-            and request.method in ("GET", "HEAD")
-        ):
-            self._writer.send_entity(conn, request, self._ca_cert, -1, False)
-        else:
-            status = 301 if request.method in ("GET", "HEAD") else 308
-            location = tls.https_location(host, request.target)
-            body = f"This is an HTTPS port: {location}\n".encode()
-            headers = self._writer.base_headers(False, request)
-            headers += [
-                ("Location", location),
-                ("Cache-Control", "no-store"),
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-            ]
-            self._writer.send(conn, request, status, headers, body)
-        if self._log is not None:
-            duration = time.monotonic() - started
-            self._log.record(request.method, request.target, conn.status, conn.sent, duration)
-        if request.has_body or parser.has_partial_request:
-            linger(conn.sock)
 
     def _park(self, conn: Connection) -> None:
         """Wait for the next request as a watcher (the connection is idle), or, where
@@ -446,7 +365,7 @@ class Handler:
         except OSError:
             self._table.close(conn)
         except Exception as exc:  # never into the event loop
-            _report_bug("connection", exc)
+            report_bug("connection", exc)
             self._table.close(conn)
 
     def _send_rest(self, conn: Connection, rest: bytes, keep_alive: bool) -> None:
@@ -652,7 +571,7 @@ class Handler:
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
-            _report_bug(request.path, exc)
+            report_bug(request.path, exc)
             return self._writer.send_error(out, request, 500, "Internal Server Error", False)
         if not isinstance(plan, SendFile):  # (the common case: one check)
             if isinstance(plan, Forward):
@@ -678,7 +597,7 @@ class Handler:
         except (OSError, CloseConnection):
             raise
         except Exception as exc:  # a bug must cost one response, not the server
-            _report_bug(request.path, exc)
+            report_bug(request.path, exc)
             return self._writer.send_error(out, request, 500, "Internal Server Error", False)
 
     def _forward(self, out: Connection, request: Request, plan: Forward) -> bool:
@@ -708,9 +627,7 @@ class Handler:
         if isinstance(plan, Redirect):
             return self._writer.send_location(out, request, plan.status, plan.location, keep)
         if isinstance(plan, Page):
-            headers = self._writer.base_headers(keep, request)
-            headers += plan.headers
-            self._writer.send(out, request, plan.status, headers, plan.body)
+            self._writer.send(out, request, plan.status, keep, plan.headers, plan.body)
             return keep
         if isinstance(plan, SendEntity):
             return self._writer.send_entity(out, request, plan.entity, -1, keep)
@@ -765,7 +682,3 @@ class Handler:
             now = time.monotonic()
             self._log.record(entry.method, entry.target, entry.status, conn.sent, now - started)
         return entry.keep_alive
-
-
-def _report_bug(where: str, exc: Exception) -> None:
-    print(f"sitepeek: internal error ({where}): {exc!r}", file=sys.stderr, flush=True)

@@ -42,6 +42,7 @@ __all__ = [
     "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
+    "combine_fields",
     "find_head_end",
     "reason_phrase",
     "response_head",
@@ -137,8 +138,6 @@ class Request(NamedTuple):
 TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 TOKEN = re.compile(TCHAR + "+")
 _TOKEN = re.compile(TCHAR.encode() + b"+")  # (the parser works on bytes)
-# RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-QVALUE = r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?"
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT
 _HTTP_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 # RFC 9110 §5.5: field-value = *field-content; no CTLs except HTAB; obs-text allowed.
@@ -1003,6 +1002,28 @@ def _combined(headers: Iterable[tuple[str, str]], key: str) -> str | None:
 
 
 # -- responses -------------------------------------------------------------------------
+def combine_fields(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One line per field name, values joined with ", " in order (RFC 9110 §5.3).
+
+    A name keeps its place and its spelling from its first line. Set-Cookie is the
+    exception §5.3 names: its lines are never combined (RFC 6265 §3), they stay
+    separate, together at the first one's place.
+    """
+    names: dict[str, str] = {}  # lowercase -> as first written
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        key = name.lower()
+        names.setdefault(key, name)
+        values.setdefault(key, []).append(value)
+    combined: list[tuple[str, str]] = []
+    for key, name in names.items():
+        if key == "set-cookie":
+            combined.extend((name, value) for value in values[key])
+        else:
+            combined.append((name, ", ".join(values[key])))
+    return combined
+
+
 _REASONS = {
     101: "Switching Protocols",
     200: "OK",

@@ -8,6 +8,9 @@ writes a second, and a lone request followed by silence still shows within 0.1 s
 ``schedule_flush`` comes from the worker model (:func:`io_scheduler`: a greenlet or a
 thread that sleeps, then flushes), because this module cannot know whether it runs
 under gevent. Without one, every line is written at once.
+
+:func:`report_bug` is the other kind of line: an internal error that cost one
+connection or response (never the server), on standard error.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "human_size",
     "io_scheduler",
     "make_request_log",
+    "report_bug",
 ]
 
 FLUSH_INTERVAL = 0.1
@@ -221,3 +225,8 @@ def make_request_log(
         color=not json_lines and color_enabled(out),
         schedule_flush=schedule_flush,
     )
+
+
+def report_bug(where: str, exc: Exception) -> None:
+    """Report an internal error caught at ``where`` (a path, or "connection")."""
+    print(f"sitepeek: internal error ({where}): {exc!r}", file=sys.stderr, flush=True)

@@ -67,19 +67,19 @@ from sitepeek.http11 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    combine_fields,
     reason_phrase,
     response_head,
 )
 from sitepeek.representation import http_date
+from sitepeek.responses import SERVER, overridable, without_overridden
 from sitepeek.routes import ProxyRoute, match, parse_route
-from sitepeek.version import __version__
 
 __all__ = ["HOP_BY_HOP", "ClientWriter", "ProxyRoute", "forward", "match", "parse_route"]
 
 RECV_SIZE = 64 * 1024
 # Request fields rebuilt by forward() rather than copied.
 _REBUILT = frozenset({"content-length", "expect", "x-forwarded-for"})
-_SERVER = f"sitepeek/{__version__}"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _TUNNEL_JOIN_SECONDS = 5.0
@@ -147,12 +147,14 @@ def forward(
     tunnel (None: until either side closes). Returns whether the client connection
     can be kept alive; never raises for network trouble on either side.
     ``extra_headers`` (--header, --cors) go on every final response, the backend's
-    and our failure pages alike, replacing the backend's fields of the same name.
+    and our failure pages alike, replacing the backend's fields of the same name
+    (the one rule: :func:`sitepeek.responses.without_overridden`).
     Everything for the client is written through ``client`` (default: ``sock``).
     """
     timeouts = _Timeouts(connect_timeout, read_timeout, tunnel_timeout)
     exchange = _Exchange(sock, request, parser, route, io, peer, timeouts)
-    exchange.extra = tuple(extra_headers)
+    exchange.extra = tuple(combine_fields(extra_headers))
+    exchange.overrides = overridable(exchange.extra)
     if client is not None:
         exchange.client = client
     return exchange.run()
@@ -193,6 +195,7 @@ class _Exchange:
         self.head_queued = False  # the final response head is ready to go to the client
         self.committed = False  # ... and has gone: a failure can no longer be a page
         self.extra: tuple[tuple[str, str], ...] = ()
+        self.overrides: frozenset[str] = frozenset()  # the names in extra that replace
         self.client: ClientWriter = _SocketWriter(sock)
 
     # -- the whole exchange ------------------------------------------------------------
@@ -455,12 +458,12 @@ class _Exchange:
         status = head.status
         drop = HOP_BY_HOP | {"content-length"} | _tokens(head.header("connection"))
         extra = self.extra if status >= 200 and status != 101 else ()
-        drop |= {name.lower() for name, _ in extra}
         lines = [f"HTTP/1.1 {status} {head.reason or reason_phrase(status)}\r\n"]
+        # Before the backend's fields: the override rule keeps the first of each name.
+        lines += [f"{name}: {value}\r\n" for name, value in extra]
         lines += [
             f"{name}: {value}\r\n" for name, value in head.headers if name.lower() not in drop
         ]
-        lines += [f"{name}: {value}\r\n" for name, value in extra]
         length = _response_length(head)
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
@@ -475,7 +478,8 @@ class _Exchange:
             elif self.request.version == "1.0":
                 lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        data = "".join(lines).encode("latin-1")
+        return without_overridden(data, self.overrides) if extra and self.overrides else data
 
     # -- WebSocket tunnel --------------------------------------------------------------
     def _tunnel(self, backend: socket.socket) -> bool:
@@ -518,19 +522,17 @@ class _Exchange:
         body = _failure_page(status, failure.detail, self.route)
         headers = [
             ("Date", http_date(time.time())),
-            ("Server", _SERVER),
+            ("Server", SERVER),
+            *self.extra,  # (after Date and Server, before the fields they replace)
             ("Content-Type", "text/html; charset=utf-8"),
             ("Cache-Control", "no-store"),
             ("Content-Length", str(len(body))),
         ]
-        names = {name.lower() for name, _ in self.extra}
-        headers = [(n, v) for n, v in headers if n.lower() not in names or n == "Content-Length"]
-        headers += self.extra
         if not keep_alive:
             headers.append(("Connection", "close"))
         elif self.request.version == "1.0":
             headers.append(("Connection", "keep-alive"))
-        head = response_head(status, headers)
+        head = without_overridden(response_head(status, headers), self.overrides)
         self.client.begin(status)
         try:
             self.client.write(head if self.request.method == "HEAD" else head + body)
@@ -629,5 +631,5 @@ def _failure_page(status: int, detail: str, route: ProxyRoute) -> bytes:
         "@media(prefers-color-scheme:dark){body,code{background:#111;color:#eee}}"
         "</style></head>\n"
         f"<body><h1>{title}</h1><p>{html.escape(detail)}</p>{hint}"
-        f"<p><small>{_SERVER}</small></p></body></html>\n"
+        f"<p><small>{SERVER}</small></p></body></html>\n"
     ).encode()

@@ -55,7 +55,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 from urllib.parse import quote, unquote_to_bytes
 
-from sitepeek.http11 import QVALUE, TOKEN
+from sitepeek.http11 import TOKEN
+from sitepeek.qvalues import Weighted, weighted_elements
 from sitepeek.representation import is_asset_name
 
 __all__ = [
@@ -90,10 +91,8 @@ _PCHAR_SAFE = "!$&'()*+,;=:@-._~"
 # A base path segment: RFC 3986 §3.3 segment-nz without pct-encoded, so the literal
 # prefix test of strip_base matches what browsers send (they never encode these).
 _BASE_SEGMENT = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@\-._~]+")
-# RFC 9110 §5.6.2 token (the type and subtype of a media range, §12.5.1), §12.4.2 qvalue.
+# RFC 9110 §5.6.2 token (the type and subtype of a media range, §12.5.1).
 _TOKEN = TOKEN
-_QVALUE = re.compile(QVALUE)
-_OWS = " \t"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _WELL_KNOWN = ".well-known"  # RFC 8615: the one dot-directory a site may publish
 # sitepeek's own URLs (livereload.PREFIX is "/" + this + "/"); never a page of the site.
@@ -502,7 +501,7 @@ def media_type_weight(accept: str, media_type: str) -> int:
     wanted_type, _, wanted_subtype = media_type.lower().partition("/")
     best: dict[int, int] = {}  # specificity (2 exact, 1 type/*, 0 */*) -> weight
     parsed_any = False
-    for element in accept.split(","):  # a quoted comma only spoils its own element
+    for element in weighted_elements(accept):
         parsed = _media_range(element)
         if parsed is None:
             continue
@@ -524,24 +523,17 @@ def media_type_weight(accept: str, media_type: str) -> int:
     return best[max(best)] if best else 0
 
 
-def _media_range(element: str) -> tuple[str, str, int] | None:
-    """Parse one ``media-range [ weight ]`` (RFC 9110 §12.5.1, §12.4.2), or None."""
-    media_range, *parameters = element.split(";")
-    range_type, slash, range_subtype = media_range.strip(_OWS).partition("/")
+def _media_range(element: Weighted) -> tuple[str, str, int] | None:
+    """The ``media-range`` of one element (RFC 9110 §12.5.1) and its weight, or None.
+
+    Its parameters are not compared (see media_type_weight), and what follows the
+    weight is ignored (RFC 7231's accept-ext, which clients may still send)."""
+    range_type, slash, range_subtype = element.value.partition("/")
     if not (slash and _TOKEN.fullmatch(range_type) and _TOKEN.fullmatch(range_subtype)):
         return None
     if range_type == "*" and range_subtype != "*":
         return None
-    weight = 1000
-    for parameter in parameters:
-        name, _, value = parameter.strip(_OWS).partition("=")
-        if name.lower() == "q":  # parameters after the weight are extensions: ignored
-            if not _QVALUE.fullmatch(value):
-                return None
-            whole, _, fraction = value.partition(".")
-            weight = int(whole) * 1000 + int((fraction + "000")[:3])
-            break
-    return range_type.lower(), range_subtype.lower(), weight
+    return range_type.lower(), range_subtype.lower(), element.weight
 
 
 # --------------------------------------------------------------------------- base path

@@ -1,8 +1,9 @@
 """Response heads: the pieces every answer shares, and the one header-override rule.
 
 Pure (no sockets): the Date line cached per second, the Server field, error pages,
-and how fields added by ``_headers``, ``--header`` and ``--cors`` replace sitepeek's
-own (:func:`without_overridden`, the one place that rule lives).
+and how fields added by ``_headers``, ``--header`` and ``--cors`` replace the
+response's own (:func:`without_overridden`, the one place that rule lives: sitepeek's
+own answers, the hot cache's and the proxy's all go through it).
 """
 
 from __future__ import annotations
@@ -62,13 +63,19 @@ class DateCache:
 
 
 def without_overridden(data: bytes, names: frozenset[str]) -> bytes:
-    """Drop the later of two fields named in ``names`` from the head in ``data``.
+    """The header-override rule: keep only the first field of each name in ``names``
+    in the head that ``data`` begins with (the body, if any, is left alone).
 
-    The extra fields (_headers, --header) are placed right after Date/Server/Connection,
-    before sitepeek's own Content-Type, Cache-Control and the rest: keeping the first
-    of each name lets them replace ours, as Cloudflare Pages does.
+    ``names`` are the added fields' (:func:`overridable`). The added fields are
+    written as one block, one line per name (:func:`~sitepeek.http11.combine_fields`),
+    before the fields they replace: so an added field replaces every field of the
+    same name the response would otherwise carry (as on Cloudflare Pages and
+    Netlify), Set-Cookie adds to them, and two added lines of one name (``--header``
+    and ``_headers``) keep the first. sitepeek's own answers write the block right
+    after Date, Server and Connection, which therefore stay sitepeek's; a proxied
+    response has it right after the status line, so it replaces any backend field.
     """
-    end = data.find(b"\r\n\r\n")
+    end = data.find(b"\r\n\r\n") if names else -1
     if end < 0:
         return data
     lines = data[:end].split(b"\r\n")
@@ -85,7 +92,8 @@ def without_overridden(data: bytes, names: frozenset[str]) -> bytes:
 
 
 def overridable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
-    """Names of added fields that replace ours; Set-Cookie may repeat (RFC 6265 §3)."""
+    """Names of added fields that replace the response's own; Set-Cookie may repeat
+    (RFC 6265 §3), and framing fields are never added (config refuses them)."""
     return frozenset(name.lower() for name, _ in headers) - {"set-cookie"} - FRAMING_FIELDS
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote_plus
 
-from sitepeek.http11 import FRAMING_FIELDS, TOKEN
+from sitepeek.http11 import FRAMING_FIELDS, TOKEN, combine_fields
 
 __all__ = [
     "HEADERS_FILE",
@@ -563,23 +563,16 @@ def parse_headers(
 
 
 def _combine(rules: Iterable[HeaderRule]) -> list[tuple[str, str]]:
-    names: dict[str, str] = {}  # lower -> name as first written
-    values: dict[str, list[str]] = {}
+    matching = list(rules)
     detached: set[str] = set()
-    for rule in rules:
+    for rule in matching:
         detached |= rule.detach
-        for name, value in rule.headers:
-            names.setdefault(name.lower(), name)
-            values.setdefault(name.lower(), []).append(value)
-    combined: list[tuple[str, str]] = []
-    for key, name in names.items():
-        if key in detached:
-            continue
-        if key == "set-cookie":  # RFC 9110 §5.3: never combined into one line
-            combined.extend((name, value) for value in values[key])
-        else:
-            combined.append((name, ", ".join(values[key])))
-    return combined
+    return combine_fields(
+        (name, value)
+        for rule in matching
+        for name, value in rule.headers
+        if name.lower() not in detached
+    )
 
 
 # --- The rule set and its files ----------------------------------------------------

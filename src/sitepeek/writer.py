@@ -35,7 +35,7 @@ from sitepeek.representation import (
     evaluate_range,
 )
 from sitepeek.resolver import File
-from sitepeek.responses import SERVER, DateCache, error_page
+from sitepeek.responses import DateCache, error_page
 
 __all__ = ["KNOWN_CODINGS", "Writer"]
 
@@ -52,7 +52,6 @@ KNOWN_CODINGS = ("br", "zstd", "gzip")
 _OK = b"HTTP/1.1 200 OK\r\n"
 _NOT_MODIFIED = b"HTTP/1.1 304 Not Modified\r\n"
 
-Headers = list[tuple[str, str]]
 T = TypeVar("T")
 
 
@@ -82,14 +81,6 @@ class Writer:
     def close(self) -> None:
         """Release spooled compressed files."""
         self._variants.close()
-
-    def base_headers(self, keep_alive: bool, request: Request | None) -> Headers:
-        headers = [("Date", self._dates.now()), ("Server", SERVER)]
-        if not keep_alive:
-            headers.append(("Connection", "close"))
-        elif request is not None and request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
-        return headers
 
     def send_file(
         self, out: Connection, request: Request, file: File, keep: bool, status: int = 200
@@ -425,13 +416,12 @@ class Writer:
             f'<!doctype html><meta charset="utf-8"><title>Moved</title>'
             f'<p>Moved to <a href="{escaped}">{escaped}</a>.</p>\n'
         ).encode()
-        headers = self.base_headers(keep, request)
-        headers += [
+        headers = [
             ("Location", location),
             ("Content-Type", "text/html; charset=utf-8"),
             ("Content-Length", str(len(body))),
         ]
-        self.send(out, request, status, headers, body)
+        self.send(out, request, status, keep, headers, body)
         return keep
 
     def send_error(
@@ -446,33 +436,34 @@ class Writer:
         body = error_page(status, detail)
         if self._snippet is not None:
             body = inject.inject(body, self._snippet)
-        headers = self.base_headers(keep_alive, request)
-        headers += extra
-        headers += [
+        headers = [
+            *extra,
             ("Content-Type", "text/html; charset=utf-8"),
             ("Cache-Control", "no-cache"),
             ("Content-Length", str(len(body))),
         ]
-        self.send(out, request, status, headers, body)
+        self.send(out, request, status, keep_alive, headers, body)
         return keep_alive
 
-    @staticmethod
     def send(
-        out: Connection, request: Request | None, status: int, headers: Headers, body: bytes
+        self,
+        out: Connection,
+        request: Request | None,
+        status: int,
+        keep: bool,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
     ) -> None:
-        if out.overrides:
-            headers = [
-                (n, v)
-                for n, v in headers
-                if n.lower() not in out.overrides or n in ("Date", "Server", "Content-Length")
-            ]
+        """Send an answer made here: the status line, Date, Server, Connection and the
+        added fields, then ``headers`` and ``body`` (none for HEAD). The connection's
+        first send applies the header-override rule (see Connection.sendall)."""
         head = _response_head(status, headers)
-        if out.extra:
-            head = head[:-2] + out.extra + b"\r\n"
-        if request is not None and request.method == "HEAD":
-            out.sendall(head)
-        else:
-            out.sendall(head + body)
+        line_end = head.index(b"\r\n") + 2
+        version = "1.1" if request is None else request.version
+        data = head[:line_end] + self._prefix(out, keep, version) + head[line_end:]
+        if request is None or request.method != "HEAD":
+            data += body
+        out.sendall(data)
 
 
 def _inline(work: Callable[[], T]) -> T:
