@@ -278,7 +278,7 @@ def test_a_repeated_request_skips_resolving(
     (root / "a.css").write_text("body{color:red}\n" * 40)
     settle()
     resolved: list[str] = []
-    resolver = handler._site.resolver
+    resolver = handler._responder.site.resolver
 
     class Counting:
         root = resolver.root
@@ -287,7 +287,7 @@ def test_a_repeated_request_skips_resolving(
             resolved.append(path)
             return resolver.resolve(path, query)
 
-    monkeypatch.setattr(handler._site, "resolver", Counting())
+    monkeypatch.setattr(handler._responder.site, "resolver", Counting())
     first = client.request("GET", "/a.css", {"Accept-Encoding": "gzip"})
     again = [client.request("GET", "/a.css", {"Accept-Encoding": "gzip"}) for _ in range(4)]
     # The first sighting only remembers the key; the second makes the entry.
@@ -306,7 +306,7 @@ def test_a_repeated_request_skips_resolving(
 
 def counting_resolves(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     resolved: list[str] = []
-    resolver = handler._site.resolver
+    resolver = handler._responder.site.resolver
 
     class Counting:
         root = resolver.root
@@ -315,7 +315,7 @@ def counting_resolves(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> list
             resolved.append(path)
             return resolver.resolve(path, query)
 
-    monkeypatch.setattr(handler._site, "resolver", Counting())
+    monkeypatch.setattr(handler._responder.site, "resolver", Counting())
     return resolved
 
 

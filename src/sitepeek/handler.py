@@ -1,17 +1,15 @@
 """The one connection loop shared by every worker model.
 
-Read a request (:mod:`http11`, deadlines, 408, ``ProtocolError`` -> its status), ask
-the hot cache, else ask :meth:`sitepeek.site.Site.decide` for a plan and write it (the
-:class:`~sitepeek.writer.Writer`, the proxy, the reload WebSocket), then log what went
-out. This is the only place that turns exceptions into status codes. It is written
-against the plain socket interface that gevent's cooperative sockets share with the
-standard library's, plus the :class:`~sitepeek.concurrency.Io` primitives its worker
-model supplies. A connection on the TLS port first goes through
+Read a request (:mod:`http11`, deadlines, 408, ``ProtocolError`` -> its status), answer
+it from the hot cache when its bytes (or, parsed, its request key) have an answer,
+else hand it to the :class:`~sitepeek.responder.Responder` (deciding and writing), then
+log what went out. It is written against the plain socket interface that gevent's
+cooperative sockets share with the standard library's, plus the
+:class:`~sitepeek.concurrency.Io` primitives its worker model supplies: where the
+model can wait for readability without a task (gevent's watchers, the threads model's
+selector), an idle connection is a watcher and hot answers are sent from the event
+loop (:meth:`Handler._poll`). A connection on the TLS port first goes through
 :class:`~sitepeek.tlsport.TlsPort` (TLS, or a redirect to it), then comes back here.
-
-Why one module of this size: the read loop, the hot path that answers from the event
-loop (``_poll``) and the task that takes over from it hand one connection back and
-forth; split apart, each would need the other's internals.
 """
 
 from __future__ import annotations
@@ -24,9 +22,7 @@ from sitepeek import (
     entities,
     hotcache,
     livereload,
-    proxy,
     tls,
-    websocket,
 )
 from sitepeek.changes import ChangeFeed
 from sitepeek.concurrency import Io
@@ -39,7 +35,6 @@ from sitepeek.connections import (
     Park,
     linger,
 )
-from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy
 from sitepeek.hotcache import request_key
 from sitepeek.http11 import (
@@ -47,18 +42,10 @@ from sitepeek.http11 import (
     ProtocolError,
     Request,
     RequestParser,
-    combine_fields,
 )
 from sitepeek.log import io_scheduler, make_request_log, report_bug
-from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
-from sitepeek.responses import (
-    DateCache,
-    header_bytes,
-    overridable,
-)
-from sitepeek.site import Site
+from sitepeek.responder import Responder
 from sitepeek.tlsport import TlsPort
-from sitepeek.writer import KNOWN_CODINGS, Writer
 
 # A proxied request body is streamed to the backend, never stored: allow uploads.
 PROXY_BODY_LIMIT = 1 << 40
@@ -87,63 +74,18 @@ class Handler:
             else None
         )
         ca_entity = None if ca_cert is None else entities.from_bytes("ca.crt", ca_cert)
-        # One line per name (so the override rule keeps every --header value); an
-        # Access-Control-Allow-Origin of the user's own wins over --cors's "*".
-        static = combine_fields(config.header)
-        if config.cors and "access-control-allow-origin" not in overridable(static):
-            static.append(("Access-Control-Allow-Origin", "*"))
-        self._static_headers = tuple(static)
-        self._static_extra = header_bytes(static)
-        self._static_overrides = overridable(static)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
         # (Hot answers below this status skip the log's call: -q logs 5xx only.)
         self._log_from = 1000 if self._log is None else self._log.min_status
-        self._dates = DateCache()
         self._table = ConnectionTable(
             io, config.keepalive_timeout, config.header_timeout, config.send_timeout
         )
         self.requests = 0
-        self._broadcaster: livereload.Broadcaster | None = None
-        self._snippet: bytes | None = None
-        self._client: Entity | None = None
-        if config.reload:
-            broadcaster = self._broadcaster = livereload.Broadcaster(
-                io,
-                root=config.root,
-                base=config.base,
-                report=feed.report if feed else None,
-                share_page=feed.share_page if feed else None,
-                touch=feed.touch if feed else None,
-            )
-            script = livereload.client_script()
-            self._snippet = livereload.client_tag(script)
-            self._client = entities.from_bytes(
-                livereload.CLIENT_PATH, script, config.compress, immutable=True
-            )
-            if feed is not None:
-                feed.subscribe(
-                    lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
-                )
-        self._site = Site(
-            config,
-            broadcaster=self._broadcaster,
-            client=self._client,
-            snippet=self._snippet,
-            claim=claim,
-            ca_cert=ca_entity,
-        )
-        gate = self._broadcaster
-        self._hot = hotcache.HotAnswers(
-            self._site.resolver.root,
-            self._dates,
-            self._site.rules,
-            None if gate is None else gate.is_settled,
-            KNOWN_CODINGS,
-        )
+        responder = self._responder = Responder(config, io, feed, claim, ca_entity)
+        self._hot = responder.hot
+        self._writer = responder.writer
+        self._route = responder.site.route
         self._stopping = False
-        self._writer = Writer(
-            io, self._dates, self._hot, self._snippet, config.compress, config.send_timeout
-        )
         self._tls_port: TlsPort | None = None
         if context is not None:
             self._tls_port = TlsPort(
@@ -166,11 +108,11 @@ class Handler:
 
     @stopping.setter
     def stopping(self, value: bool) -> None:
-        self._stopping = self._hot.stopping = value
+        self._stopping = self._responder.stopping = value
 
     @property
     def broadcaster(self) -> livereload.Broadcaster | None:
-        return self._broadcaster
+        return self._responder.broadcaster
 
     # -- lifecycle, called by the worker model ---------------------------------------
     def begin_shutdown(self) -> None:
@@ -189,7 +131,7 @@ class Handler:
 
     def close(self) -> None:
         """Release what outlives connections (spooled compressed files, the log)."""
-        self._writer.close()
+        self._responder.close()
         if self._log is not None:
             self._log.close()
 
@@ -422,8 +364,8 @@ class Handler:
         while True:
             # Whatever the previous request added (_headers lines, its status) must not
             # leak into this one's answer, an error page included.
-            conn.extra = self._static_extra
-            conn.overrides = self._static_overrides
+            conn.extra = self._responder.static_extra
+            conn.overrides = self._responder.static_overrides
             conn.status = conn.sent = 0
             conn.hot = None
             try:
@@ -445,7 +387,7 @@ class Handler:
             conn.hot_streak = False
             conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
-            keep_alive = self._respond(conn, request)
+            keep_alive = self._responder.respond(conn, request)
             now = time.monotonic()
             if self._log is not None:
                 self._log.record(
@@ -549,123 +491,9 @@ class Handler:
 
     def _body_limit(self, path: str) -> int:
         """Proxied requests may carry large bodies; ours are only ever discarded."""
-        if self._site.route(path) is not None:
+        if self._route(path) is not None:
             return PROXY_BODY_LIMIT
         return DEFAULT_LIMITS.max_body
-
-    # -- responses: writing a plan -------------------------------------------------
-    def _respond(self, out: Connection, request: Request) -> bool:
-        """Answer one request; returns whether the connection stays open."""
-        alias = request_key(request)
-        if alias is not None:
-            hit = self._hot.lookup(alias)
-            if hit is not None:  # the answer made for this file version, again
-                entry, response = hit
-                out.status = entry.status  # (set: these bytes need no header filtering)
-                out.hot_streak = True  # (the next one may well be answered by the loop)
-                out.sendall(response)
-                return entry.keep_alive
-        keep_alive = request.keep_alive and not self._stopping
-        try:
-            plan, added = self._site.decide(request, out.hot_key, alias)
-        except (OSError, CloseConnection):
-            raise
-        except Exception as exc:  # a bug must cost one response, not the server
-            report_bug(request.path, exc)
-            return self._writer.send_error(out, request, 500, "Internal Server Error", False)
-        if not isinstance(plan, SendFile):  # (the common case: one check)
-            if isinstance(plan, Forward):
-                return self._forward(out, request, plan)
-            if isinstance(plan, Upgrade):
-                assert out.parser is not None and self._broadcaster is not None
-                out.deadline = 0.0
-                self._io.detach()
-                self._upgrade(out, request, out.parser, self._broadcaster)
-                return False
-        if request.has_body and request.expects_continue:
-            # We answer without reading the body the client holds back (RFC 9110
-            # §10.1.1), so the connection cannot be reused.
-            keep_alive = False
-        if added:
-            out.extra += header_bytes(added)
-            out.overrides = out.overrides | overridable(added)
-        try:
-            if isinstance(plan, SendFile):
-                out.hot = plan.candidate
-                return self._writer.send_file(out, request, plan.file, keep_alive, plan.status)
-            return self._write(out, request, plan, keep_alive)
-        except (OSError, CloseConnection):
-            raise
-        except Exception as exc:  # a bug must cost one response, not the server
-            report_bug(request.path, exc)
-            return self._writer.send_error(out, request, 500, "Internal Server Error", False)
-
-    def _forward(self, out: Connection, request: Request, plan: Forward) -> bool:
-        """Forward to a ``--proxy`` backend, through this connection's counting writer."""
-        assert out.parser is not None
-        out.deadline = 0.0  # the proxy has its own connect, read and tunnel timeouts
-        self._io.detach()
-        keep = proxy.forward(
-            out.sock,
-            request,
-            out.parser,
-            plan.route,
-            self._io,
-            out.peer,
-            extra_headers=self._static_headers,
-            client=out,
-        )
-        return keep and not self.stopping
-
-    def _write(self, out: Connection, request: Request, plan: Plan, keep: bool) -> bool:
-        """Write ``plan`` as the answer to ``request``; returns keep-alive."""
-        if isinstance(plan, Error):
-            keep = keep and not plan.close
-            return self._writer.send_error(
-                out, request, plan.status, plan.detail, keep, plan.headers
-            )
-        if isinstance(plan, Redirect):
-            return self._writer.send_location(out, request, plan.status, plan.location, keep)
-        if isinstance(plan, Page):
-            self._writer.send(out, request, plan.status, keep, plan.headers, plan.body)
-            return keep
-        if isinstance(plan, SendEntity):
-            return self._writer.send_entity(out, request, plan.entity, -1, keep)
-        raise AssertionError(f"no writer for {plan!r}")  # (the others: see _respond)
-
-    def _upgrade(
-        self,
-        conn: Connection,
-        request: Request,
-        parser: RequestParser,
-        broadcaster: livereload.Broadcaster,
-    ) -> None:
-        """Switch to the reload WebSocket (RFC 6455 §4.2), or refuse with a status."""
-        host = request.header("host")
-        try:
-            accept = websocket.check_handshake(
-                request.method,
-                request.version,
-                request.headers,
-                allowed_origins={f"http://{host}", f"https://{host}"},
-            )
-        except websocket.HandshakeError as exc:
-            extra = list(exc.headers)
-            if exc.status == 426:
-                extra.append(("Upgrade", "websocket"))  # RFC 9110 §15.5.22
-            self._writer.send_error(conn, request, exc.status, exc.reason, False, extra)
-            return
-        conn.sendall(websocket.handshake_response(accept))
-        conn.websocket = True
-        conn.idle = True  # shutdown closes it at once; the tab reconnects to the new server
-        livereload.serve_websocket(
-            conn.sock,
-            self._io,
-            broadcaster,
-            parser.take_buffered(),
-            lambda: self.stopping,
-            conn.write,
-        )
 
     def _answer_hot(self, conn: Connection, entry: hotcache.Entry, response: bytes) -> bool:
         """Send what was sent for the same request bytes, from a task (``_poll`` does
