@@ -10,6 +10,10 @@ model can wait for readability without a task (gevent's watchers, the threads mo
 selector), an idle connection is a watcher and hot answers are sent from the event
 loop (:meth:`Handler._poll`). A connection on the TLS port first goes through
 :class:`~sitepeek.tlsport.TlsPort` (TLS, or a redirect to it), then comes back here.
+
+Why a little over 500 lines: the read loop, the event-loop path (``_poll``) and the
+parking between them hand one connection back and forth through its state; split
+apart, each would need the others' internals.
 """
 
 from __future__ import annotations
