@@ -25,8 +25,8 @@ from sitepeek import hotcache
 from sitepeek.config import Config
 from sitepeek.entities import identity
 from sitepeek.handler import Handler
-from sitepeek.http11 import Request, RequestParser
 from sitepeek.workers.threads import ThreadIo
+from test_site import parse
 
 SETTLE_S = hotcache.SETTLE_NS / 1e9 + 0.02
 
@@ -192,14 +192,6 @@ def test_only_requests_seen_before_are_worth_an_entry() -> None:
 
 
 # -- in the handler ----------------------------------------------------------------------
-def parse(head: str) -> Request:
-    parser = RequestParser()
-    parser.feed(head.replace("\n", "\r\n").encode() + b"\r\n\r\n")
-    request = parser.next_request()
-    assert request is not None
-    return request
-
-
 BASE = "GET /a.txt HTTP/1.1\nHost: h"
 
 
@@ -271,12 +263,7 @@ def in_process(tmp_path: Path) -> Iterator[tuple[Handler, H11Client, Path]]:
     handler.close()
 
 
-def test_a_repeated_request_skips_resolving(
-    in_process: tuple[Handler, H11Client, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handler, client, root = in_process
-    (root / "a.css").write_text("body{color:red}\n" * 40)
-    settle()
+def counting_resolves(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     resolved: list[str] = []
     resolver = handler._responder.site.resolver
 
@@ -288,6 +275,16 @@ def test_a_repeated_request_skips_resolving(
             return resolver.resolve(path, query)
 
     monkeypatch.setattr(handler._responder.site, "resolver", Counting())
+    return resolved
+
+
+def test_a_repeated_request_skips_resolving(
+    in_process: tuple[Handler, H11Client, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, client, root = in_process
+    (root / "a.css").write_text("body{color:red}\n" * 40)
+    settle()
+    resolved = counting_resolves(handler, monkeypatch)
     first = client.request("GET", "/a.css", {"Accept-Encoding": "gzip"})
     again = [client.request("GET", "/a.css", {"Accept-Encoding": "gzip"}) for _ in range(4)]
     # The first sighting only remembers the key; the second makes the entry.
@@ -302,21 +299,6 @@ def test_a_repeated_request_skips_resolving(
     # Other bytes (another Accept-Encoding) are another key.
     plain = client.request("GET", "/a.css")
     assert plain.body == (root / "a.css").read_bytes() and resolved == ["/a.css"] * 3
-
-
-def counting_resolves(handler: Handler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    resolved: list[str] = []
-    resolver = handler._responder.site.resolver
-
-    class Counting:
-        root = resolver.root
-
-        def resolve(self, path: str, query: str | None = None) -> object:
-            resolved.append(path)
-            return resolver.resolve(path, query)
-
-    monkeypatch.setattr(handler._responder.site, "resolver", Counting())
-    return resolved
 
 
 def test_requests_differing_in_the_query_share_the_answer_made_for_the_file(
