@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
-from test_browser import CHROMIUM_ARGS, CONNECTED, WAIT_MS, png
+from test_browser import CONNECTED, WAIT_MS, browser, playwright, png  # noqa: F401  # (fixtures)
 
 PAGES = {"": "Home", "about/": "About", "long/": "Long"}
 FILLER = 120  # generated pages besides the three the tabs show
@@ -109,21 +109,6 @@ def model(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Chromium is missing: ./run-tests installs Debian's chromium package"
-    browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-
-
 @dataclass
 class Seen:
     """One document a tab loaded."""
@@ -203,7 +188,7 @@ def server(site: Path, model: str) -> Iterator[Server]:
 
 
 @pytest.fixture
-def browsing(browser: Browser, server: Server) -> Iterator[Browsing]:
+def browsing(browser: Browser, server: Server) -> Iterator[Browsing]:  # noqa: F811
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)
     yield Browsing(context, server)

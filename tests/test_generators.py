@@ -13,7 +13,6 @@ page, so a second reload of an earlier build would have shown up before it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
-from test_browser import CHROMIUM_ARGS, CONNECTED, WAIT_MS
+from test_browser import CONNECTED, WAIT_MS, browser, playwright  # noqa: F401  # (fixtures)
 from test_browser_builds import REPORTED, Seen, Tab, reload_log
 
 BUILD_TIMEOUT = 120.0
@@ -132,23 +131,8 @@ def model(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Chromium is missing: ./run-tests installs Debian's chromium package"
-    browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-
-
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
+def context(browser: Browser) -> Iterator[BrowserContext]:  # noqa: F811
     context = browser.new_context()
     context.set_default_timeout(WAIT_MS)
     yield context
