@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-__all__ = ["Channel", "FdWait", "Io", "RawSocket", "Signal"]
+__all__ = ["Channel", "FdWait", "Io", "RawSocket", "Signal", "send_all"]
 
 T = TypeVar("T")
 
@@ -60,6 +60,21 @@ class RawSocket(Protocol):
     def send(self, data: bytes, /) -> int: ...
 
     def fileno(self) -> int: ...
+
+
+def send_all(raw: RawSocket | None, sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` whole: straight to the non-blocking ``raw`` socket when the kernel
+    takes it at once (nearly always for a small answer), else what is left through
+    ``sock``, the worker model's blocking (or cooperative) socket over the same one."""
+    if raw is not None:
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    sock.sendall(data)
 
 
 class Io(Protocol):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sitepeek.concurrency import FdWait, Io, RawSocket
+from sitepeek.concurrency import FdWait, Io, RawSocket, send_all
 from sitepeek.entities import FileVersion, content_identity
 from sitepeek.hotcache import Candidate
 from sitepeek.http11 import RequestParser
@@ -106,16 +106,7 @@ class Connection:
             if self.overrides:
                 data = without_overridden(data, self.overrides)
         self.sent += len(data)
-        raw = self.raw
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self.sock.sendall(data)
+        send_all(self.raw, self.sock, data)
 
     def begin(self, status: int) -> None:
         """The status of a response written with :meth:`write` (proxy, WebSocket)."""

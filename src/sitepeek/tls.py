@@ -20,7 +20,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from sitepeek.concurrency import FdWait, RawSocket
+from sitepeek.concurrency import FdWait, RawSocket, send_all
 
 __all__ = [
     "TlsError",
@@ -180,16 +180,7 @@ class TlsSocket:
                 readable.wait()  # cooperatively; the reaper's shutdown wakes it
 
     def _send_tcp(self, data: bytes) -> None:
-        raw = self._raw
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._tcp.sendall(data)
+        send_all(self._raw, self._tcp, data)
 
     def recv(self, size: int) -> bytes:
         size = min(size, _RECORD_SIZE)
