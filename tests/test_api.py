@@ -306,6 +306,36 @@ def test_a_server_nobody_stopped_ends_with_its_caller(site: Path) -> None:
     assert live_group(int(result.stdout)) == []
 
 
+def test_a_server_whose_caller_is_killed_stops_too(site: Path, worker_model: str) -> None:
+    """SIGKILL leaves no finalizer to run: the server sees its lifeline (its standard
+    input, a pipe from the caller) end and stops, its whole group with it."""
+    code = textwrap.dedent(
+        f"""
+        import sys, sitepeek
+        server = sitepeek.Server({str(site)!r}, workers={worker_model!r})
+        print(server.pid, server.port, flush=True)
+        sys.stdin.read()  # until the test kills us
+        """
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert caller.stdout is not None and caller.stdin is not None
+    pid, port = map(int, caller.stdout.readline().split())
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # serving
+    caller.kill()
+    caller.wait()
+    caller.stdin.close()
+    caller.stdout.close()
+    deadline = time.monotonic() + 15
+    while live_group(pid):  # (no event to await in another session's process group)
+        assert time.monotonic() < deadline, f"the server group {pid} outlived its caller"
+        time.sleep(0.05)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
 # -- live reload ------------------------------------------------------------------------
 def test_wait_for_reload_sees_a_change(
     tmp_path: Path, worker_model: str, started: list[sitepeek.Server]

@@ -44,6 +44,7 @@ from typing import IO, Any
 from sitepeek import config as config_module
 from sitepeek.config import (
     ENV_PREFIX,
+    LIFELINE_ENV,
     Config,
     ConfigError,
     Settings,
@@ -248,11 +249,15 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(variables)
         env.update(overrides, PYTHONUNBUFFERED="1", PYTHONPATH=_python_path(env))
+        # Its standard input is a pipe only this process writes to (never, in fact):
+        # when this process ends, however it ends, the server sees end of file and
+        # stops, so no server outlives a test run that was killed.
+        env[LIFELINE_ENV] = "stdin"
         return subprocess.Popen(
             [sys.executable, "-m", "sitepeek", "serve", str(self.root), *args],
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -293,6 +298,8 @@ class Server:
                 problem = f"sitepeek did not stop within {timeout:g} s of SIGTERM: killed"
         if _kill_group(self._proc.pid) and problem is None:
             problem = "sitepeek left a process of its group running: killed"
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()  # (the lifeline: the server has ended anyway)
         self._pump.join(self.stop_timeout)
         if not self._pump.is_alive():  # else closing would wait for its read to end
             assert self._proc.stdout is not None
@@ -389,6 +396,8 @@ def _group_members(pgid: int) -> list[int] | None:
 
 def _abandon(proc: subprocess.Popen[str], workdir: str | None) -> None:
     """A Server that was never stopped: stop its process (group) without ceremony."""
+    if proc.stdin is not None:
+        proc.stdin.close()  # (its lifeline ends: it stops by itself too)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

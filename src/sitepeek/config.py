@@ -35,6 +35,10 @@ LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 ENV_PREFIX = "SITEPEEK_"
+# Set by sitepeek.Server to "stdin": the parent holds the write end of the server's
+# standard input, so its end of file means the parent is gone (SIGKILL included) and
+# the server must stop too. Not a SITEPEEK_ variable: those are options.
+LIFELINE_ENV = "_SITEPEEK_LIFELINE"
 PROJECT_FILE = "sitepeek.toml"
 PYPROJECT_FILE = "pyproject.toml"
 PYPROJECT_LABEL = "pyproject.toml [tool.sitepeek]"

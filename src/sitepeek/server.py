@@ -30,7 +30,7 @@ from sitepeek.changes import (
     wall_ms,
 )
 from sitepeek.concurrency import Io
-from sitepeek.config import Config
+from sitepeek.config import LIFELINE_ENV, Config
 from sitepeek.handler import Handler
 from sitepeek.version import __version__
 from sitepeek.workers.base import ConnectionHandler
@@ -58,6 +58,8 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     nothing but the request log's JSON lines (``sitepeek --log-format json | jq``).
     """
     out = console_stream(config) if out is None else out
+    if os.environ.pop(LIFELINE_ENV, "") == "stdin":
+        _stop_when_stdin_ends()
     _raise_fd_limit()
     config, ca_cert = _local_certificate(config, out)
     listener = bind(config)
@@ -119,6 +121,25 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     requests = _requests_served(handlers, model)
     reloads = versions.count if config.reload else None
     print_summary(out, time.monotonic() - started, requests, reloads)
+
+
+def _stop_when_stdin_ends() -> None:
+    """Stop gracefully (as on SIGTERM) once standard input reaches end of file; the
+    commands and workers started later get /dev/null as their standard input."""
+    lifeline = os.dup(0)  # (close-on-exec: no child inherits the parent's pipe)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 4096):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sitepeek-lifeline", daemon=True).start()
 
 
 def _open_browser(config: Config, where: str, port: int) -> None:
