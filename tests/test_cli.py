@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from conftest import H11Client, start_server
 from pki import write_pair
 from sitepeek import __version__, cli, console, server
+from sitepeek import banner as banners
 from sitepeek.config import OPTIONS, Config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -530,7 +531,7 @@ class Tty(io.StringIO):
 
 def banner(config: Config, out: io.StringIO | None = None) -> str:
     stream = out or io.StringIO()
-    server.print_banner(config, 8000, stream)
+    banners.print_banner(config, 8000, stream)
     return stream.getvalue()
 
 
@@ -647,13 +648,13 @@ def test_qr_on_loopback_explains(site: Path) -> None:
 )
 def test_summary_line(uptime: float, requests: int | None, reloads: int | None, line: str) -> None:
     out = io.StringIO()
-    server.print_summary(out, uptime, requests, reloads)
+    banners.print_summary(out, uptime, requests, reloads)
     assert out.getvalue() == line + "\n"
 
 
 def test_summary_on_a_terminal_writes_over_the_echoed_ctrl_c() -> None:
     out = Tty()
-    server.print_summary(out, 1.0, 0, 0)
+    banners.print_summary(out, 1.0, 0, 0)
     assert out.getvalue() == "\rStopped after 1.0 s: 0 requests served, 0 reloads.\n"
 
 
