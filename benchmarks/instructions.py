@@ -129,8 +129,7 @@ def _count(
             _control(server.pid, "--instr=off")
             counts[name] = (busy - idle) / args.requests
             print(
-                f"[instructions] {src}: {name} {counts[name]:,.0f} "
-                f"(busy {busy:,}, idle {idle:,})",
+                f"[instructions] {src}: {name} {counts[name]:,.0f} (busy {busy:,}, idle {idle:,})",
                 file=sys.stderr,
             )
         sock.close()
