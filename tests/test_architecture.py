@@ -35,7 +35,8 @@ ALLOWED = {
 IMPORTS: dict[str, set[str]] = {
     "version": set(),
     "_lifeline": set(),
-    "build": {"changes", "reload"},
+    "build": {"changes", "reload", "snapshot"},
+    "snapshot": set(),
     "sitepeek": {"api", "version"},
     "changes": set(),
     "concurrency": set(),
@@ -126,6 +127,7 @@ IMPORTS: dict[str, set[str]] = {
         "reload",
         "certs",
         "site",
+        "snapshot",
         "workers",
         "workers.base",
     },

@@ -6,7 +6,11 @@ after it. It also sits between the site watcher and the change feed (:meth:`Buil
 absorb_start`, :meth:`BuildRunner.absorb_settled`): while a build runs, what it writes
 into the served directory is collected instead of reloading tabs, and once it has
 finished one :class:`~sitepeek.changes.BuildFinished` carries it all, so a build is one
-reload (or one overlay when it failed). To know that the watcher has seen everything
+reload (or one overlay when it failed). After each good build it refreshes a private
+copy of the served directory (:mod:`sitepeek.snapshot`); while the latest build has
+failed, every request is answered from that copy (a :class:`~sitepeek.changes.Serving`
+event, before the gate opens), so a generator that emptied its output or wrote half of
+it before failing never shows. To know that the watcher has seen everything
 the build wrote, the runner drops a *fence* file into the served directory after the
 build exits: the watcher reports changes in order, so the batch holding the fence holds
 everything before it.
@@ -42,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
-from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited
+from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited, Serving
 from sitepeek.reload import FENCE_PREFIX
+from sitepeek.snapshot import Snapshot
 
 __all__ = ["FENCE_PREFIX", "BuildRunner", "Companions", "Terminal", "shell_argv"]
 
@@ -243,6 +248,7 @@ class _Result:
     ok: bool
     title: str
     output: str
+    serve: str | None = None  # answer from here from now on ("": the served directory)
 
 
 class BuildRunner:
@@ -250,7 +256,9 @@ class BuildRunner:
 
     ``emit`` puts events on the change feed; ``fence_dir`` is the served directory (None
     when no watcher sees it: the build then finishes as soon as the command has);
-    ``on_reload`` is told the paths of each good build that changed any.
+    ``on_reload`` is told the paths of each good build that changed any; ``snapshot``
+    keeps the last good build's output, for answering while the latest build has failed
+    (None: a failed build's output is served as it is).
     """
 
     def __init__(
@@ -261,6 +269,7 @@ class BuildRunner:
         cwd: Path,
         fence_dir: Path | None,
         on_reload: Callable[[tuple[str, ...]], None] = lambda paths: None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self._command = command
         self._terminal = terminal
@@ -286,6 +295,10 @@ class BuildRunner:
         self._fence: str | None = None  # its reported name, while awaited
         self._result: _Result | None = None  # the build awaiting its fence
         self.builds = 0
+        self._snapshot = snapshot
+        self._serving_snapshot = False  # (guarded by _cond)
+        self._snapshot_problem: str | None = None  # why there is no copy, as last told
+        self._good = 0  # good builds so far
 
     def set_polling(self, polling: bool) -> None:
         """The site watcher polls: the fence must then stay until it was seen."""
@@ -312,7 +325,8 @@ class BuildRunner:
             self._terminal.line(f"build · queued next · {_summary(changed)}")
 
     def stop(self) -> None:
-        """Stop a running build (its whole group) and the runner thread."""
+        """Stop a running build (its whole group) and the runner thread; remove the
+        snapshot."""
         with self._cond:
             self._stopping = True
             child = self._child
@@ -321,6 +335,8 @@ class BuildRunner:
             child.stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(KILL_GRACE + 2.0)
+        if self._snapshot is not None:
+            self._snapshot.remove()
 
     def _loop(self) -> None:
         while True:
@@ -376,12 +392,43 @@ class BuildRunner:
                 return
         self.builds += 1
         if code == 0:
-            result = _Result(True, f"build ok {seconds:.1f} s", "")
+            self._good += 1
+            result = _Result(True, f"build ok {seconds:.1f} s", "", "")
+            self._terminal.line(result.title)
         else:
             title = f"build failed ({describe_exit(code)}) {seconds:.1f} s"
-            result = _Result(False, title, child.tail.text())
-        self._terminal.line(result.title)
+            serve, served = self._fallback()
+            result = _Result(False, title, child.tail.text(), serve)
+            self._terminal.line(f"{title} · {served}")
         self._finish(result)
+        if code == 0:
+            self._keep_snapshot()
+
+    # -- the last good build -------------------------------------------------------------
+    def _fallback(self) -> tuple[str | None, str]:
+        """Where a failed build's requests are answered from, and how to say so."""
+        copy = None if self._snapshot is None else self._snapshot.directory
+        if copy is not None:
+            return copy, "serving the last good build"
+        if not self._good:
+            return None, "no good build yet: serving the output as it is"
+        return None, f"serving the output as it is ({self._snapshot_problem or 'no copy'})"
+
+    def _keep_snapshot(self) -> None:
+        """Copy what the good build changed (the next build waits for it: the copy is
+        never made of a half-written site); say once why there is none."""
+        if self._snapshot is None:
+            return
+        problem = self._snapshot.refresh()
+        with self._cond:
+            if self._stopping:
+                return
+        if problem is not None and problem != self._snapshot_problem:
+            self._terminal.line(
+                f"build · no copy of the last good build ({problem}): while a build has "
+                "failed, its output is served as it is"
+            )
+        self._snapshot_problem = problem
 
     # -- the site gate -------------------------------------------------------------------
     def _finish(self, result: _Result) -> None:
@@ -420,6 +467,11 @@ class BuildRunner:
         """End absorbing and emit the build's one event; called with ``_cond`` held."""
         self._absorbing = self._running = False
         self._fence = self._result = None
+        serve = result.serve
+        if serve is not None and bool(serve) != self._serving_snapshot:
+            # Where requests are answered from changes before the gate opens.
+            self._serving_snapshot = bool(serve)
+            self._emit(Serving(serve))
         paths: tuple[str, ...] = ()
         if result.ok:
             paths = tuple(self._absorbed)

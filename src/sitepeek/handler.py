@@ -29,7 +29,7 @@ from sitepeek import (
     tls,
     websocket,
 )
-from sitepeek.changes import ChangeFeed
+from sitepeek.changes import ChangeEvent, ChangeFeed, Serving
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.connections import (
@@ -102,7 +102,7 @@ class Handler:
         self._snippet: bytes | None = None
         self._client: Entity | None = None
         if config.reload:
-            broadcaster = self._broadcaster = livereload.Broadcaster(
+            self._broadcaster = livereload.Broadcaster(
                 io,
                 root=config.root,
                 base=config.base,
@@ -115,10 +115,6 @@ class Handler:
             self._client = entities.from_bytes(
                 livereload.CLIENT_PATH, script, config.compress, immutable=True
             )
-            if feed is not None:
-                feed.subscribe(
-                    lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
-                )
         self._site = Site(
             config,
             broadcaster=self._broadcaster,
@@ -139,6 +135,18 @@ class Handler:
         self._writer = Writer(
             io, self._dates, self._hot, self._snippet, config.compress, config.send_timeout
         )
+        if feed is not None:  # (last: the feed replays what it knows at once)
+            feed.subscribe(lambda event: io.call_soon_threadsafe(lambda: self._on_event(event)))
+
+    def _on_event(self, event: ChangeEvent) -> None:
+        """A change event, in the worker model's context (in the feed's order)."""
+        if isinstance(event, Serving):
+            # Before the gate opens (the BuildFinished after it): no page of the failed
+            # build is answered, from the cache either.
+            self._site.serve_from(event.snapshot or None)
+            self._hot.serve_from(self._site.resolver.root, self._site.rules)
+        if self._broadcaster is not None:
+            self._broadcaster.on_event(event)
 
     @property
     def stopping(self) -> bool:

@@ -309,8 +309,14 @@ def _commands(
                 versions.begin()  # (the build's start is its site version's start)
             feed.emit(event)
 
+        from sitepeek.reload import FENCE_PREFIX
+        from sitepeek.snapshot import Snapshot
+
         fence_dir = config.root if config.reload else None
-        runner = BuildRunner(config.build, terminal, emit, cwd, fence_dir, versions.settle)
+        snapshot = Snapshot(config.root, skip=lambda name: name.startswith(FENCE_PREFIX))
+        runner = BuildRunner(
+            config.build, terminal, emit, cwd, fence_dir, versions.settle, snapshot
+        )
     if config.run:
         companions = Companions(config.run, terminal, feed.emit, cwd)
     return runner, companions
