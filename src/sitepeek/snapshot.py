@@ -244,8 +244,8 @@ def _delete(path: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # gone already (a directory above it became a file)
 
 
 def _remove_stale(parent: str) -> None:
@@ -279,4 +279,4 @@ def _alive(pid: int) -> bool:
 
 
 def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.0f} MiB"
+    return f"{size / (1024 * 1024):.0f} MiB" if size >= 1024 * 1024 else f"{size} bytes"
