@@ -367,6 +367,24 @@ def test_a_build_failing_half_way_leaves_the_last_good_build_served(
     assert len(output_lines(server, SERVING_LAST_GOOD.format(1))) == 2, server.stdout_lines
 
 
+def test_without_reload_a_failed_build_is_answered_from_the_last_good(
+    project: Path, model: str
+) -> None:
+    # No watcher, no gate: the switch comes when the build has ended, and stays.
+    server = start_building(project, model, "--no-reload", pause=0.05, clean=True)
+    go_file(project).touch()
+    try:
+        wait_for_log(project, "end 1")
+        wait_for(lambda: output_lines(server, "^build ok"), "build 1's summary")
+        first = {path: answer[0][1] for path, answer in answers(server, 1).items()}
+        edit(project, "b", "beta HALF")
+        wait_for(lambda: output_lines(server, SERVING_LAST_GOOD.format(1)), "the failure")
+        wait_for(lambda: answers(server, 1)["/c.html"][0][0] == 200, "c.html from the copy")
+        same_as(first, answers(server))
+    finally:
+        stop_cleanly(server)
+
+
 def test_a_tab_on_a_page_the_failed_build_deleted_gets_it_at_once(
     project: Path, model: str
 ) -> None:

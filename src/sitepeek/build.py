@@ -331,6 +331,8 @@ class BuildRunner:
             self._stopping = True
             child = self._child
             self._cond.notify_all()
+        if self._snapshot is not None:
+            self._snapshot.cancel()  # (a copy being made must not hold the exit)
         if child is not None:
             child.stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

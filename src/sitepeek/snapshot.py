@@ -108,6 +108,10 @@ class Snapshot:
             self._valid = True
             return None
 
+    def cancel(self) -> None:
+        """Stop a refresh running now (sitepeek is stopping); :meth:`remove` follows."""
+        self._removed = True
+
     def remove(self) -> None:
         """Remove the copy for good (on exit); a refresh running now is abandoned."""
         self._removed = True
