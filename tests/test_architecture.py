@@ -35,7 +35,8 @@ ALLOWED = {
 IMPORTS: dict[str, set[str]] = {
     "version": set(),
     "_lifeline": set(),
-    "build": {"changes", "reload", "snapshot"},
+    "build": {"changes", "commands", "reload", "snapshot"},
+    "commands": {"changes"},
     "snapshot": set(),
     "sitepeek": {"api", "version"},
     "changes": set(),
@@ -126,6 +127,7 @@ IMPORTS: dict[str, set[str]] = {
         "handler",
         "reload",
         "certs",
+        "commands",
         "site",
         "snapshot",
         "workers",

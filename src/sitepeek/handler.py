@@ -143,7 +143,10 @@ class Handler:
         if isinstance(event, Serving):
             # Before the gate opens (the BuildFinished after it): no page of the failed
             # build is answered, from the cache either.
-            self._site.serve_from(event.snapshot or None)
+            try:
+                self._site.serve_from(event.snapshot or None)
+            except OSError as exc:  # (removed behind our back: serve what there is)
+                print(f"sitepeek: cannot serve {event.snapshot}: {exc}", file=sys.stderr)
             self._hot.serve_from(self._site.resolver.root, self._site.rules)
         if self._broadcaster is not None:
             self._broadcaster.on_event(event)

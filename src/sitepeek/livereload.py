@@ -231,7 +231,8 @@ class Broadcaster:
         if isinstance(event, Serving):
             # What exists is what is served: a page a failed build deleted exists in
             # the copy of the last good build, so its requests are not held.
-            self._root = event.snapshot or self._served_root
+            copy = event.snapshot
+            self._root = copy if copy and os.path.isdir(copy) else self._served_root
             return
         with self._lock:
             self._started = None

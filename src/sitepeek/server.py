@@ -36,7 +36,8 @@ from sitepeek.version import __version__
 from sitepeek.workers.base import ConnectionHandler
 
 if TYPE_CHECKING:
-    from sitepeek.build import BuildRunner, Companions
+    from sitepeek.build import BuildRunner
+    from sitepeek.commands import Companions
     from sitepeek.reload import ChangeBatch, Watcher
 
 # A busy port moves on to the next one; this many are tried before giving up.
@@ -297,7 +298,8 @@ def _commands(
     server without them starts without loading any of it)."""
     if config.build is None and not config.run:
         return None, None
-    from sitepeek.build import BuildRunner, Companions, Terminal
+    from sitepeek.build import BuildRunner
+    from sitepeek.commands import Companions, Terminal
 
     terminal = Terminal(out)
     cwd = Path.cwd()
