@@ -191,6 +191,8 @@ class Child:
         if self._reader is not None:
             # Output still held by a process the command left behind must not hold us.
             self._reader.join(0.5)
+            if not self._reader.is_alive() and self._proc.stdout is not None:
+                self._proc.stdout.close()  # (read to its end; never under a reader)
         with self._lock:
             self._close_lifeline()
         return code
