@@ -613,8 +613,8 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Run CMD (with $SHELL -c) at start and whenever a source changes, one build at "
         "a time; pages wait for it, tabs reload once per good build and show its output "
-        "when it fails. Sources: the --watch paths, else the current directory without "
-        "the served one.",
+        "when it fails (the last good build is served meanwhile). Sources: the --watch "
+        "paths, else the current directory without the served one.",
         default_text="none",
     ),
     Option(
