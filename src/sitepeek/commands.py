@@ -87,7 +87,11 @@ class Terminal:
     def line(self, text: str) -> None:
         # A closed terminal must not end the command's output thread.
         with self._lock, contextlib.suppress(OSError, ValueError):
-            print(text, file=self._out, flush=True)
+            # One write per line: the reload lines (another thread) are whole writes too,
+            # and print() writes the newline apart, so two printing threads can merge
+            # their lines.
+            self._out.write(text + "\n")
+            self._out.flush()
 
     def output(self, label: str, text: str) -> None:
         self.line(f"{label} | {text}")

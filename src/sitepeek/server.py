@@ -182,7 +182,9 @@ class ReloadLines:
             entry = self._open.pop(version, None)
         if entry is not None:
             summary, total, _ = entry
-            print(f"reload · {summary} · {total.summary()}", file=self._out, flush=True)
+            # One write: a build's output lines come from other threads (see Terminal).
+            self._out.write(f"reload · {summary} · {total.summary()}\n")
+            self._out.flush()
 
 
 class SiteVersions:
