@@ -9,11 +9,13 @@ Without GEN_CLEAN it writes only the files whose content changed (an incremental
 build: a style change writes style.css alone).
 
 A page whose text contains FAIL fails the build before the output is touched: a
-coloured message on stderr, exit status 2. Every run appends ``start N`` and then
-``end N`` (or ``fail N``) to the file GEN_LOG names (outside the sources!). With GEN_GO
-set, nothing happens until the file it names exists (a test connects its client first);
-with GEN_HOLD set, a build waits after reading its sources while the file it names
-exists.
+coloured message on stderr, exit status 2. A page whose text contains HALF fails it
+half-way, as a generator that crashes on a page does: the output is emptied (GEN_CLEAN)
+and the pages before it are written, then the first half of it, then exit status 1.
+Every run appends ``start N`` and then ``end N`` (or ``fail N``) to the file GEN_LOG
+names (outside the sources!). With GEN_GO set, nothing happens until the file it names
+exists (a test connects its client first); with GEN_HOLD set, a build waits after
+reading its sources while the file it names exists.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def main() -> int:
     if style.exists():
         write_if_changed(out / "style.css", [style.read_text()], 0)
     for name, text in texts.items():
+        if "HALF" in text:
+            (out / f"{name}.html").write_text(page(text)[0])
+            print(f"error: page <{name}> crashed half-way", file=sys.stderr, flush=True)
+            with log.open("a") as f:
+                f.write(f"fail {number}\n")
+            return 1
         write_if_changed(out / f"{name}.html", list(page(text)), pause)
     with log.open("a") as f:
         f.write(f"end {number}\n")

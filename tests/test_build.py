@@ -8,6 +8,7 @@ browser would. Every wait is on a condition (a log line, a message), never a sle
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -23,12 +24,15 @@ from pathlib import Path
 import pytest
 
 from conftest import WORKER_MODELS, Server, children, request, start_server, stop_cleanly
-from test_livereload import WsClient, connect_ws
+from sitegen import page
+from test_livereload import OP_TEXT, WsClient, connect_ws
 
 SITEGEN = Path(__file__).with_name("sitegen.py")
 BUILD = f"{shlex.quote(sys.executable)} {shlex.quote(str(SITEGEN))}"
 WAIT = 20.0  # upper bound for any awaited condition (builds run on a busy machine)
 PAGES = {"a": "alpha", "b": "beta", "c": "gamma"}
+# The terminal line of a failed build answered from the copy of the last good one.
+SERVING_LAST_GOOD = r"^build failed \(exit {}\) \d+\.\d s · serving the last good build$"
 PAGE = re.compile(rb'<h1 data-text="([^"]*)">.*<p data-end="([^"]*)">end</p>.*</body></html>', re.S)
 
 
@@ -278,7 +282,7 @@ def test_failed_build_keeps_the_site_and_shows_an_overlay(project: Path, model: 
     finally:
         stop_cleanly(server)
     assert output_lines(server, r"^build \| .*error:.* page <a> says FAIL$")
-    assert output_lines(server, r"^build failed \(exit 2\) \d+\.\d s$")
+    assert output_lines(server, SERVING_LAST_GOOD.format(2))
 
 
 def test_a_companion_that_exits_is_reported(tmp_path: Path, model: str) -> None:
@@ -302,6 +306,158 @@ def test_a_companion_that_exits_is_reported(tmp_path: Path, model: str) -> None:
     assert output_lines(server, r"^echo \| port taken$")
     assert output_lines(server, re.escape(f"run {command!r} ended (exit 3)"))
     assert not output_lines(server, "sleep 30.* ended")
+
+
+# -- a build failing half-way: the last good build is served --------------------------
+# sitegen's HALF pages: the output emptied, the pages before it written, half of it, exit 1.
+PATHS = ("/a.html", "/b.html", "/c.html", "/style.css")
+
+
+def answers(server: Server, times: int = 3) -> dict[str, list[tuple[int, bytes]]]:
+    """Each path asked ``times`` times with the same bytes (so the hot cache answers
+    the later ones)."""
+    got: dict[str, list[tuple[int, bytes]]] = {}
+    for path in PATHS:
+        responses = [request(server, "GET", path) for _ in range(times)]
+        got[path] = [(response.status, response.body) for response in responses]
+    return got
+
+
+def same_as(good: dict[str, bytes], got: dict[str, list[tuple[int, bytes]]]) -> None:
+    for path, body in good.items():
+        assert got[path] == [(200, body)] * len(got[path]), (path, got[path])
+
+
+def test_a_build_failing_half_way_leaves_the_last_good_build_served(
+    project: Path, model: str
+) -> None:
+    server = start_building(project, model, pause=0.05, clean=True)
+    site = project / "site"
+    try:
+        ws = first_build_seen(server, project)
+        first = {path: answer[0][1] for path, answer in answers(server).items()}
+        assert [complete_page(first[p]) for p in PATHS[:3]] == ["alpha", "beta", "gamma"]
+
+        edit(project, "b", "beta HALF")
+        message = ws.recv_json(WAIT)
+        assert message["type"] == "overlay", message
+        assert builds(project)[-1] == "fail 2"
+        # What the generator left: c.html deleted, b.html half-written.
+        assert not (site / "c.html").exists()
+        assert (site / "b.html").read_text() == page("beta HALF")[0]
+        same_as(first, answers(server))  # every page, byte for byte, no 404
+
+        # The next good build is served (and copied: the next failure shows it).
+        edit(project, "b", "beta two")
+        assert ws.recv_json(WAIT) == {"type": "overlay-clear", "id": "build"}
+        assert "b.html" in ws.recv_reload(WAIT)
+        second = {path: answer[0][1] for path, answer in answers(server).items()}
+        assert [complete_page(second[p]) for p in PATHS[:3]] == ["alpha", "beta two", "gamma"]
+        assert second["/b.html"] != first["/b.html"]
+        assert (site / "b.html").read_text() == "".join(page("beta two"))
+
+        edit(project, "c", "gamma HALF")
+        assert ws.recv_json(WAIT)["type"] == "overlay"
+        assert builds(project)[-1] == "fail 4"
+        assert (site / "c.html").read_text() == page("gamma HALF")[0]
+        same_as(second, answers(server))
+        ws.close()
+    finally:
+        stop_cleanly(server)
+    assert len(output_lines(server, SERVING_LAST_GOOD.format(1))) == 2, server.stdout_lines
+
+
+def test_without_reload_a_failed_build_is_answered_from_the_last_good(
+    project: Path, model: str
+) -> None:
+    # No watcher, no gate: the switch comes when the build has ended, and stays.
+    server = start_building(project, model, "--no-reload", pause=0.05, clean=True)
+    go_file(project).touch()
+    try:
+        wait_for_log(project, "end 1")
+        wait_for(lambda: output_lines(server, "^build ok"), "build 1's summary")
+        first = {path: answer[0][1] for path, answer in answers(server, 1).items()}
+        edit(project, "b", "beta HALF")
+        wait_for(lambda: output_lines(server, SERVING_LAST_GOOD.format(1)), "the failure")
+        wait_for(lambda: answers(server, 1)["/c.html"][0][0] == 200, "c.html from the copy")
+        same_as(first, answers(server))
+    finally:
+        stop_cleanly(server)
+
+
+def test_a_tab_on_a_page_the_failed_build_deleted_gets_it_at_once(
+    project: Path, model: str
+) -> None:
+    """A page a tab loaded is held while its file is missing (a build will write it
+    again): after a failed build it exists, in the copy, and is not held."""
+    server = start_building(project, model, pause=0.05, clean=True)
+    try:
+        ws = first_build_seen(server, project)
+        good = request(server, "GET", "/c.html").body
+        loaded = {"type": "loaded", "page": "/c.html", "status": 200, "urls": []}
+        ws.send(OP_TEXT, json.dumps(loaded).encode())
+        assert ws.recv_json(WAIT)["type"] == "noted"
+        edit(project, "b", "beta HALF")
+        assert ws.recv_json(WAIT)["type"] == "overlay"
+        assert not (project / "site" / "c.html").exists()
+        response = request(server, "GET", "/c.html")
+        assert (response.status, response.body) == (200, good)
+        ws.close()
+    finally:
+        stop_cleanly(server)
+
+
+def test_a_first_build_that_fails_leaves_its_output_served_as_it_is(
+    project: Path, model: str
+) -> None:
+    edit(project, "b", "beta HALF")
+    server = start_building(project, model, pause=0.05, clean=True)
+    try:
+        ws = connect_ws(server)
+        (project.parent / "go").touch()
+        assert ws.recv_json(WAIT)["type"] == "overlay"
+        # No good build to fall back on: what the generator wrote is what there is.
+        assert complete_page(request(server, "GET", "/a.html").body) == "alpha"
+        half = request(server, "GET", "/b.html")
+        assert half.status == 200 and b'<h1 data-text="beta HALF">' in half.body
+        assert b"data-end" not in half.body
+        assert request(server, "GET", "/c.html").status == 404
+        edit(project, "b", "beta")
+        assert ws.recv_json(WAIT) == {"type": "overlay-clear", "id": "build"}
+        ws.recv_reload(WAIT)
+        assert complete_page(request(server, "GET", "/c.html").body) == "gamma"
+        ws.close()
+    finally:
+        stop_cleanly(server)
+    line = r"^build failed \(exit 1\) \d+\.\d s · no good build yet: serving the output as it is$"
+    assert output_lines(server, line), server.stdout_lines
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=str)
+def test_the_copy_is_removed_on_exit(project: Path, model: str, sig: int, tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # The copy of a sitepeek that was SIGKILLed (no process has this pid) goes too.
+    stale = temp / "sitepeek-snapshot-999999999-abc"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "page.html").write_text("old")
+    server = start_building(project, model, env={"TMPDIR": str(temp)})
+    try:
+        first_build_seen(server, project).close()
+
+        def copies() -> list[str]:
+            return sorted(p.name for p in temp.iterdir() if p.name.startswith("sitepeek-snap"))
+
+        wait_for(lambda: len(copies()) == 1 and not stale.exists(), "the copy made")
+        (copy,) = copies()
+        assert re.fullmatch(rf"sitepeek-snapshot-{server.proc.pid}-\w+", copy)
+        files = ["a.html", "b.html", "c.html", "style.css"]
+        wait_for(lambda: sorted(os.listdir(temp / copy)) == files, "the copy complete")
+        server.proc.send_signal(sig)
+        assert server.proc.wait(WAIT) == 0
+    finally:
+        stop_cleanly(server)
+    assert not [p for p in temp.iterdir() if p.name.startswith("sitepeek-")]
 
 
 # -- stopping leaves nothing behind ----------------------------------------------------
@@ -419,7 +575,8 @@ def test_without_build_nothing_of_it_is_loaded() -> None:
     code = (
         "import sys\n"
         "import sitepeek.cli, sitepeek.server\n"
-        "assert 'sitepeek.build' not in sys.modules\n"
+        "loaded = {'sitepeek.build', 'sitepeek.commands', 'sitepeek.snapshot'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -365,6 +365,26 @@ def test_environment_variables(captured: Captured, tmp_path: Path, site: Path) -
     )
 
 
+def test_repeatable_variables_hold_one_value_per_line(captured: Captured, site: Path) -> None:
+    # A command or a header's value may hold commas: only a newline separates those;
+    # the other repeatable options take commas as well as newlines.
+    env = {
+        "SITEPEEK_RUN": "node -e 'a(1,2)'\nnpx tsc --watch\r\n\n",
+        "SITEPEEK_HEADER": "Cache-Control: no-cache, no-store\nX-Frame-Options: DENY",
+        "SITEPEEK_IGNORE": "*.tmp,*.log\ndrafts/*",
+        "SITEPEEK_ALLOWED_HOST": "a.test\nb.test,c.test",
+    }
+    assert invoke("serve", str(site), env=env).exit_code == 0
+    config = captured.config
+    assert config.run == ("node -e 'a(1,2)'", "npx tsc --watch")
+    assert config.header == (
+        ("Cache-Control", "no-cache, no-store"),
+        ("X-Frame-Options", "DENY"),
+    )
+    assert config.ignore == ("*.tmp", "*.log", "drafts/*")
+    assert config.allowed_host == ("a.test", "b.test", "c.test")
+
+
 @pytest.mark.parametrize(("value", "expected"), [("1", "/"), ("true", "/"), ("off", None)])
 def test_open_from_the_environment(captured: Captured, value: str, expected: str | None) -> None:
     assert invoke(env={"SITEPEEK_OPEN": value}).exit_code == 0

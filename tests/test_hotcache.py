@@ -22,6 +22,7 @@ import pytest
 
 from conftest import H11Client, Response, Server, start_server, stop_cleanly
 from sitepeek import hotcache
+from sitepeek.changes import ChangeFeed, Serving
 from sitepeek.config import Config
 from sitepeek.entities import identity
 from sitepeek.handler import Handler
@@ -380,6 +381,40 @@ def test_stopping_answers_with_connection_close(
         time.sleep(0.001)
     handler.stopping = True
     assert client.request("GET", "/a.txt").header("connection") == "close"
+
+
+@pytest.mark.parametrize("rules", [True, False], ids=["rules", "no-rules"])
+def test_switching_to_a_build_snapshot_and_back_leaves_no_answer_behind(
+    tmp_path: Path, rules: bool
+) -> None:
+    """While a --build has failed, answers come from the copy of the last good build
+    (a Serving event): no cached answer of the other directory may survive a switch,
+    although its file is unchanged (and so fresh), with or without the rules files."""
+    live, copy = tmp_path / "site", tmp_path / "copy"
+    for root, text in ((live, "live"), (copy, "copy")):
+        root.mkdir()
+        (root / "a.css").write_text(text)
+    (copy / "_headers").write_text("/*\n  X-From: copy\n")
+    settle()
+    feed = ChangeFeed()
+    handler = Handler(Config(root=live, reload=False, rules=rules), ThreadIo(), feed)
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    thread = threading.Thread(target=handler.serve, args=(theirs,), daemon=True)
+    thread.start()
+    client = H11Client(ours)
+    try:
+        copied = "copy" if rules else None
+        for snapshot, text, header in (("", b"live", None), (str(copy), b"copy", copied)) * 2:
+            feed.emit(Serving(snapshot))
+            for _ in range(3):  # the third answer would come from the cache
+                response = client.request("GET", "/a.css")
+                assert (response.body, response.header("x-from")) == (text, header)
+    finally:
+        ours.close()
+        thread.join(5)
+        handler.begin_shutdown()
+        handler.close()
 
 
 # -- end to end, every worker model ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The wrapper every ``--build`` and ``--run`` command runs under (see :mod:`sitepeek.build`).
+"""The wrapper every ``--build`` and ``--run`` command runs under (see :mod:`sitepeek.commands`).
 
 Run as a script, ``python -I -S _lifeline.py FD GRACE ARGV...``, in a session of its
 own: it forks ARGV, then waits for it to end or for the lifeline FD to reach end of

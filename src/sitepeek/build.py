@@ -1,4 +1,4 @@
-"""``--build CMD`` and ``--run CMD``: the user's own commands, run next to the server.
+"""``--build CMD``: the build command, run next to the server, and its gate.
 
 :class:`BuildRunner` runs the build command once at start and again whenever a source
 changes: never two at once, and changes during a build give exactly one more build
@@ -11,231 +11,37 @@ the build wrote, the runner drops a *fence* file into the served directory after
 build exits: the watcher reports changes in order, so the batch holding the fence holds
 everything before it.
 
-:class:`Companions` keep the ``--run`` commands running as long as the server does.
+After each good build the runner refreshes a private copy of the served directory
+(:mod:`sitepeek.snapshot`); while the latest build has failed, every request is answered
+from that copy (a :class:`~sitepeek.changes.Serving` event, before the gate opens), so a
+generator that emptied its output or wrote half of it before failing never shows.
 
-Every command runs as ``$SHELL -c CMD`` (``/bin/sh`` when SHELL is unset) under a tiny
-Python wrapper (:mod:`sitepeek._lifeline`) that leads a session of its own. The wrapper holds
-the read end of a *lifeline* pipe whose write end only sitepeek holds: when sitepeek
-closes it, or dies in any way (SIGKILL included, the kernel closes it then), the wrapper
-sends SIGTERM to its whole process group and SIGKILL after a grace period, so no build
-or companion outlives sitepeek. (PR_SET_PDEATHSIG would fire when the *thread* that
-started the child ends, and preexec_fn is unsafe in a process with threads.)
-
-Standard library only; runs in the main process (the supervisor), in OS threads. One
-module of about 500 lines: the runner, the companions and the child-process handling
-they share (output, lifeline, stopping) are one feature, and nothing else uses them.
+The command runs as every user command does (:class:`sitepeek.commands.Child`: through
+the shell, under the lifeline wrapper). Standard library only; runs in the main process
+(the supervisor), in OS threads.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import shlex
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TextIO
 
-from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited
+from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, Serving
+from sitepeek.commands import KILL_GRACE, Child, Terminal, describe_exit
 from sitepeek.reload import FENCE_PREFIX
+from sitepeek.snapshot import Snapshot
 
-__all__ = ["FENCE_PREFIX", "BuildRunner", "Companions", "Terminal", "shell_argv"]
+__all__ = ["FENCE_PREFIX", "BuildRunner"]
 
-# SIGTERM first; a command still running this much later gets SIGKILL.
-KILL_GRACE = 2.0
-# The last this-many characters of a command's output are kept for the overlay.
-OUTPUT_TAIL = 64 * 1024
-# Named so that no ignore pattern drops it; removed right after the watcher saw it.
 # How long to wait for the watcher to report the fence before giving up on it.
 FENCE_TIMEOUT = 2.0
 # Builds in a row started by the same files changed during the build before: a hint.
 LOOP_HINT_AFTER = 3
-# Words before the program that names a command's output (npx vite -> "vite").
-_LAUNCHERS = frozenset({"npx", "pnpx", "bunx", "exec", "env", "nohup", "time"})
-
-# The wrapper every command runs under: a script, so it starts without sitepeek.
-_WRAPPER = Path(__file__).with_name("_lifeline.py")
-
-
-# The write ends of every lifeline: a process forked from sitepeek (a restarted worker
-# of --workers processes) closes them at once, or it would keep them open after a
-# SIGKILLed sitepeek and the commands would wait for it too.
-_lifelines: set[int] = set()
-
-
-def _close_lifelines_in_child() -> None:
-    for fd in list(_lifelines):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _lifelines.clear()
-
-
-os.register_at_fork(after_in_child=_close_lifelines_in_child)
-
-
-def shell_argv(command: str, environ: dict[str, str] | None = None) -> list[str]:
-    """How ``command`` is run: through the user's shell, ``sh`` as the fallback."""
-    env = os.environ if environ is None else environ
-    return [env.get("SHELL") or "/bin/sh", "-c", command]
-
-
-def describe_exit(code: int) -> str:
-    """``exit 1`` or ``killed by SIGKILL``, from a Popen return code."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
-
-
-class Terminal:
-    """Lines from several commands' output threads, never interleaved mid-line."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._lock = threading.Lock()
-
-    def line(self, text: str) -> None:
-        # A closed terminal must not end the command's output thread.
-        with self._lock, contextlib.suppress(OSError, ValueError):
-            print(text, file=self._out, flush=True)
-
-    def output(self, label: str, text: str) -> None:
-        self.line(f"{label} | {text}")
-
-
-class _Tail:
-    """The last :data:`OUTPUT_TAIL` characters of a command's output, by line."""
-
-    def __init__(self) -> None:
-        self._lines: collections.deque[str] = collections.deque()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def add(self, line: str) -> None:
-        with self._lock:
-            self._lines.append(line)
-            self._size += len(line) + 1
-            while self._size > OUTPUT_TAIL and len(self._lines) > 1:
-                self._size -= len(self._lines.popleft()) + 1
-
-    def clear(self) -> None:
-        with self._lock:
-            self._lines.clear()
-            self._size = 0
-
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(self._lines)
-
-
-class Child:
-    """One command under the lifeline wrapper, its output streamed under ``label``."""
-
-    def __init__(self, command: str, label: str, terminal: Terminal, cwd: Path) -> None:
-        self.command = command
-        self.label = label
-        self._terminal = terminal
-        self._cwd = cwd
-        self.tail = _Tail()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lifeline: int | None = None
-        self._reader: threading.Thread | None = None
-        self._lock = threading.Lock()  # start() and stop() from different threads
-        self._cancelled = False
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    def start(self) -> None:
-        """Start the command; raises OSError if even the wrapper cannot start."""
-        with self._lock:
-            if self._cancelled:
-                raise OSError("sitepeek is stopping")
-            self._spawn()
-
-    def _spawn(self) -> None:
-        read_end, write_end = os.pipe()  # both close-on-exec; pass_fds keeps read_end
-        try:
-            self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    str(_WRAPPER),
-                    str(read_end),
-                    str(KILL_GRACE),
-                    *shell_argv(self.command),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(read_end,),
-                start_new_session=True,
-                cwd=self._cwd,
-            )
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        self._lifeline = write_end
-        _lifelines.add(write_end)
-        assert self._proc.stdout is not None
-        self._reader = threading.Thread(
-            target=self._read, args=(self._proc.stdout,), name="sitepeek-output", daemon=True
-        )
-        self._reader.start()
-
-    def _read(self, stream: IO[bytes]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for raw in stream:
-                text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                self.tail.add(text)
-                self._terminal.output(self.label, text)
-
-    def wait(self) -> int:
-        """The command's return code once it has ended, and its output has been read."""
-        assert self._proc is not None
-        code = self._proc.wait()
-        if self._reader is not None:
-            # Output still held by a process the command left behind must not hold us.
-            self._reader.join(0.5)
-        with self._lock:
-            self._close_lifeline()
-        return code
-
-    def stop(self) -> None:
-        """SIGTERM to the command's whole group, SIGKILL after :data:`KILL_GRACE`."""
-        with self._lock:
-            self._cancelled = True
-            proc = self._proc
-            if proc is None:
-                return
-            self._close_lifeline()  # the wrapper does the escalation
-        try:
-            proc.wait(KILL_GRACE + 1.0)
-        except subprocess.TimeoutExpired:  # the wrapper itself is stuck: the group goes
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                proc.stdout.close()
-
-    def _close_lifeline(self) -> None:
-        lifeline, self._lifeline = self._lifeline, None
-        if lifeline is not None:
-            _lifelines.discard(lifeline)
-            os.close(lifeline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +49,7 @@ class _Result:
     ok: bool
     title: str
     output: str
+    serve: str | None = None  # answer from here from now on ("": the served directory)
 
 
 class BuildRunner:
@@ -250,7 +57,9 @@ class BuildRunner:
 
     ``emit`` puts events on the change feed; ``fence_dir`` is the served directory (None
     when no watcher sees it: the build then finishes as soon as the command has);
-    ``on_reload`` is told the paths of each good build that changed any.
+    ``on_reload`` is told the paths of each good build that changed any; ``snapshot``
+    keeps the last good build's output, for answering while the latest build has failed
+    (None: a failed build's output is served as it is).
     """
 
     def __init__(
@@ -261,6 +70,7 @@ class BuildRunner:
         cwd: Path,
         fence_dir: Path | None,
         on_reload: Callable[[tuple[str, ...]], None] = lambda paths: None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self._command = command
         self._terminal = terminal
@@ -286,6 +96,10 @@ class BuildRunner:
         self._fence: str | None = None  # its reported name, while awaited
         self._result: _Result | None = None  # the build awaiting its fence
         self.builds = 0
+        self._snapshot = snapshot
+        self._serving_snapshot = False  # (guarded by _cond)
+        self._snapshot_problem: str | None = None  # why there is no copy, as last told
+        self._good = 0  # good builds so far
 
     def set_polling(self, polling: bool) -> None:
         """The site watcher polls: the fence must then stay until it was seen."""
@@ -312,15 +126,20 @@ class BuildRunner:
             self._terminal.line(f"build · queued next · {_summary(changed)}")
 
     def stop(self) -> None:
-        """Stop a running build (its whole group) and the runner thread."""
+        """Stop a running build (its whole group) and the runner thread; remove the
+        snapshot."""
         with self._cond:
             self._stopping = True
             child = self._child
             self._cond.notify_all()
+        if self._snapshot is not None:
+            self._snapshot.cancel()  # (a copy being made must not hold the exit)
         if child is not None:
             child.stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(KILL_GRACE + 2.0)
+        if self._snapshot is not None:
+            self._snapshot.remove()
 
     def _loop(self) -> None:
         while True:
@@ -376,12 +195,43 @@ class BuildRunner:
                 return
         self.builds += 1
         if code == 0:
-            result = _Result(True, f"build ok {seconds:.1f} s", "")
+            self._good += 1
+            result = _Result(True, f"build ok {seconds:.1f} s", "", "")
+            self._terminal.line(result.title)
         else:
             title = f"build failed ({describe_exit(code)}) {seconds:.1f} s"
-            result = _Result(False, title, child.tail.text())
-        self._terminal.line(result.title)
+            serve, served = self._fallback()
+            result = _Result(False, title, child.tail.text(), serve)
+            self._terminal.line(f"{title} · {served}")
         self._finish(result)
+        if code == 0:
+            self._keep_snapshot()
+
+    # -- the last good build -------------------------------------------------------------
+    def _fallback(self) -> tuple[str | None, str]:
+        """Where a failed build's requests are answered from, and how to say so."""
+        copy = None if self._snapshot is None else self._snapshot.directory
+        if copy is not None:
+            return copy, "serving the last good build"
+        if not self._good:
+            return None, "no good build yet: serving the output as it is"
+        return None, f"serving the output as it is ({self._snapshot_problem or 'no copy'})"
+
+    def _keep_snapshot(self) -> None:
+        """Copy what the good build changed (the next build waits for it: the copy is
+        never made of a half-written site); say once why there is none."""
+        if self._snapshot is None:
+            return
+        problem = self._snapshot.refresh()
+        with self._cond:
+            if self._stopping:
+                return
+        if problem is not None and problem != self._snapshot_problem:
+            self._terminal.line(
+                f"build · no copy of the last good build ({problem}): while a build has "
+                "failed, its output is served as it is"
+            )
+        self._snapshot_problem = problem
 
     # -- the site gate -------------------------------------------------------------------
     def _finish(self, result: _Result) -> None:
@@ -420,6 +270,11 @@ class BuildRunner:
         """End absorbing and emit the build's one event; called with ``_cond`` held."""
         self._absorbing = self._running = False
         self._fence = self._result = None
+        serve = result.serve
+        if serve is not None and bool(serve) != self._serving_snapshot:
+            # Where requests are answered from changes before the gate opens.
+            self._serving_snapshot = bool(serve)
+            self._emit(Serving(serve))
         paths: tuple[str, ...] = ()
         if result.ok:
             paths = tuple(self._absorbed)
@@ -463,79 +318,3 @@ def _summary(paths: Sequence[str], limit: int = 3) -> str:
     head = f"{count} file changed" if count == 1 else f"{count} files changed"
     more = " …" if count > limit else ""
     return f"{head} · {', '.join(paths[:limit])}{more}"
-
-
-class Companions:
-    """The ``--run`` commands: started together, reported when one ends, all stopped."""
-
-    def __init__(
-        self,
-        commands: Sequence[str],
-        terminal: Terminal,
-        emit: Callable[[ChangeEvent], None],
-        cwd: Path,
-    ) -> None:
-        self._terminal = terminal
-        self._emit = emit
-        self._stopping = False
-        self._children = [
-            Child(command, label, terminal, cwd)
-            for command, label in zip(commands, _labels(commands), strict=True)
-        ]
-
-    @property
-    def pids(self) -> list[int]:
-        return [child.pid for child in self._children if child.pid is not None]
-
-    def start(self) -> None:
-        for child in self._children:
-            self._terminal.line(f"run · {child.label}: {child.command}")
-            try:
-                child.start()
-            except OSError as exc:
-                self._exited(child, f"cannot start: {exc.strerror or exc}")
-                continue
-            threading.Thread(
-                target=self._watch, args=(child,), name="sitepeek-run", daemon=True
-            ).start()
-
-    def _watch(self, child: Child) -> None:
-        code = child.wait()
-        if not self._stopping:
-            self._exited(child, describe_exit(code))
-
-    def _exited(self, child: Child, how: str) -> None:
-        title = f"run {child.command!r} ended ({how})"
-        self._terminal.line(title)
-        self._emit(CompanionExited(child.command, title, child.tail.text()))
-
-    def stop(self) -> None:
-        """Stop every companion (in parallel: each may take the grace period)."""
-        self._stopping = True
-        stoppers = [threading.Thread(target=child.stop, daemon=True) for child in self._children]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join(KILL_GRACE + 2.0)
-
-
-def _labels(commands: Sequence[str]) -> list[str]:
-    """A short name per command for its output prefix: its program, numbered if repeated."""
-    names = []
-    for command in commands:
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            words = command.split()
-        program = next(
-            (w for w in words if "=" not in w and not w.startswith("-") and w not in _LAUNCHERS),
-            "run",
-        )
-        names.append(os.path.basename(program) or "run")
-    counts = collections.Counter(names)
-    seen: collections.Counter[str] = collections.Counter()
-    labels = []
-    for name in names:
-        seen[name] += 1
-        labels.append(f"{name}#{seen[name]}" if counts[name] > 1 else name)
-    return labels

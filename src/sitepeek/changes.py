@@ -3,15 +3,17 @@
 The watcher (:mod:`sitepeek.reload`, watchdog threads) emits two kinds of event into a
 :class:`ChangeFeed`: :class:`Pending` when a build (a burst of changes) begins and
 :class:`Settled` once it is over. With ``--build`` and ``--run`` (:mod:`sitepeek.build`)
-three more travel the same way: :class:`BuildStarted`, :class:`BuildFinished` and
-:class:`CompanionExited`. Each handler subscribes to the feed and moves the event into
-its worker model's context with ``call_soon_threadsafe``. In the process model the
-supervisor relays events to every worker over a socket, as JSON lines.
+four more travel the same way: :class:`BuildStarted`, :class:`BuildFinished`,
+:class:`Serving` and :class:`CompanionExited`. Each handler subscribes to the feed
+and moves the event into its worker model's context with ``call_soon_threadsafe``. In
+the process model the supervisor relays events to every worker over a socket, as JSON
+lines.
 
 Every settled build that changed something gets the next *site version*; events carry
 it, and the wall-clock times the build began and ended, so that every process of one
 server (and every tab) agrees on it. A subscriber that comes late (a worker process
-restarted by the supervisor) is told the latest build and whether one is in flight.
+restarted by the supervisor) is told where requests are answered from, the latest
+build and whether one is in flight.
 
 Standard library only: workers import this without importing watchdog.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "PageSeen",
     "Pending",
     "Relayed",
+    "Serving",
     "Settled",
     "Touched",
     "decode",
@@ -105,6 +108,15 @@ class BuildFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class Serving:
+    """Requests are answered from ``snapshot``, the copy of the last good build, while
+    the latest build has failed (see :mod:`sitepeek.snapshot`); empty: from the served
+    directory again. Emitted before the :class:`BuildFinished` that opens the gate."""
+
+    snapshot: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CompanionExited:
     """A ``--run`` command ended on its own: tabs show ``title`` and its last ``output``."""
 
@@ -122,7 +134,9 @@ class Touched:
     paths: tuple[str, ...]
 
 
-ChangeEvent = Pending | Settled | PageSeen | BuildStarted | BuildFinished | CompanionExited
+ChangeEvent = (
+    Pending | Settled | PageSeen | BuildStarted | BuildFinished | Serving | CompanionExited
+)
 # What crosses the relay between the supervisor and its worker processes.
 Relayed = ChangeEvent | Touched
 Sink = Callable[[ChangeEvent], None]
@@ -170,15 +184,18 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._latest: Settled | None = None  # the latest build that changed something
         self._pending: Pending | None = None  # a build in flight
+        self._serving: Serving | None = None  # answering from a snapshot
         self._outcome_sinks: list[Callable[[Outcome], None]] = []
         self._page_sinks: list[Callable[[PageSeen], None]] = []
         self._touch_sinks: list[Callable[[Touched], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
-        """Add ``sink``; it is told at once about the latest build and one in flight."""
+        """Add ``sink``; it is told at once where requests are answered from (when not
+        from the served directory), the latest build and one in flight."""
         with self._lock:
             self._sinks.append(sink)
-            replay = [event for event in (self._latest, self._pending) if event is not None]
+            known = (self._serving, self._latest, self._pending)
+            replay: list[ChangeEvent] = [event for event in known if event is not None]
         for event in replay:
             sink(event)
 
@@ -239,6 +256,8 @@ class ChangeFeed:
                 self._pending = None
                 if event.paths:
                     self._latest = event
+            elif isinstance(event, Serving):
+                self._serving = event if event.snapshot else None
         for sink in sinks:
             sink(event)
 
@@ -284,6 +303,8 @@ def encode(event: Relayed) -> bytes:
         }
     elif isinstance(event, BuildStarted):
         data = {"type": "build-started"}
+    elif isinstance(event, Serving):
+        data = {"type": "serving", "snapshot": event.snapshot}
     elif isinstance(event, BuildFinished):
         data = {"type": "build-finished", "ok": event.ok, "title": event.title}
         data |= {"output": event.output, "paths": list(event.paths)}
@@ -308,6 +329,8 @@ def decode(line: bytes) -> Relayed | None:
         return PageSeen(data["path"])
     if kind == "build-started":
         return BuildStarted()
+    if kind == "serving" and isinstance(data.get("snapshot"), str):
+        return Serving(data["snapshot"])
     paths = data.get("paths", [])
     title, output, command = (data.get(key, "") for key in ("title", "output", "command"))
     if not isinstance(paths, list) or not all(isinstance(t, str) for t in (title, output, command)):

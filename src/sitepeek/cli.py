@@ -147,8 +147,9 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
     Plain `sitepeek` serves the current directory (or the config file's `root`);
     `sitepeek serve DIR` serves DIR. Options may come before or after the command. Each
     option can also be set in sitepeek.toml or [tool.sitepeek] in pyproject.toml (in the
-    current directory), or as SITEPEEK_<OPTION> in the environment; `sitepeek config`
-    shows what is in effect.
+    current directory), or as SITEPEEK_<OPTION> in the environment (a repeatable
+    option's values one per line, or comma-separated but for --run and --header);
+    `sitepeek config` shows what is in effect.
     """
     if ctx.invoked_subcommand is None:
         _run(ctx, Path("."))

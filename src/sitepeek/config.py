@@ -468,7 +468,10 @@ class Option:
     default: Any
     help: str
     short: str | None = None  # a one-letter alias such as -p
-    multiple: bool = False  # repeatable flag; a list in files, comma-separated in the env
+    multiple: bool = False  # repeatable flag; a list in files, one per line in the env
+    # A value may hold a comma (a shell command, a header's value): in the environment,
+    # values are one per line only; the other repeatable options also take commas.
+    lines_only: bool = False
     negatable: bool = False  # a switch with a --no- form
     bare_value: str | None = None  # the value of the flag given without one (--open)
     default_text: str | None = None  # how the default reads where it is not a value
@@ -614,8 +617,8 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Run CMD (with $SHELL -c) at start and whenever a source changes, one build at "
         "a time; pages wait for it, tabs reload once per good build and show its output "
-        "when it fails. Sources: the --watch paths, else the current directory without "
-        "the served one.",
+        "when it fails (the last good build is served meanwhile). Sources: the --watch "
+        "paths, else the current directory without the served one.",
         default_text="none",
     ),
     Option(
@@ -623,8 +626,10 @@ OPTIONS: tuple[Option, ...] = (
         ShellCommand(),
         (),
         "Keep CMD running while serving, e.g. a watcher or an API backend (repeatable); "
-        "an exit is reported in the terminal and in the tabs.",
+        "an exit is reported in the terminal and in the tabs. SITEPEEK_RUN: one command "
+        "per line.",
         multiple=True,
+        lines_only=True,
     ),
     Option(
         "spa",
@@ -675,8 +680,9 @@ OPTIONS: tuple[Option, ...] = (
         "header",
         HeaderLine(),
         (),
-        "Add a header field to every response (repeatable).",
+        "Add a header field to every response (repeatable). SITEPEEK_HEADER: one field per line.",
         multiple=True,
+        lines_only=True,
     ),
     Option(
         "proxy",
@@ -882,6 +888,13 @@ def resolve(
     return Settings(tuple(settings), config_file, directory, env_root)
 
 
+# How a repeatable option's variable holds its values: one per line (a newline cannot be
+# part of a one-line command or header), or also separated by commas where no value
+# holds one (paths, globs, routes, host names).
+_ENV_LINES = re.compile(r"\r?\n")
+_ENV_ITEMS = re.compile(r"\r?\n|,")
+
+
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Options set by ``SITEPEEK_*`` variables; an empty variable counts as unset."""
     values: dict[str, Any] = {}
@@ -894,8 +907,9 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"unknown environment variable {variable}{hint}")
         try:
             if option.multiple:
+                items = _ENV_LINES if option.lines_only else _ENV_ITEMS
                 values[option.name] = tuple(
-                    option.kind.from_env(item.strip()) for item in text.split(",") if item.strip()
+                    option.kind.from_env(item.strip()) for item in items.split(text) if item.strip()
                 )
             else:
                 values[option.name] = option.kind.from_env(text)

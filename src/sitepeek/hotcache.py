@@ -235,6 +235,14 @@ class HotCache:
             self._entries[key] = entry
             self._bytes += size
 
+    def clear(self) -> None:
+        """Forget every entry (the keys seen once too)."""
+        with self._lock:
+            self._entries.clear()  # (in place: ``get`` is its bound method)
+            self._bytes = 0
+            self._seen.clear()
+            self._seen_bytes = 0
+
     def discard(self, key: Key, entry: Entry) -> None:
         """Forget ``entry`` (found stale) unless it was replaced meanwhile."""
         with self._lock:
@@ -287,6 +295,15 @@ class HotAnswers:
         self._codings = sidecar_codings
         self._cache = HotCache()
         self.stopping = False  # set by the handler: answers must then say close
+
+    def serve_from(self, root: str, rules: RulesFile | None) -> None:
+        """Answers now come from ``root`` (a build's snapshot, or the served directory
+        again) with its ``rules``: forget every answer made from the other one. An
+        answer being made from it meanwhile is not remembered: :func:`capture` finds
+        its file outside ``root``."""
+        self._root = root
+        self._rules = rules
+        self._cache.clear()
 
     def lookup(self, key: Key) -> tuple[Entry, bytes] | None:
         """The entry for ``key`` and its response stamped now, if it may answer again."""

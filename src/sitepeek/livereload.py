@@ -6,7 +6,9 @@ means for it (reload, swap stylesheets, refresh images, nothing: :mod:`sitepeek.
 decides from what the tab reported it loaded). It is also the gate: it holds HTML
 requests while a build is in flight, and a request for a page some tab loaded whose
 file is missing until the build that writes it again ends, so a reload never shows a
-half-written build. Every build that changed something is a new site version, sent in
+half-written build (pages are looked up where requests are answered from: the copy of the
+last good build while the latest has failed, see :class:`~sitepeek.changes.Serving`).
+Every build that changed something is a new site version, sent in
 the hello and in every reload message, so a tab that (re)connects behind it reloads.
 While a ``--build`` command runs the gate stays closed (longer: :data:`BUILD_WAIT`);
 a failed build or a companion that exited shows an overlay in every tab, also in tabs
@@ -36,6 +38,7 @@ from sitepeek.changes import (
     Outcome,
     PageSeen,
     Pending,
+    Serving,
     Settled,
     Touched,
     wall_ms,
@@ -129,6 +132,7 @@ class Broadcaster:
         # The overlays on show, by id ("build", "run:CMD"): sent to every tab that connects.
         self._overlays: dict[str, bytes] = {}
         self._root = None if root is None else os.fspath(root)
+        self._served_root = self._root  # (the root is a snapshot's copy while one serves)
         self._base = base
         self._report = report
         self._share_page = share_page
@@ -226,6 +230,12 @@ class Broadcaster:
             return
         if isinstance(event, BuildStarted | BuildFinished | CompanionExited):
             self._on_command_event(event)
+            return
+        if isinstance(event, Serving):
+            # What exists is what is served: a page a failed build deleted exists in
+            # the copy of the last good build, so its requests are not held.
+            copy = event.snapshot
+            self._root = copy if copy and os.path.isdir(copy) else self._served_root
             return
         with self._lock:
             self._started = None

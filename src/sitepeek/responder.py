@@ -13,10 +13,11 @@ answering costs that response (a 500), never the connection loop.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from sitepeek import entities, hotcache, livereload, proxy, websocket
-from sitepeek.changes import ChangeFeed
+from sitepeek.changes import ChangeEvent, ChangeFeed, Serving
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.connections import CloseConnection, Connection
@@ -59,7 +60,7 @@ class Responder:
         snippet: bytes | None = None
         client: Entity | None = None
         if config.reload:
-            broadcaster = self.broadcaster = livereload.Broadcaster(
+            self.broadcaster = livereload.Broadcaster(
                 io,
                 root=config.root,
                 base=config.base,
@@ -72,10 +73,6 @@ class Responder:
             client = entities.from_bytes(
                 livereload.CLIENT_PATH, script, config.compress, immutable=True
             )
-            if feed is not None:
-                feed.subscribe(
-                    lambda event: io.call_soon_threadsafe(lambda: broadcaster.on_event(event))
-                )
         self.site = Site(
             config,
             broadcaster=self.broadcaster,
@@ -95,6 +92,21 @@ class Responder:
         )
         self.writer = Writer(io, dates, self.hot, snippet, config.compress, config.send_timeout)
         self._stopping = False
+        if feed is not None:  # (last: the feed replays what it knows at once)
+            feed.subscribe(lambda event: io.call_soon_threadsafe(lambda: self._on_event(event)))
+
+    def _on_event(self, event: ChangeEvent) -> None:
+        """A change event, in the worker model's context (in the feed's order)."""
+        if isinstance(event, Serving):
+            # Before the gate opens (the BuildFinished after it): no page of the failed
+            # build is answered, from the cache either.
+            try:
+                self.site.serve_from(event.snapshot or None)
+            except OSError as exc:  # (removed behind our back: serve what there is)
+                print(f"sitepeek: cannot serve {event.snapshot}: {exc}", file=sys.stderr)
+            self.hot.serve_from(self.site.resolver.root, self.site.rules)
+        if self.broadcaster is not None:
+            self.broadcaster.on_event(event)
 
     @property
     def stopping(self) -> bool:

@@ -36,7 +36,8 @@ from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler
 
 if TYPE_CHECKING:
-    from sitepeek.build import BuildRunner, Companions
+    from sitepeek.build import BuildRunner
+    from sitepeek.commands import Companions
     from sitepeek.reload import ChangeBatch, Watcher
 
 # A busy port moves on to the next one; this many are tried before giving up.
@@ -202,7 +203,9 @@ class ReloadLines:
             entry = self._open.pop(version, None)
         if entry is not None:
             summary, total, _ = entry
-            print(f"reload · {summary} · {total.summary()}", file=self._out, flush=True)
+            # One write: a build's output lines come from other threads (see Terminal).
+            self._out.write(f"reload · {summary} · {total.summary()}\n")
+            self._out.flush()
 
 
 class SiteVersions:
@@ -318,7 +321,8 @@ def _commands(
     server without them starts without loading any of it)."""
     if config.build is None and not config.run:
         return None, None
-    from sitepeek.build import BuildRunner, Companions, Terminal
+    from sitepeek.build import BuildRunner
+    from sitepeek.commands import Companions, Terminal
 
     terminal = Terminal(out)
     cwd = Path.cwd()
@@ -330,8 +334,14 @@ def _commands(
                 versions.begin()  # (the build's start is its site version's start)
             feed.emit(event)
 
+        from sitepeek.reload import FENCE_PREFIX
+        from sitepeek.snapshot import Snapshot
+
         fence_dir = config.root if config.reload else None
-        runner = BuildRunner(config.build, terminal, emit, cwd, fence_dir, versions.settle)
+        snapshot = Snapshot(config.root, skip=lambda name: name.startswith(FENCE_PREFIX))
+        runner = BuildRunner(
+            config.build, terminal, emit, cwd, fence_dir, versions.settle, snapshot
+        )
     if config.run:
         companions = Companions(config.run, terminal, feed.emit, cwd)
     return runner, companions

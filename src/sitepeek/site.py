@@ -97,6 +97,15 @@ class Site:
         self._snippet = snippet
         self._ca_cert = ca_cert
 
+    def serve_from(self, directory: str | None) -> None:
+        """Answer from ``directory`` (the copy of the last good build, while the latest
+        has failed) with the same options; None: from the configured root again."""
+        root = self.config.root if directory is None else directory
+        config = self.config
+        self.resolver = Resolver(root, clean_urls=config.clean_urls, listing=config.listing)
+        self.rules = RulesFile(root) if config.rules else None
+        self._rules_seen = None
+
     def route(self, path: str) -> ProxyRoute | None:
         """The ``--proxy`` route for ``path``, if any."""
         return match(self.routes, path) if self.routes else None
@@ -298,7 +307,7 @@ class Site:
         rules = self.rules.current()
         if rules is not self._rules_seen:
             self._rules_seen = rules
-            if rules.warnings and self._claim(_rules_version(self.config.root, rules)):
+            if rules.warnings and self._claim(_rules_version(self.resolver.root, rules)):
                 for warning in rules.warnings:
                     print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
         return rules
