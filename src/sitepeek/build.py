@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited
-from sitepeek.reload import FENCE_PREFIX
+from sitepeek.console import write_line
+from sitepeek.reload import DELETED_PAGE_HOLD, FENCE_PREFIX
 
 __all__ = ["FENCE_PREFIX", "BuildRunner", "Companions", "Terminal", "shell_argv"]
 
@@ -52,8 +53,10 @@ KILL_GRACE = 2.0
 # The last this-many characters of a command's output are kept for the overlay.
 OUTPUT_TAIL = 64 * 1024
 # Named so that no ignore pattern drops it; removed right after the watcher saw it.
-# How long to wait for the watcher to report the fence before giving up on it.
-FENCE_TIMEOUT = 2.0
+# How long to wait for the watcher to report the fence before giving up on it: longer
+# than the watcher holds a batch after its last event (a build that deleted a page), with
+# room for a busy machine. Giving up early puts this build's files into the next one's.
+FENCE_TIMEOUT = DELETED_PAGE_HOLD + 3.0
 # Builds in a row started by the same files changed during the build before: a hint.
 LOOP_HINT_AFTER = 3
 # Words before the program that names a command's output (npx vite -> "vite").
@@ -105,7 +108,7 @@ class Terminal:
     def line(self, text: str) -> None:
         # A closed terminal must not end the command's output thread.
         with self._lock, contextlib.suppress(OSError, ValueError):
-            print(text, file=self._out, flush=True)
+            write_line(self._out, text)
 
     def output(self, label: str, text: str) -> None:
         self.line(f"{label} | {text}")

@@ -202,7 +202,7 @@ class ReloadLines:
             entry = self._open.pop(version, None)
         if entry is not None:
             summary, total, _ = entry
-            print(f"reload · {summary} · {total.summary()}", file=self._out, flush=True)
+            console.write_line(self._out, f"reload · {summary} · {total.summary()}")
 
 
 class SiteVersions:
