@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, CompanionExited
-from sitepeek.console import write_line
 from sitepeek.reload import DELETED_PAGE_HOLD, FENCE_PREFIX
 
 __all__ = ["FENCE_PREFIX", "BuildRunner", "Companions", "Terminal", "shell_argv"]
@@ -107,8 +106,11 @@ class Terminal:
 
     def line(self, text: str) -> None:
         # A closed terminal must not end the command's output thread.
+        # One write per line, as console.write_line: print() writes the newline apart,
+        # and with unbuffered output a reload line (another thread) lands in between.
         with self._lock, contextlib.suppress(OSError, ValueError):
-            write_line(self._out, text)
+            self._out.write(text + "\n")
+            self._out.flush()
 
     def output(self, label: str, text: str) -> None:
         self.line(f"{label} | {text}")
