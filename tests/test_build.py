@@ -8,6 +8,7 @@ browser would. Every wait is on a condition (a log line, a message), never a sle
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -206,6 +207,35 @@ def test_changes_during_a_build_give_exactly_one_follow_up(project: Path, model:
     assert reloads[1:] == [
         "reload · 1 file · a.html · no tabs",
         "reload · 2 files · b.html, c.html · no tabs",
+        "reload · 1 file · a.html · no tabs",
+    ]
+
+
+def test_a_build_that_deletes_a_page_is_its_own_reload(project: Path, model: str) -> None:
+    # The watcher holds a batch that deleted a page (it may come back) for a while after
+    # the build ended; the gate must stay until the watcher saw the fence go by, or the
+    # follow-up build starts early and takes the deletion into its own reload.
+    hold = project.parent / "hold"
+    server = start_building(project, model, clean=True, env={"GEN_HOLD": str(hold)})
+    go_file(project).touch()
+    try:
+        wait_for(lambda: len(output_lines(server, "^reload · ")) == 1, "build 1's reload")
+        hold.touch()
+        (project / "pages" / "c.txt").unlink()
+        wait_for_log(project, "start 2")
+        edit(project, "a", "alpha two")
+        wait_for(
+            lambda: output_lines(server, r"^build · queued next · .*pages/a\.txt"),
+            "the change to a queued",
+        )
+        hold.unlink()
+        wait_for_log(project, "end 3")
+        wait_for(lambda: len(output_lines(server, "^reload · ")) == 3, "build 3's reload")
+    finally:
+        stop_cleanly(server)
+    assert builds(project) == [f"{w} {n}" for n in range(1, 4) for w in ("start", "end")]
+    assert output_lines(server, "^reload · ")[1:] == [
+        "reload · 1 file · c.html · no tabs",
         "reload · 1 file · a.html · no tabs",
     ]
 
@@ -662,3 +692,48 @@ def test_mkdocs_builds_reload_once_and_a_broken_config_shows_its_error(
     # One reload per good build, never one during a build: the summary counts them all.
     assert len(output_lines(server, r"^build ok ")) == 4
     assert output_lines(server, r"reloads?\.$")[-1].endswith(" 4 reloads."), server.stdout_lines
+
+
+# -- the terminal ----------------------------------------------------------------------
+def test_lines_from_the_runner_and_the_reloads_never_share_a_line() -> None:
+    # The build runner's lines and the reload lines come from different threads; with
+    # unbuffered output (PYTHONUNBUFFERED=1, as in Docker images) print() writes a text
+    # and its newline apart, and "build · ...reload · ..." was one line in a terminal.
+    from sitepeek.commands import Terminal
+    from sitepeek.changes import Outcome
+    from sitepeek.server import ReloadLines
+
+    read_end, write_end = os.pipe()
+    # What python -u makes of stdout: a text layer straight on the file descriptor.
+    out = io.TextIOWrapper(io.FileIO(write_end, "w"), encoding="utf-8", write_through=True)
+    received: list[str] = []
+
+    def read() -> None:
+        with open(read_end, encoding="utf-8") as stream:
+            received.extend(stream)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    count = 2000
+    terminal, lines = Terminal(out), ReloadLines(out, reporters=1, wait=WAIT)
+
+    def builds_lines() -> None:
+        for number in range(count):
+            terminal.line(f"build · make · {number}")
+
+    def reload_lines() -> None:
+        for version in range(count):
+            lines.build(version, f"1 file · {version}.html")
+            lines.add(Outcome(version))
+
+    writers = [threading.Thread(target=builds_lines), threading.Thread(target=reload_lines)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    out.close()
+    reader.join(WAIT)
+    assert sorted(received) == sorted(
+        [f"build · make · {n}\n" for n in range(count)]
+        + [f"reload · 1 file · {n}.html · no tabs\n" for n in range(count)]
+    )

@@ -179,6 +179,33 @@ def test_a_plain_request_that_cannot_be_redirected_gets_an_error(
     assert b"\r\nLocation:" not in data
 
 
+def test_answers_on_the_plain_side_carry_header_and_cors(
+    site: Path, worker_model: str, tmp_path: Path
+) -> None:
+    # --help: --header and --cors go on every response; the TLS port's own answers too.
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+    args = ("--https", "--header", "X-Frame-Options: DENY", "--cors")
+    srv = start_server(site, worker_model, *args, env=env)
+    port = srv.port
+    try:
+        requests = {
+            301: f"GET /a HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+            400: "GET / HTTP/1.0\r\n\r\n",
+            421: "GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+            200: "GET /__sitepeek__/ca.crt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        }
+        for status, text in requests.items():
+            with srv.connect() as sock:
+                sock.sendall(text.encode())
+                response, _ = parse_one(recv_until_closed(sock))
+            assert response.status_code == status
+            fields = [(k.decode().lower(), v.decode()) for k, v in response.headers]
+            assert fields.count(("x-frame-options", "DENY")) == 1, (status, fields)
+            assert fields.count(("access-control-allow-origin", "*")) == 1, (status, fields)
+    finally:
+        stop_cleanly(srv)
+
+
 def test_live_reload_over_wss(tls_server: Server, pair: tuple[Path, Path, Path]) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     with tls_connect(tls_server, client_context(pair[0])) as sock:

@@ -33,13 +33,15 @@ from pathlib import Path
 
 from sitepeek.changes import BuildFinished, BuildStarted, ChangeEvent, Serving
 from sitepeek.commands import KILL_GRACE, Child, Terminal, describe_exit
-from sitepeek.reload import FENCE_PREFIX
+from sitepeek.reload import DELETED_PAGE_HOLD, FENCE_PREFIX
 from sitepeek.snapshot import Snapshot
 
 __all__ = ["FENCE_PREFIX", "BuildRunner"]
 
-# How long to wait for the watcher to report the fence before giving up on it.
-FENCE_TIMEOUT = 2.0
+# How long to wait for the watcher to report the fence before giving up on it: longer
+# than the watcher holds a batch after its last event (a build that deleted a page), with
+# room for a busy machine. Giving up early puts this build's files into the next one's.
+FENCE_TIMEOUT = DELETED_PAGE_HOLD + 3.0
 # Builds in a row started by the same files changed during the build before: a hint.
 LOOP_HINT_AFTER = 3
 

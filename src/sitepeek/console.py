@@ -39,6 +39,15 @@ QR_HINT = "--qr needs the qr extra: pip install 'sitepeek[qr]'"
 _SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
+def write_line(out: TextIO, text: str) -> None:
+    """Write ``text`` and its newline in one call, and flush. print() writes them apart:
+    with unbuffered output (PYTHONUNBUFFERED) another thread's line can land between
+    the two, and two lines become one (the build runner and the reload lines print
+    from different threads)."""
+    out.write(text + "\n")
+    out.flush()
+
+
 def color_enabled(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
     """Color only on a terminal, never with NO_COLOR set (to anything but "") or TERM=dumb."""
     env = os.environ if environ is None else environ

@@ -103,6 +103,8 @@ class Handler:
                 ca_entity,
                 proceed=self._run,
                 counted=self._count_request,
+                extra=responder.static_extra,
+                overrides=responder.static_overrides,
             )
 
     @property

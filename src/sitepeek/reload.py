@@ -549,7 +549,11 @@ class Watcher:
         )
 
         def settle(batch: ChangeBatch) -> None:
-            self._on_settle(ChangeBatch(tuple(fingerprints.changed(batch.paths))))
+            # A --build fence is gone again before its batch settles, so its content
+            # never changed; yet the runner must see it go by (or it waits it out).
+            fences = [path for path in batch.paths if _is_fence(path)]
+            changed = fingerprints.changed(p for p in batch.paths if not _is_fence(p))
+            self._on_settle(ChangeBatch((*changed, *fences)))
 
         def exists(path: str) -> bool:
             return os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))

@@ -203,9 +203,7 @@ class ReloadLines:
             entry = self._open.pop(version, None)
         if entry is not None:
             summary, total, _ = entry
-            # One write: a build's output lines come from other threads (see Terminal).
-            self._out.write(f"reload · {summary} · {total.summary()}\n")
-            self._out.flush()
+            console.write_line(self._out, f"reload · {summary} · {total.summary()}")
 
 
 class SiteVersions:

@@ -47,9 +47,13 @@ class TlsPort:
         *,
         proceed: Callable[[Connection], None],
         counted: Callable[[], None],
+        extra: bytes = b"",
+        overrides: frozenset[str] = frozenset(),
     ) -> None:
         """``proceed(conn)`` serves a connection once TLS is up (in the same task, never
-        raising); ``counted()`` is called for each plain-HTTP request answered here."""
+        raising); ``counted()`` is called for each plain-HTTP request answered here;
+        ``extra`` and ``overrides``: the --header and --cors fields every answer here
+        carries too (see :class:`~sitepeek.connections.Connection`)."""
         self._context = context
         self._io = io
         self._table = table
@@ -60,6 +64,8 @@ class TlsPort:
         self._ca_cert = ca_cert
         self._proceed = proceed
         self._counted = counted
+        self._extra = extra
+        self._overrides = overrides
 
     def serve(self, conn: Connection) -> None:
         """Serve a connection on the TLS port, in its own task; never raises."""
@@ -111,6 +117,7 @@ class TlsPort:
         a phone downloads it before it can trust anything served over TLS.
         """
         writer = self._writer
+        conn.extra, conn.overrides = self._extra, self._overrides
         parser = RequestParser()
         parser.feed(first)
         try:
