@@ -699,8 +699,8 @@ def test_lines_from_the_runner_and_the_reloads_never_share_a_line() -> None:
     # The build runner's lines and the reload lines come from different threads; with
     # unbuffered output (PYTHONUNBUFFERED=1, as in Docker images) print() writes a text
     # and its newline apart, and "build · ...reload · ..." was one line in a terminal.
-    from sitepeek.commands import Terminal
     from sitepeek.changes import Outcome
+    from sitepeek.commands import Terminal
     from sitepeek.server import ReloadLines
 
     read_end, write_end = os.pipe()
