@@ -42,15 +42,20 @@ def model(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
+def make_project(tmp_path: Path, style: str = "h1 { color: red }\n") -> Path:
+    """The sources tests/sitegen.py builds the site from: pages and a stylesheet."""
     root = tmp_path / "project"
     (root / "pages").mkdir(parents=True)
     for name, text in PAGES.items():
         (root / "pages" / f"{name}.txt").write_text(text)
-    (root / "style.txt").write_text("h1 { color: red }\n")
+    (root / "style.txt").write_text(style)
     (tmp_path / "builds.log").write_text("")
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
 
 
 def go_file(project: Path) -> Path:

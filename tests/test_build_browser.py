@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, BrowserContext
 
 from conftest import WORKER_MODELS, Server, stop_cleanly
 from test_browser import Tab, browser, playwright  # noqa: F401  # fixtures
-from test_build import PAGES, edit, go_file, start_building, wait_for, wait_for_log
+from test_build import edit, go_file, make_project, start_building, wait_for, wait_for_log
 
 WAIT_MS = 20_000  # a build runs between the edit and what the page shows
 OVERLAY = "document.getElementById('__sitepeek_overlay__')"
@@ -36,13 +36,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:  # noqa: F811
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    (root / "pages").mkdir(parents=True)
-    for name, text in PAGES.items():
-        (root / "pages" / f"{name}.txt").write_text(text)
-    (root / "style.txt").write_text("h1 { color: rgb(255, 0, 0) }\n")
-    (tmp_path / "builds.log").write_text("")
-    return root
+    return make_project(tmp_path, "h1 { color: rgb(255, 0, 0) }\n")
 
 
 @pytest.fixture

@@ -211,13 +211,15 @@ class Handler:
         first: bytes = b"",
         pending: bytes = b"",
         parsed: Request | ProtocolError | None = None,
+        missed: tuple[str | None] | None = None,
     ) -> None:
         """Serve ``conn`` in this task until it closes or parks; never raises.
 
         ``first``: bytes already received; ``pending``: the rest of a hot answer the
         event loop could not send at once (when its request asked to close, the
         connection is then closed: ``conn.parkable`` is False); ``parsed``: what the
-        event loop parsed from ``conn.parser``'s bytes (a request, or its error).
+        event loop parsed from ``conn.parser``'s bytes (a request, or its error), and
+        ``missed``: its request key, when the loop found no answer under it.
         """
         lingers = parked = False
         try:
@@ -225,7 +227,7 @@ class Handler:
                 conn.sendall(pending)
                 if not conn.parkable:
                     return
-            lingers = self._serve_requests(conn, first, parsed)
+            lingers = self._serve_requests(conn, first, parsed, missed)
             if lingers and not self.stopping:
                 linger(conn.sock)
         except Park:
@@ -341,16 +343,18 @@ class Handler:
         except ProtocolError as exc:
             parsed = exc
         conn.hot_key = None
+        missed: tuple[str | None] | None = None
         if isinstance(parsed, Request) and not parsed.has_body and parser.drained:
             alias = request_key(parsed)
             hit = None if alias is None else self._hot.lookup(alias)
             if hit is not None:
                 return hit[0], hit[1], parsed.method, parsed.target
             conn.hot_key = data  # (alone in one read: the bytes may key an answer)
+            missed = (alias,)  # (the task must not ask the cache again)
         assert conn.readable is not None
         conn.readable.notify(None)
         conn.idle = False
-        self._io.dispatch(lambda: self._run(conn, parsed=parsed))
+        self._io.dispatch(lambda: self._run(conn, parsed=parsed, missed=missed))
         return None
 
     def _serve_requests(
@@ -358,10 +362,12 @@ class Handler:
         conn: Connection,
         first: bytes = b"",
         parsed: Request | ProtocolError | None = None,
+        missed: tuple[str | None] | None = None,
     ) -> bool:
         """Answer requests until the connection should close; True to linger.
 
-        ``parsed``: the first request (or its error), already taken from the parser.
+        ``parsed``: the first request (or its error), already taken from the parser;
+        ``missed``: its request key, already looked up in vain (see _parse_in_loop).
         Raises _Park when an adopted connection is idle again.
         """
         parser = conn.parser
@@ -393,7 +399,8 @@ class Handler:
             conn.hot_streak = False
             conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
-            keep_alive = self._responder.respond(conn, request)
+            keep_alive = self._responder.respond(conn, request, missed)
+            missed = None
             now = time.monotonic()
             if self._log is not None:
                 self._log.record(

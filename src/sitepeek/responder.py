@@ -121,17 +121,23 @@ class Responder:
         """Release spooled compressed files."""
         self.writer.close()
 
-    def respond(self, out: Connection, request: Request) -> bool:
-        """Answer one request; returns whether the connection stays open."""
-        alias = request_key(request)
-        if alias is not None:
-            hit = self.hot.lookup(alias)
-            if hit is not None:  # the answer made for this file version, again
-                entry, response = hit
-                out.status = entry.status  # (set: these bytes need no header filtering)
-                out.hot_streak = True  # (the next one may well be answered by the loop)
-                out.sendall(response)
-                return entry.keep_alive
+    def respond(
+        self, out: Connection, request: Request, missed: tuple[str | None] | None = None
+    ) -> bool:
+        """Answer one request; returns whether the connection stays open.
+
+        ``missed``: the request's key, when the caller has looked it up in vain."""
+        if missed is not None:
+            (alias,), hit = missed, None
+        else:
+            alias = request_key(request)
+            hit = None if alias is None else self.hot.lookup(alias)
+        if hit is not None:  # the answer made for this file version, again
+            entry, response = hit
+            out.status = entry.status  # (set: these bytes need no header filtering)
+            out.hot_streak = True  # (the next one may well be answered by the loop)
+            out.sendall(response)
+            return entry.keep_alive
         keep_alive = request.keep_alive and not self._stopping
         try:
             plan, added = self.site.decide(request, out.hot_key, alias)
