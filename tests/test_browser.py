@@ -241,6 +241,37 @@ def test_changing_an_image_refreshes_it_without_navigation(tab: Tab, server: Ser
     assert tab.navigations == 0
 
 
+# The tab below never says what it loaded, as a tab opened a moment before a build has
+# not yet: its "loaded" messages are dropped before they leave the page.
+SILENT_TAB = """
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (typeof data === "string" && data.includes('"type":"loaded"')) return;
+  return send.call(this, data);
+};
+"""
+
+
+def test_a_tab_that_has_not_reported_swaps_what_it_shows_and_reloads_for_the_rest(
+    context: BrowserContext, server: Server
+) -> None:
+    page = context.new_page()
+    page.add_init_script(SILENT_TAB)
+    tab = Tab(page).open(server.url + "/")
+    assert tab.state("noted") == 0  # the server knows nothing of what it loaded
+    (server.root / "style.css").write_text("h1 { color: rgb(0, 0, 255) }\n")
+    tab.wait_for("getComputedStyle(document.querySelector('h1')).color === 'rgb(0, 0, 255)'")
+    assert tab.state("cssSwaps") == 1
+    (server.root / "pic.png").write_bytes(png(24, 12, (30, 30, 200)))
+    tab.wait_for("document.getElementById('pic').naturalWidth === 24")
+    assert tab.state("imageRefreshes") == 1
+    assert tab.same_document() and tab.navigations == 0, reload_log(server)
+    # A stylesheet this page does not link: the client cannot swap it, so it reloads.
+    (server.root / "other.css").write_text("p { margin: 0 }\n")
+    tab.wait_reloaded("Home")
+    assert tab.navigations == 1
+
+
 def test_atomic_save_reloads(tab: Tab, server: Server) -> None:
     temp = server.root / ".index.html.sitepeek-save.tmp"
     temp.write_text(page_html("Saved atomically"))

@@ -162,7 +162,13 @@ EXISTING = {"index.html", "about/index.html", "a.css", "b.css", "pic.png", "app.
         (report("/about/", "/a.css"), ["/elsewhere/layout.html"], "reload", ()),
         (report("/missing/", "/a.css"), ["b.css"], "reload", ()),  # a listing or a 404
         (report("/about/", "/a.css", status=404), ["b.css"], "reload", ()),
-        (TabReport(), ["b.css"], "reload", ()),  # a tab that cannot say
+        # A tab that has not said (yet): its client swaps what it links, or reloads.
+        (TabReport(), ["b.css", "a.css"], "css", ("b.css", "a.css")),
+        (TabReport(), ["pic.png"], "images", ("pic.png",)),
+        (TabReport(), ["b.css", "pic.png"], "reload", ()),
+        (TabReport(), ["app.js"], "reload", ()),
+        (TabReport(), ["/elsewhere/site.css"], "reload", ()),
+        (TabReport(), ["a.css", "_headers"], "reload", ()),
         (report("/about/"), [], "none", ()),
     ],
 )
@@ -177,10 +183,12 @@ def test_decide_under_a_base_path_and_without_a_root() -> None:
     assert decide(tab, ["a.css"], "/docs/", None).action == "reload"
 
 
-def test_a_tab_that_reports_too_much_is_reloaded() -> None:
+def test_a_tab_that_reports_too_much_is_treated_as_one_that_did_not_say() -> None:
     tab = report("/", *(f"/f{i}.css" for i in range(MAX_URLS + 1)))
     assert tab.overflow and not tab.resources
-    assert decide(tab, ["b.css"], "/", EXISTING.__contains__).action == "reload"
+    assert decide(tab, ["app.js"], "/", EXISTING.__contains__).action == "reload"
+    # A stylesheet may be one of those it loaded: its client swaps it if it links it.
+    assert decide(tab, ["b.css"], "/", EXISTING.__contains__).action == "css"
 
 
 def test_malformed_report_fields_are_ignored() -> None:

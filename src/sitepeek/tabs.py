@@ -3,10 +3,12 @@ images in place, or leave it alone.
 
 Each tab's reload client reports the URLs it loaded: its page (with the page's status)
 and the resources the page fetched, as the browser's Performance API lists them. A build
-reloads the tab only if its page or one of its resources changed. A tab that reported
-nothing (a browser without the Performance API) is reloaded, as are tabs whose page is
-not plainly one file (a 404 page, a directory listing, a rewrite): any change may alter
-those. Pure functions and a plain record; :mod:`sitepeek.livereload` keeps one
+reloads the tab only if its page or one of its resources changed. A tab that has not
+reported (yet: it opened a moment ago, or its browser lacks the Performance API) is told
+to swap the stylesheets or refresh the images of a build that changed only those, and its
+client reloads if it shows none of them; any other build reloads it. So are tabs whose
+page is not plainly one file (a 404 page, a directory listing, a rewrite): any change may
+alter those. Pure functions and a plain record; :mod:`sitepeek.livereload` keeps one
 :class:`TabReport` per reload socket.
 """
 
@@ -20,7 +22,7 @@ from typing import Literal
 __all__ = ["MAX_URLS", "Action", "Decision", "TabReport", "decide", "files_for"]
 
 Action = Literal["reload", "css", "images", "none"]
-MAX_URLS = 5_000  # per tab; a tab that loaded more is reloaded on every build
+MAX_URLS = 5_000  # per tab; a tab that loaded more is treated as one that did not say
 RULE_FILES = frozenset({"_redirects", "_headers"})  # change what any URL answers
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif", ".svg", ".ico", ".bmp")
 _INDEX_NAMES = ("index.html", "index.htm")  # as the resolver's
@@ -86,8 +88,13 @@ def decide(
     """
     if not changed:
         return Decision("none")
-    if tab.page is None or tab.overflow or RULE_FILES.intersection(changed):
+    if RULE_FILES.intersection(changed):
         return Decision("reload")
+    if tab.page is None or tab.overflow:
+        # A tab that has not said (yet) what it loaded: one opened a moment ago, or a
+        # browser without the Performance API. Only its client knows whether it links
+        # the changed stylesheets or shows the changed images; it reloads if it does not.
+        return _in_place(tuple(changed)) or Decision("reload")
     page_files = files_for(tab.page, base)
     changed_set = set(changed)
     if changed_set.intersection(page_files):
@@ -102,9 +109,17 @@ def decide(
         if any(os.path.isabs(path) for path in changed):
             return Decision("reload")
         return Decision("none")
-    lowered = [hit.lower() for hit in hits]
-    if all(hit.endswith(".css") for hit in lowered):
-        return Decision("css", hits)
-    if all(hit.endswith(IMAGE_SUFFIXES) for hit in lowered):
-        return Decision("images", hits)
-    return Decision("reload", hits)
+    return _in_place(hits) or Decision("reload", hits)
+
+
+def _in_place(files: tuple[str, ...]) -> Decision | None:
+    """Swap or refresh ``files`` in place when they are all stylesheets or all images
+    of the site's own (a file outside the root may feed any page); None otherwise."""
+    if any(os.path.isabs(path) for path in files):
+        return None
+    lowered = [path.lower() for path in files]
+    if all(path.endswith(".css") for path in lowered):
+        return Decision("css", files)
+    if all(path.endswith(IMAGE_SUFFIXES) for path in lowered):
+        return Decision("images", files)
+    return None
