@@ -47,7 +47,7 @@ IMPORTS: dict[str, set[str]] = {
     "inject": set(),
     "fingerprints": set(),
     "tabs": set(),
-    "reload": {"fingerprints"},
+    "reload": {"console", "fingerprints"},
     "representation": set(),
     "routes": set(),
     "qvalues": set(),
@@ -69,6 +69,7 @@ IMPORTS: dict[str, set[str]] = {
     "plan": {"entities", "hotcache", "resolver", "routes"},
     "site": {
         "config",
+        "console",
         "entities",
         "hosts",
         "hotcache",
@@ -113,6 +114,7 @@ IMPORTS: dict[str, set[str]] = {
         "changes",
         "concurrency",
         "config",
+        "console",
         "connections",
         "entities",
         "hotcache",
@@ -137,11 +139,18 @@ IMPORTS: dict[str, set[str]] = {
         "tls",
         "writer",
     },
-    "workers.base": {"changes", "concurrency", "config"},
+    "workers.base": {"changes", "concurrency", "config", "console"},
     "workers": {"workers.base"},
     "workers.greenlets": {"changes", "config", "workers.base"},
-    "workers.threads": {"changes", "config", "workers.base"},
-    "workers.processes": {"changes", "concurrency", "config", "workers.base", "workers.greenlets"},
+    "workers.threads": {"changes", "config", "console", "workers.base"},
+    "workers.processes": {
+        "changes",
+        "concurrency",
+        "config",
+        "console",
+        "workers.base",
+        "workers.greenlets",
+    },
     "banner": {"config", "console", "site", "version"},
     "server": {
         "banner",
@@ -278,6 +287,25 @@ def test_third_party_packages_are_imported_only_where_designed(package: str) -> 
 )
 def test_protocol_and_path_modules_use_the_standard_library_only(module: str) -> None:
     assert not (_modules()[module] & THIRD_PARTY)
+
+
+# print() writes the text and its newline apart: with unbuffered output another thread's
+# line can land between them and two lines become one. Only the server's start, before
+# any thread, may call it; everything else writes whole lines (console.write_line).
+PRINTS_ALLOWED = {"server"}
+
+
+def test_print_is_called_only_before_threads_start() -> None:
+    printing = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+            ):
+                printing.add(_module_name(path))
+    assert printing <= PRINTS_ALLOWED
 
 
 def test_threads_model_never_imports_gevent() -> None:

@@ -57,7 +57,7 @@ def print_banner(config: Config, port: int, out: TextIO, phone_help: bool = Fals
         text += "\n" + _phone_help(network[0])
     if config.qr:
         text += "\n\n" + console.qr_block(network[0] if network else None, out)
-    print(text, file=out, flush=True)
+    console.write_line(out, text)
 
 
 def banner_modes(config: Config) -> tuple[tuple[str, str], ...]:
@@ -104,4 +104,4 @@ def print_summary(out: TextIO, uptime_s: float, requests: int | None, reloads: i
     """One line when the server stops; ``None`` counts are unknown and left out."""
     # On a terminal, write over the "^C" its driver echoed.
     start = "\r" if console.is_terminal(out) else ""
-    print(start + console.summary(uptime_s, requests, reloads), file=out, flush=True)
+    console.write_line(out, start + console.summary(uptime_s, requests, reloads))

@@ -226,7 +226,7 @@ def open_browser(url: str, err: TextIO = sys.stderr) -> threading.Thread | None:
     browser in this very terminal: say so instead. A failure is one line on ``err``.
     """
     if not _graphical_browser_likely():
-        print(f"sitepeek: no graphical browser here; open {url} yourself", file=err, flush=True)
+        write_line(err, f"sitepeek: no graphical browser here; open {url} yourself")
         return None
     thread = threading.Thread(target=_open, args=(url, err), name="sitepeek-open", daemon=True)
     thread.start()
@@ -245,7 +245,7 @@ def _open(url: str, err: TextIO) -> None:
     except Exception:  # webbrowser raises whatever its launcher raised
         opened = False
     if not opened:
-        print(f"sitepeek: could not open a browser; open {url} yourself", file=err, flush=True)
+        write_line(err, f"sitepeek: could not open a browser; open {url} yourself")
 
 
 # -- summary ----------------------------------------------------------------------------

@@ -23,7 +23,17 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from sitepeek.console import CYAN, DIM, GREEN, RED, YELLOW, Style, color_enabled, human_size
+from sitepeek.console import (
+    CYAN,
+    DIM,
+    GREEN,
+    RED,
+    YELLOW,
+    Style,
+    color_enabled,
+    human_size,
+    write_line,
+)
 
 if TYPE_CHECKING:
     from sitepeek.concurrency import Io
@@ -229,4 +239,4 @@ def make_request_log(
 
 def report_bug(where: str, exc: Exception) -> None:
     """Report an internal error caught at ``where`` (a path, or "connection")."""
-    print(f"sitepeek: internal error ({where}): {exc!r}", file=sys.stderr, flush=True)
+    write_line(sys.stderr, f"sitepeek: internal error ({where}): {exc!r}")

@@ -48,6 +48,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
+from sitepeek.console import write_line
 from sitepeek.fingerprints import Fingerprints
 
 __all__ = [
@@ -129,7 +130,7 @@ class WatchError(Exception):
 
 
 def print_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    write_line(sys.stderr, message)
 
 
 # -- ignore filter -----------------------------------------------------------------------

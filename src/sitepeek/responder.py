@@ -21,6 +21,7 @@ from sitepeek.changes import ChangeEvent, ChangeFeed, Serving
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.connections import CloseConnection, Connection
+from sitepeek.console import write_line
 from sitepeek.entities import Entity
 from sitepeek.hotcache import request_key
 from sitepeek.http11 import Request, RequestParser, combine_fields
@@ -103,7 +104,7 @@ class Responder:
             try:
                 self.site.serve_from(event.snapshot or None)
             except OSError as exc:  # (removed behind our back: serve what there is)
-                print(f"sitepeek: cannot serve {event.snapshot}: {exc}", file=sys.stderr)
+                write_line(sys.stderr, f"sitepeek: cannot serve {event.snapshot}: {exc}")
             self.hot.serve_from(self.site.resolver.root, self.site.rules)
         if self.broadcaster is not None:
             self.broadcaster.on_event(event)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from sitepeek import inject, listing, livereload
 from sitepeek.config import Config
+from sitepeek.console import write_line
 from sitepeek.entities import Entity
 from sitepeek.hosts import HostPolicy
 from sitepeek.hotcache import Candidate
@@ -309,7 +310,7 @@ class Site:
             self._rules_seen = rules
             if rules.warnings and self._claim(_rules_version(self.resolver.root, rules)):
                 for warning in rules.warnings:
-                    print(f"sitepeek: {warning}", file=sys.stderr, flush=True)
+                    write_line(sys.stderr, f"sitepeek: {warning}")
         return rules
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from sitepeek.changes import ChangeFeed
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
+from sitepeek.console import write_line
 
 
 class ConnectionHandler(Protocol):
@@ -81,11 +82,7 @@ class AcceptBackoff:
         if exc.errno not in _RESOURCE_ERRORS:
             return None
         if not self._warned:
-            print(
-                f"sitepeek: accept failed ({exc.strerror}); backing off",
-                file=sys.stderr,
-                flush=True,
-            )
+            write_line(sys.stderr, f"sitepeek: accept failed ({exc.strerror}); backing off")
             self._warned = True
         self._delay = min(_MAX_BACKOFF, self._delay * 2 or 0.01)
         return self._delay

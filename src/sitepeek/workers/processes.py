@@ -38,6 +38,7 @@ from sitepeek.changes import (
 )
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
+from sitepeek.console import write_line
 from sitepeek.workers.base import ConnectionHandler, HandlerFactory
 
 if TYPE_CHECKING:
@@ -177,10 +178,8 @@ class ProcessWorkers:
         if self._stopping:
             return
         new_pid = self._spawn(listener, worker.index, inherited)
-        print(
-            f"sitepeek: worker {pid} {_describe(status)}; started worker {new_pid}",
-            file=sys.stderr,
-            flush=True,
+        write_line(
+            sys.stderr, f"sitepeek: worker {pid} {_describe(status)}; started worker {new_pid}"
         )
 
     def _spawn(
@@ -212,7 +211,7 @@ class ProcessWorkers:
                 )
                 code = 0
             except BaseException as exc:
-                print(f"sitepeek: worker {os.getpid()} failed: {exc!r}", file=sys.stderr)
+                write_line(sys.stderr, f"sitepeek: worker {os.getpid()} failed: {exc!r}")
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

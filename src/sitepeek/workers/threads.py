@@ -39,6 +39,7 @@ from typing import TypeVar
 
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
+from sitepeek.console import write_line
 from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory
 
 T = TypeVar("T")
@@ -168,7 +169,7 @@ class Pool:
             try:
                 task()
             except Exception as exc:  # a bug must cost one connection, never a worker
-                print(f"sitepeek: internal error (worker): {exc!r}", file=sys.stderr, flush=True)
+                write_line(sys.stderr, f"sitepeek: internal error (worker): {exc!r}")
             if not local.pooled:
                 return  # detached: no longer counted, its slot is free already
             with lock:
