@@ -22,6 +22,7 @@ import pytest
 from sitepeek import reload
 from sitepeek.reload import (
     DEFAULT_IGNORES,
+    FENCE_PREFIX,
     ChangeBatch,
     Debouncer,
     IgnoreFilter,
@@ -398,6 +399,18 @@ def test_ignored_paths_not_reported(
     (site / "css" / "site.css~").write_text("x")
     (site / "real.html").write_text("<p>real</p>\n")
     assert recorder.paths_until("real.html") == {"real.html"}
+
+
+@both_observers
+def test_the_build_fence_is_reported_whatever_is_ignored(
+    site: Path, make_watcher: MakeWatcher, recorder: Recorder, poll: bool
+) -> None:
+    # --ignore '.*' (or '.sitepeek-*') would otherwise hide the --build runner's fence,
+    # and every build would wait out the fence timeout for its reload.
+    make_watcher(site, poll=poll, ignore=IgnoreFilter(extra=[".*"]))
+    (site / f"{FENCE_PREFIX}1-1").touch()
+    (site / ".hidden.html").write_text("x")
+    assert recorder.paths_until(f"{FENCE_PREFIX}1-1") == {f"{FENCE_PREFIX}1-1"}
 
 
 def test_reading_files_is_not_a_change(

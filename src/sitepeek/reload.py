@@ -425,9 +425,9 @@ class _Target:
         rel = path[len(base) :].replace(os.sep, "/")
         if self.only is not None:
             return self.report_prefix if rel == self.only else None
-        if ignore.ignores_relative(rel) or (
-            self.served_only and not servable(rel) and not _is_fence(rel)
-        ):
+        if self.served_only and _is_fence(rel):
+            return rel  # whatever --ignore says: the build runner waits for it
+        if ignore.ignores_relative(rel) or (self.served_only and not servable(rel)):
             return None
         return self.report_prefix + rel
 
@@ -641,7 +641,8 @@ class Watcher:
         with os.scandir(path) as entries:
             if path in self._unfiltered_dirs:
                 return iter(list(entries))
-            return iter([e for e in entries if not self._ignore.ignores_name(e.name)])
+            ignored = self._ignore.ignores_name
+            return iter([e for e in entries if not ignored(e.name) or _is_fence(e.name)])
 
 
 def _checked_real_path(path: str, what: str) -> str:
