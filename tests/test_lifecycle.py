@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WORKER_MODELS, H11Client, children, start_server
+from conftest import SITEPEEK, WORKER_MODELS, H11Client, children, start_server
 
 
 def _alive(pid: int) -> bool:
@@ -64,6 +64,58 @@ def test_stop_with_idle_and_inflight_connections_is_quick_and_clean(
     assert code == 0, server.stderr_text()
     assert elapsed < 1.0
     assert "Traceback" not in server.stderr_text()
+
+
+@pytest.fixture
+def small_site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>hi</p>\n")
+    return site
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=str)
+def test_a_signal_to_the_whole_group_stops_cleanly_and_leaves_nothing_behind(
+    small_site: Path, model: str, sig: int, tmp_path: Path
+) -> None:
+    """What a terminal does: Ctrl-C, or closing the terminal (SIGHUP), signals the
+    whole foreground process group, worker processes included."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = start_server(small_site, model, env={"TMPDIR": str(temp)})
+    with server.connect() as sock:
+        assert H11Client(sock).request("GET", "/").status == 200
+    os.killpg(server.proc.pid, sig)
+    assert server.stop(sig) == 0, server.stderr_text()
+    assert "Traceback" not in server.stderr_text()
+    assert "started worker" not in server.stderr_text()  # no worker was replaced
+    assert list(temp.iterdir()) == []
+
+
+def test_a_killed_server_leaves_nothing_in_its_temporary_directory(
+    small_site: Path, model: str, tmp_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = start_server(small_site, model, env={"TMPDIR": str(temp)})
+    with server.connect() as sock:
+        assert H11Client(sock).request("GET", "/").status == 200
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    server.close_pipes()
+    assert list(temp.iterdir()) == []
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_server(small_site: Path, model: str) -> None:
+    server = start_server(small_site, model, launcher=["nohup", *SITEPEEK])
+    try:
+        os.killpg(server.proc.pid, signal.SIGHUP)
+        for _ in range(3):  # fresh connections: a stopping server accepts none
+            with server.connect() as sock:
+                assert H11Client(sock).request("GET", "/").status == 200
+        assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0, server.stderr_text()
 
 
 def test_idle_keep_alive_connection_is_closed_at_once_on_stop(big_site: Path, model: str) -> None:

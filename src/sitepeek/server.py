@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import glob
 import os
 import resource
-import shutil
 import signal
 import socket
 import sys
@@ -33,7 +33,7 @@ from sitepeek.changes import (
 from sitepeek.concurrency import Io
 from sitepeek.config import LIFELINE_ENV, Config
 from sitepeek.handler import Handler
-from sitepeek.workers.base import ConnectionHandler
+from sitepeek.workers.base import ConnectionHandler, stop_signals
 
 if TYPE_CHECKING:
     from sitepeek.build import BuildRunner
@@ -73,18 +73,10 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     # they live in the workers, which report their counts to the model).
     handlers: list[Handler] = []
 
-    def claim(key: str) -> bool:
-        """First across every process of this server (O_EXCL is atomic)?"""
-        try:
-            os.close(os.open(os.path.join(notices, key), os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            return False
-        except OSError:
-            return True  # better a repeated notice than a lost one
-        return True
+    notices = Notices()
 
     def make_handler(io: Io) -> ConnectionHandler:
-        handler = Handler(config, io, feed, claim, ca_cert)
+        handler = Handler(config, io, feed, notices.claim, ca_cert)
         handlers.append(handler)
         return handler
 
@@ -106,22 +98,56 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         if config.open is not None:
             _open_browser(config, config.open, port)
 
-    # Where worker processes agree on what was already reported (see ``claim``).
-    notices = tempfile.mkdtemp(prefix="sitepeek-notices-")
     try:
         model.run(listener, ready=ready)
     finally:
         # Stopping is under way: a second Ctrl-C or SIGTERM must not turn a clean
         # exit into a kill (Python restores default handlers while it finalizes).
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             signal.signal(signum, signal.SIG_IGN)
         _stop_commands(runner, companions)
         for watcher in watchers:
             watcher.stop()
-        shutil.rmtree(notices, ignore_errors=True)
+        notices.close()
     requests = _requests_served(handlers, model)
     reloads = versions.count if config.reload else None
     print_summary(out, time.monotonic() - started, requests, reloads)
+
+
+class Notices:
+    """Which notices were reported, agreed by every process of this server.
+
+    The keys are lines of an unlinked temporary file, which worker processes share by
+    inheriting it; a POSIX record lock orders the processes, a lock the threads of one.
+    Nothing is left on disk, however sitepeek ends (a directory of marker files was
+    left behind by every sitepeek killed with SIGKILL or SIGHUP).
+    """
+
+    def __init__(self) -> None:
+        with tempfile.TemporaryFile() as unlinked:  # (O_TMPFILE where there is one)
+            self._fd = os.dup(unlinked.fileno())
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """Whether this is the first claim of ``key`` (a line) by any process."""
+        line = key.encode("utf-8", "surrogateescape").replace(b"\n", b" ")
+        fd = self._fd
+        with self._lock:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                try:
+                    size = os.fstat(fd).st_size
+                    if line in os.pread(fd, size, 0).split(b"\n"):
+                        return False
+                    os.pwrite(fd, line + b"\n", size)
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
+            except OSError:
+                pass  # better a repeated notice than a lost one
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _stop_when_stdin_ends() -> None:

@@ -10,6 +10,7 @@ runs in a greenlet or an OS thread.
 from __future__ import annotations
 
 import errno
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -57,7 +58,15 @@ class WorkerModel(Protocol):
         """``feed`` carries file changes to the handlers (relayed across forks if needed)."""
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
-        """Serve until SIGINT/SIGTERM; call ``ready`` once the signal handlers are set."""
+        """Serve until a stop signal (:func:`stop_signals`); call ``ready`` once the
+        signal handlers are set."""
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop the server gracefully: SIGINT (Ctrl-C), SIGTERM, and SIGHUP
+    (its terminal was closed) unless SIGHUP is ignored (``nohup sitepeek``)."""
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
 
 
 # Errors of accept() that mean "out of descriptors or memory": back off and retry.

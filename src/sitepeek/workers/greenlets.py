@@ -10,7 +10,6 @@ handler); nothing is monkey-patched, so the threads model stays real threads.
 from __future__ import annotations
 
 import _socket
-import signal
 import socket
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,7 +22,7 @@ import gevent.socket
 
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
-from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory
+from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory, stop_signals
 
 T = TypeVar("T")
 
@@ -138,7 +137,7 @@ class GreenletWorkers:
 
     def run(self, listener: socket.socket, ready: Callable[[], None]) -> None:
         stop = gevent.event.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             gevent.signal_handler(signum, stop.set)
         ready()
         serve_until(self._config, self._make_handler, listener, stop)

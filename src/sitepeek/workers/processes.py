@@ -39,7 +39,7 @@ from sitepeek.changes import (
 from sitepeek.concurrency import Io
 from sitepeek.config import Config
 from sitepeek.console import write_line
-from sitepeek.workers.base import ConnectionHandler, HandlerFactory
+from sitepeek.workers.base import ConnectionHandler, HandlerFactory, stop_signals
 
 if TYPE_CHECKING:
     import gevent.event
@@ -120,7 +120,8 @@ class ProcessWorkers:
         def on_child(signum: int, frame: FrameType | None) -> None:
             pass  # the wake-up fd does the work
 
-        handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop, signal.SIGCHLD: on_child}
+        handlers = {signum: on_stop for signum in stop_signals()}
+        handlers[signal.SIGCHLD] = on_child
         # Kept after the loop ends: a second Ctrl-C during the drain changes nothing.
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -281,7 +282,8 @@ def _child_main(
     check and once more when it has stopped.
     """
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+    stopping = stop_signals()  # (as the supervisor's: SIGHUP's disposition is inherited)
+    for signum in (*stopping, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     _set_parent_death_signal()
 
@@ -292,7 +294,7 @@ def _child_main(
     from sitepeek.workers.greenlets import serve_until
 
     stop = gevent.event.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in stopping:
         gevent.signal_handler(signum, stop.set)
 
     handlers: list[ConnectionHandler] = []

@@ -40,7 +40,7 @@ from typing import TypeVar
 from sitepeek.changes import ChangeFeed
 from sitepeek.config import Config
 from sitepeek.console import write_line
-from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory
+from sitepeek.workers.base import AcceptBackoff, ConnectionHandler, HandlerFactory, stop_signals
 
 T = TypeVar("T")
 
@@ -355,7 +355,7 @@ class ThreadWorkers:
             stopping.set()
 
         # Kept after the loop ends: a second Ctrl-C during the drain changes nothing.
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             signal.signal(signum, on_signal)
         old_wakeup = signal.set_wakeup_fd(loop.wake_w.fileno(), warn_on_full_buffer=False)
         try:
