@@ -306,9 +306,14 @@ def test_a_server_nobody_stopped_ends_with_its_caller(site: Path) -> None:
     assert live_group(int(result.stdout)) == []
 
 
-def test_a_server_whose_caller_is_killed_stops_too(site: Path, worker_model: str) -> None:
+def test_a_server_whose_caller_is_killed_stops_too(
+    site: Path, worker_model: str, tmp_path: Path
+) -> None:
     """SIGKILL leaves no finalizer to run: the server sees its lifeline (its standard
-    input, a pipe from the caller) end and stops, its whole group with it."""
+    input, a pipe from the caller) end and stops, its whole group with it, and removes
+    the directory the caller made for it to start in."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     code = textwrap.dedent(
         f"""
         import sys, sitepeek
@@ -318,7 +323,11 @@ def test_a_server_whose_caller_is_killed_stops_too(site: Path, worker_model: str
         """
     )
     caller = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     assert caller.stdout is not None and caller.stdin is not None
     pid, port = map(int, caller.stdout.readline().split())
@@ -334,6 +343,7 @@ def test_a_server_whose_caller_is_killed_stops_too(site: Path, worker_model: str
         time.sleep(0.05)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert list(temp.iterdir()) == []
 
 
 # -- live reload ------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from sitepeek import config as config_module
 from sitepeek.config import (
     ENV_PREFIX,
     LIFELINE_ENV,
+    WORKDIR_ENV,
     Config,
     ConfigError,
     Settings,
@@ -253,6 +254,8 @@ class Server:
         # when this process ends, however it ends, the server sees end of file and
         # stops, so no server outlives a test run that was killed.
         env[LIFELINE_ENV] = "stdin"
+        if self._workdir is not None:
+            env[WORKDIR_ENV] = self._workdir
         return subprocess.Popen(
             [sys.executable, "-m", "sitepeek", "serve", str(self.root), *args],
             cwd=cwd,

@@ -39,6 +39,10 @@ ENV_PREFIX = "SITEPEEK_"
 # standard input, so its end of file means the parent is gone (SIGKILL included) and
 # the server must stop too. Not a SITEPEEK_ variable: those are options.
 LIFELINE_ENV = "_SITEPEEK_LIFELINE"
+# Set by sitepeek.Server to the empty directory it made for the server to start in (so
+# that no config file applies): the server removes it when it stops, also when its
+# caller was killed and could not.
+WORKDIR_ENV = "_SITEPEEK_WORKDIR"
 PROJECT_FILE = "sitepeek.toml"
 PYPROJECT_FILE = "pyproject.toml"
 PYPROJECT_LABEL = "pyproject.toml [tool.sitepeek]"

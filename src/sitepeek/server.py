@@ -31,7 +31,7 @@ from sitepeek.changes import (
     wall_ms,
 )
 from sitepeek.concurrency import Io
-from sitepeek.config import LIFELINE_ENV, Config
+from sitepeek.config import LIFELINE_ENV, WORKDIR_ENV, Config
 from sitepeek.handler import Handler
 from sitepeek.workers.base import ConnectionHandler, stop_signals
 
@@ -61,6 +61,7 @@ def serve(config: Config, out: TextIO | None = None) -> None:
     out = console_stream(config) if out is None else out
     if os.environ.pop(LIFELINE_ENV, "") == "stdin":
         _stop_when_stdin_ends()
+    workdir = os.environ.pop(WORKDIR_ENV, "")
     _raise_fd_limit()
     config, ca_cert = _local_certificate(config, out)
     listener = bind(config)
@@ -109,6 +110,9 @@ def serve(config: Config, out: TextIO | None = None) -> None:
         for watcher in watchers:
             watcher.stop()
         notices.close()
+        if workdir:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # (only ever empty: sitepeek.Server made it so)
     requests = _requests_served(handlers, model)
     reloads = versions.count if config.reload else None
     print_summary(out, time.monotonic() - started, requests, reloads)
