@@ -8,6 +8,7 @@ end-to-end suites; this is where the decisions are.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,21 @@ from typing import Any
 import pytest
 
 from sitepeek import entities, livereload
+from sitepeek.changes import BuildFinished, BuildStarted
 from sitepeek.config import Config
 from sitepeek.hotcache import Candidate
 from sitepeek.http11 import Request, RequestParser
-from sitepeek.plan import Error, Forward, Page, Plan, Redirect, SendEntity, SendFile, Upgrade
+from sitepeek.plan import (
+    Error,
+    Fields,
+    Forward,
+    Page,
+    Plan,
+    Redirect,
+    SendEntity,
+    SendFile,
+    Upgrade,
+)
 from sitepeek.site import MISDIRECTED, Site, may_be_html
 from sitepeek.workers.threads import ThreadIo
 from sites import CLEAN_OUTCOMES, CLEAN_STATES, LISTING, build_general, build_rules, build_spa
@@ -146,15 +158,19 @@ SIMPLE_CASES: list[tuple[dict[str, Any], str, tuple[Any, ...]]] = [
 ]
 
 
-def make_site(root: Path, **options: Any) -> Site:
-    reload = options.pop("reload", False)
+def make_site(
+    root: Path, broadcaster: livereload.Broadcaster | None = None, **options: Any
+) -> Site:
+    """A Site as the server makes one; with ``reload=True`` (or a ``broadcaster``) live
+    reload is on."""
+    reload = options.pop("reload", False) or broadcaster is not None
     config = Config(root=root, reload=False, **options)
     if not reload:
         return Site(config)
     script = livereload.client_script()
     return Site(
         config,
-        broadcaster=livereload.Broadcaster(ThreadIo()),
+        broadcaster=broadcaster or livereload.Broadcaster(ThreadIo()),
         client=entities.from_bytes(livereload.CLIENT_PATH, script, True, immutable=True),
         snippet=livereload.client_tag(script),
     )
@@ -179,6 +195,34 @@ def test_headers_rules_come_with_the_decision(root: Path) -> None:
     assert site.decide(parse(f"DELETE /style.css HTTP/1.1\n{HOST}"))[1] == (("X-Kind", "style"),)
     assert site.decide(parse(f"GET / HTTP/1.1\n{HOST}"))[1] == ()
     assert make_site(root, rules=False).decide(parse(f"GET /style.css HTTP/1.1\n{HOST}"))[1] == ()
+
+
+def test_a_page_held_for_a_build_is_answered_with_the_rules_the_build_wrote(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "page.html").write_text("<p>page</p>")
+    (tmp_path / "_headers").write_text("/page.html\n  X-Build: one\n")
+    broadcaster = livereload.Broadcaster(ThreadIo())
+    site = make_site(tmp_path, broadcaster)
+    broadcaster.on_event(BuildStarted())
+    held = threading.Event()
+    wait = broadcaster.wait_until_settled
+
+    def wait_and_say(path: str | None = None) -> None:
+        held.set()
+        wait(path)
+
+    broadcaster.wait_until_settled = wait_and_say  # type: ignore[method-assign]
+    answers: list[Fields] = []
+    decide = threading.Thread(
+        target=lambda: answers.append(site.decide(parse(f"GET /page.html HTTP/1.1\n{HOST}"))[1])
+    )
+    decide.start()
+    assert held.wait(5)
+    (tmp_path / "_headers").write_text("/page.html\n  X-Build: two\n")
+    broadcaster.on_event(BuildFinished(True, "build ok 0.1 s", "", ("_headers",)))
+    decide.join(5)
+    assert answers == [(("X-Build", "two"),)]
 
 
 def test_options_preflight_with_cors(root: Path) -> None:

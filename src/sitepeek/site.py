@@ -145,16 +145,18 @@ class Site:
             if inner is None:
                 return self._outside_base(request), ()
             site_path = inner
+        readable = request.method in ("GET", "HEAD")
+        html = readable and may_be_html(site_path)
+        if broadcaster is not None and html:
+            # A burst of changes is being written: wait (bounded) for it to settle,
+            # so a page never shows a half-written build. (First: the build may also
+            # change the rules, and where the site is answered from.)
+            broadcaster.wait_until_settled(site_path)
         rules = self._current_rules() if self.rules is not None else None
         added = rules.headers_for(site_path) if rules is not None else None
         headers: Fields = tuple(added) if added else ()
-        if request.method not in ("GET", "HEAD"):
+        if not readable:
             return self._other_method(request), headers
-        html = may_be_html(site_path)
-        if broadcaster is not None and html:
-            # A burst of changes is being written: wait (bounded) for it to settle,
-            # so a page never shows a half-written build.
-            broadcaster.wait_until_settled(site_path)
         return self._site(request, site_path, rules, key, alias, html), headers
 
     # -- below the base path ---------------------------------------------------------
