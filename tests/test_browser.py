@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
 
-WAIT_MS = 5_000  # upper bound for any single awaited condition
+WAIT_MS = 15_000  # upper bound for any single awaited condition (a loaded CI machine)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

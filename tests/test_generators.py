@@ -13,6 +13,7 @@ page, so a second reload of an earlier build would have shown up before it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -111,6 +112,10 @@ GENERATORS = {
 }
 
 
+# A reload line that did something to a tab ("tabs: 3 unaffected" did nothing).
+TOUCHED = re.compile(r"tabs: .*\b(reloaded|swapped|refreshed)\b")
+
+
 def run_build(generator: Generator, project: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
@@ -174,7 +179,13 @@ def test_five_real_builds_with_three_tabs_open(
             seen = [document.build for document in tab.documents]
             assert seen == expected[page], f"{page}: {tab.documents}\n{reload_log(server)}"
             assert tab.navigations == len(expected[page]), reload_log(server)
-        assert reload_log(server).count("\n") == len(BUILDS)  # one line per build
+        # One reload per build for the tabs (the navigations above are the proof). A
+        # real generator on a loaded machine may pause longer than any quiet period
+        # between its pages and its search index (Sphinx under a load of 12 on 2 cores
+        # took over 1.2 s): that tail then comes as a line of its own that touches no
+        # tab. Every line that did something to a tab is one build's.
+        acted = [line for line in reload_log(server).splitlines() if TOUCHED.search(line)]
+        assert len(acted) == len(BUILDS), reload_log(server)
     finally:
         stop_cleanly(server)
 
