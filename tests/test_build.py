@@ -483,8 +483,18 @@ def test_the_copy_is_removed_on_exit(project: Path, model: str, sig: int, tmp_pa
         def copies() -> list[str]:
             return sorted(p.name for p in temp.iterdir() if p.name.startswith("sitepeek-snap"))
 
-        wait_for(lambda: len(copies()) == 1 and not stale.exists(), "the copy made")
-        (copy,) = copies()
+        # One listing decides and names the copy: the stale copy goes just before ours
+        # is made, so "one copy, and the stale one gone" checked in two reads could see
+        # the stale one, then neither.
+        listed: list[str] = []
+
+        def made() -> bool:
+            listed[:] = copies()
+            return len(listed) == 1 and listed[0] != stale.name
+
+        wait_for(made, "the copy made, the stale one removed")
+        (copy,) = listed
+        assert not stale.exists()
         assert re.fullmatch(rf"sitepeek-snapshot-{server.proc.pid}-\w+", copy)
         files = ["a.html", "b.html", "c.html", "style.css"]
         wait_for(lambda: sorted(os.listdir(temp / copy)) == files, "the copy complete")
