@@ -31,6 +31,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CONNECTED = "window.__sitepeek__ && window.__sitepeek__.connected === true"
+# Connected, and the server acknowledged every URL the tab reported it loaded: from here
+# a build is decided from what the tab shows, not as for a tab that has not said yet.
+REPORTED = (
+    f"{CONNECTED} && window.__sitepeek__.reported > 0"
+    " && window.__sitepeek__.noted === window.__sitepeek__.reported"
+)
 
 
 # -- the site -------------------------------------------------------------------------
@@ -121,11 +127,16 @@ def server(site: Path, model: str) -> Iterator[Server]:
 
 
 class Tab:
-    """A page that counts its main-frame navigations after it first loaded."""
+    """A page that counts its main-frame navigations after it first loaded.
 
-    def __init__(self, page: Page) -> None:
+    Each document it opens or reloads to is ready once the server has acknowledged what
+    it loaded (``reports=False``: once connected, for a tab whose reports are dropped).
+    """
+
+    def __init__(self, page: Page, *, reports: bool = True) -> None:
         self.page = page
         self.navigations = 0
+        self.ready = REPORTED if reports else CONNECTED
         page.on("framenavigated", self._navigated)
 
     def _navigated(self, frame: object) -> None:
@@ -135,23 +146,23 @@ class Tab:
     def open(self, url: str) -> Tab:
         response = self.page.goto(url)
         assert response is not None and response.status == 200
-        self.wait_connected()
+        self.wait_ready()
         # Marks this document: a reload replaces it with one that has no mark.
         self.page.evaluate("window.__original__ = true")
         self.navigations = 0
         return self
 
-    def wait_connected(self) -> None:
-        self.page.wait_for_function(CONNECTED)
+    def wait_ready(self) -> None:
+        self.page.wait_for_function(self.ready)
 
     def wait_for(self, expression: str) -> None:
         self.page.wait_for_function(expression)
 
     def wait_reloaded(self, h1: str) -> None:
-        """A new document with heading ``h1`` whose client is connected again."""
+        """A new document with heading ``h1``, ready (see the class)."""
         self.wait_for(
             f"!window.__original__ && document.querySelector('h1')?.textContent === {h1!r}"
-            f" && {CONNECTED}"
+            f" && {self.ready}"
         )
         self.page.evaluate("window.__original__ = true")
 
@@ -257,7 +268,7 @@ def test_a_tab_that_has_not_reported_swaps_what_it_shows_and_reloads_for_the_res
 ) -> None:
     page = context.new_page()
     page.add_init_script(SILENT_TAB)
-    tab = Tab(page).open(server.url + "/")
+    tab = Tab(page, reports=False).open(server.url + "/")
     assert tab.state("noted") == 0  # the server knows nothing of what it loaded
     (server.root / "style.css").write_text("h1 { color: rgb(0, 0, 255) }\n")
     tab.wait_for("getComputedStyle(document.querySelector('h1')).color === 'rgb(0, 0, 255)'")
