@@ -11,6 +11,7 @@ waits prove an absence (no second reload message after a burst).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -611,11 +612,45 @@ def test_identical_rewrites_and_dotfiles_are_not_changes(live: Server) -> None:
     assert "style.css" not in reload_log(live) and ".buildinfo" not in reload_log(live)
 
 
+def worker_of(server: Server, client: WsClient) -> int:
+    """The worker process serving this connection: the one holding its socket."""
+    local = f"0100007F:{server.port:04X}"  # /proc/net/tcp: the server's end, ...
+    remote = f"0100007F:{client.sock.getsockname()[1]:04X}"  # ... connected to ours
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    (inode,) = [row[9] for row in rows if row[1] == local and row[2] == remote]
+    for pid in children(server.proc.pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def page_known_everywhere(server: Server, client: WsClient) -> None:
+    """After ``client`` reported its page: wait until every worker process knows it.
+
+    Its worker shares the page with the others through the supervisor, which relays it
+    before any later build; a socket on another worker that sees a build the client
+    asked for next shows that worker has taken the page too."""
+    if server.model != "processes":
+        return  # one process: its "noted" answer says it knows
+    mine, deadline = worker_of(server, client), time.monotonic() + WAIT
+    while worker_of(server, other := connect_ws(server)) == mine:
+        other.close()
+        assert time.monotonic() < deadline, "every reload socket went to one worker"
+    try:
+        client.send(OP_TEXT, json.dumps({"type": "touched", "paths": ["notes.txt"]}).encode())
+        assert client.recv_reload() == other.recv_reload() == ["notes.txt"]
+    finally:
+        other.close()
+
+
 def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
     client = connect_ws(live)
     index = live.root / "index.html"
     try:
         report_loaded(client, "/")
+        page_known_everywhere(live, client)
         index.unlink()
         # Before the watcher has even reported the deletion: not a listing of "/".
         writer = threading.Timer(0.1, lambda: index.write_text("<p>rebuilt</p>\n"))
@@ -625,7 +660,9 @@ def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
         finally:
             writer.join()
         assert got.status == 200 and b"rebuilt" in got.body
-        # A path that was never there is answered at once, held by no build.
+        # That build is over (a request now would wait for it to settle) ...
+        assert client.recv_reload() == ["index.html"]
+        # ... so a path that was never there is answered at once, held by no build.
         started = time.monotonic()
         assert request(live, "GET", "/never/").status == 404
         assert time.monotonic() - started < 1.0
