@@ -24,8 +24,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
-from test_browser import CONNECTED, WAIT_MS, browser, playwright  # noqa: F401  # (fixtures)
-from test_browser_builds import REPORTED, Seen, Tab, reload_log
+from test_browser import WAIT_MS, browser, playwright  # noqa: F401  # (fixtures)
+from test_browser_builds import REPORTED, Seen, Tab, reload_log, wait_for_reload_lines
 
 BUILD_TIMEOUT = 120.0
 # Every document a tab loads, with the build marker its text shows ("" for none).
@@ -167,13 +167,14 @@ def test_five_real_builds_with_three_tabs_open(
             for page in reloaded:
                 tabs[page].wait(
                     f"!window.__original__ && /marker{shown[page]}x/"
-                    f".test(document.body?.innerText ?? '') && {CONNECTED}"
+                    f".test(document.body?.innerText ?? '') && {REPORTED}"
                 )
         tabs["long"].wait("window.scrollY === 2000")  # kept across its reloads
         for page, tab in tabs.items():
             seen = [document.build for document in tab.documents]
             assert seen == expected[page], f"{page}: {tab.documents}\n{reload_log(server)}"
             assert tab.navigations == len(expected[page]), reload_log(server)
+        wait_for_reload_lines(server, len(BUILDS))  # (the last may still be on its way)
         assert reload_log(server).count("\n") == len(BUILDS)  # one line per build
     finally:
         stop_cleanly(server)
