@@ -26,7 +26,7 @@ import pytest
 
 from conftest import WORKER_MODELS, Server, children, request, start_server, stop_cleanly
 from sitegen import page
-from test_livereload import OP_TEXT, WsClient, connect_ws
+from test_livereload import OP_TEXT, WsClient, connect_ws, one_per_worker
 
 SITEGEN = Path(__file__).with_name("sitegen.py")
 BUILD = f"{shlex.quote(sys.executable)} {shlex.quote(str(SITEGEN))}"
@@ -305,11 +305,18 @@ def test_failed_build_keeps_the_site_and_shows_an_overlay(project: Path, model: 
         late = connect_ws(server)
         assert late.recv_json(WAIT) == message
         late.close()
+        everywhere = one_per_worker(server)
         edit(project, "a", "alpha fixed")
         assert ws.recv_json(WAIT) == {"type": "overlay-clear", "id": "build"}
         assert ws.recv_reload(WAIT) == ["a.html"]
+        for each in everywhere:  # every worker process is past the failure, so ...
+            seen = []
+            while (got := each.recv_json(WAIT))["type"] != "reload":
+                seen.append(got["type"])
+            assert seen[-1:] == ["overlay-clear"], seen
+            each.close()
         assert complete_page(request(server, "GET", "/a.html").body) == "alpha fixed"
-        fresh = connect_ws(server)  # nothing to show any more: no greeting after hello
+        fresh = connect_ws(server)  # ... nothing to show any more: no greeting after hello
         with pytest.raises(TimeoutError):
             fresh.recv_frame(0.3)
         fresh.close()

@@ -263,6 +263,47 @@ def connect_ws(server: Server) -> WsClient:
     return client
 
 
+PROCESSES = 2  # the workers of a "processes" server (see conftest.start_server)
+
+
+def worker_of(server: Server, client: WsClient) -> int:
+    """The worker process serving this connection: the one holding its socket."""
+    local = f"0100007F:{server.port:04X}"  # /proc/net/tcp: the server's end, ...
+    remote = f"0100007F:{client.sock.getsockname()[1]:04X}"  # ... connected to ours
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    (inode,) = [row[9] for row in rows if row[1] == local and row[2] == remote]
+    for pid in children(server.proc.pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def one_per_worker(server: Server) -> list[WsClient]:
+    """Reload sockets, one on each worker process (one in all in the other models): a
+    message on every one of them shows that every process has handled its event (each
+    worker gets the supervisor's events in order, each in its own time)."""
+    if server.model != "processes":
+        return [connect_ws(server)]
+    found: dict[int, WsClient] = {}
+    deadline = time.monotonic() + WAIT
+    try:
+        while len(found) < PROCESSES:
+            assert time.monotonic() < deadline, f"reload sockets reached only {sorted(found)}"
+            client = connect_ws(server)
+            pid = worker_of(server, client)
+            if pid in found:
+                client.close()
+            else:
+                found[pid] = client
+    except BaseException:
+        for client in found.values():
+            client.close()
+        raise
+    return list(found.values())
+
+
 def fields(head: h11.Response) -> dict[str, str]:
     return {name.decode().lower(): value.decode() for name, value in head.headers}
 
@@ -581,14 +622,19 @@ def test_each_tab_is_told_what_a_build_means_for_it(live: Server) -> None:
 
 
 def test_a_reconnecting_tab_learns_the_site_version(live: Server) -> None:
-    client = connect_ws(live)
+    clients = one_per_worker(live)
+    client = clients[0]
     try:
         (live.root / "index.html").write_text("<p>one</p>\n")
         first = client.recv_json()
         (live.root / "style.css").write_text("body { color: blue }\n")
         second = client.recv_json()
+        # Every worker process is at version 2, whichever takes the reconnection.
+        for other in clients[1:]:
+            assert [other.recv_json()["site"] for _ in range(2)] == [1, 2]
     finally:
-        client.close()
+        for each in clients:
+            each.close()
     assert (first["site"], second["site"]) == (1, 2)
     assert second["ended"] >= first["ended"] > 0  # type: ignore[operator]
     _, sock, trailing = handshake(live, upgrade_headers(live))
@@ -612,45 +658,18 @@ def test_identical_rewrites_and_dotfiles_are_not_changes(live: Server) -> None:
     assert "style.css" not in reload_log(live) and ".buildinfo" not in reload_log(live)
 
 
-def worker_of(server: Server, client: WsClient) -> int:
-    """The worker process serving this connection: the one holding its socket."""
-    local = f"0100007F:{server.port:04X}"  # /proc/net/tcp: the server's end, ...
-    remote = f"0100007F:{client.sock.getsockname()[1]:04X}"  # ... connected to ours
-    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    (inode,) = [row[9] for row in rows if row[1] == local and row[2] == remote]
-    for pid in children(server.proc.pid):
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return pid
-    raise AssertionError("no worker holds the connection")
-
-
-def page_known_everywhere(server: Server, client: WsClient) -> None:
-    """After ``client`` reported its page: wait until every worker process knows it.
-
-    Its worker shares the page with the others through the supervisor, which relays it
-    before any later build; a socket on another worker that sees a build the client
-    asked for next shows that worker has taken the page too."""
-    if server.model != "processes":
-        return  # one process: its "noted" answer says it knows
-    mine, deadline = worker_of(server, client), time.monotonic() + WAIT
-    while worker_of(server, other := connect_ws(server)) == mine:
-        other.close()
-        assert time.monotonic() < deadline, "every reload socket went to one worker"
-    try:
-        client.send(OP_TEXT, json.dumps({"type": "touched", "paths": ["notes.txt"]}).encode())
-        assert client.recv_reload() == other.recv_reload() == ["notes.txt"]
-    finally:
-        other.close()
-
-
 def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
-    client = connect_ws(live)
+    clients = one_per_worker(live)
+    client = clients[0]
     index = live.root / "index.html"
     try:
         report_loaded(client, "/")
-        page_known_everywhere(live, client)
+        # Every worker process holds requests for the page once it has it: the client's
+        # worker shares it through the supervisor, which relays it before any later
+        # build; a socket on every worker seeing the build asked for next shows it.
+        client.send(OP_TEXT, json.dumps({"type": "touched", "paths": ["notes.txt"]}).encode())
+        for each in clients:
+            assert each.recv_reload() == ["notes.txt"]
         index.unlink()
         # Before the watcher has even reported the deletion: not a listing of "/".
         writer = threading.Timer(0.1, lambda: index.write_text("<p>rebuilt</p>\n"))
@@ -667,7 +686,8 @@ def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
         assert request(live, "GET", "/never/").status == 404
         assert time.monotonic() - started < 1.0
     finally:
-        client.close()
+        for each in clients:
+            each.close()
 
 
 # -- lifecycle and cost -------------------------------------------------------------
