@@ -8,6 +8,7 @@ reload" and "exactly one reload" are facts, not timing guesses.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -16,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    WebSocketRoute,
+    sync_playwright,
+)
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
 
@@ -281,6 +289,43 @@ def test_a_tab_that_has_not_reported_swaps_what_it_shows_and_reloads_for_the_res
     (server.root / "other.css").write_text("p { margin: 0 }\n")
     tab.wait_reloaded("Home")
     assert tab.navigations == 1
+
+
+def test_a_page_whose_socket_reaches_a_worker_behind_it_is_not_reloaded_again(
+    context: BrowserContext, server: Server
+) -> None:
+    """With --workers processes the supervisor tells its workers of a build one after
+    another: the page a tab reloaded to may connect to a worker that has not handled
+    that build yet. Its hello says an older site version with a build in flight, and
+    the build's message comes later; the page shows that build already, so it stays.
+    (The worker's lag is played here by rewriting the real server's hello.)"""
+    page = context.new_page()
+    tab = Tab(page).open(server.url + "/")
+    lagging: list[dict[str, object]] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+
+        def down(message: str | bytes) -> None:
+            hello = json.loads(message)
+            if hello["type"] != "hello" or lagging:
+                ws.send(message)
+                return
+            site = hello["site"]
+            lagging.append({**hello, "site": site - 1, "building": True})
+            ws.send(json.dumps(lagging[0]))
+            build = {"type": "reload", "site": site, "ended": hello["ended"]}
+            ws.send(json.dumps({**build, "paths": ["index.html"], "action": "reload", "files": []}))
+
+        upstream.on_message(down)
+
+    page.route_web_socket("**/__sitepeek__/ws", route)
+    (server.root / "index.html").write_text(page_html("Edited"))
+    tab.wait_reloaded("Edited")
+    assert lagging, "the new page's socket did not go through the lagging worker"
+    (server.root / "index.html").write_text(page_html("Edited again"))
+    tab.wait_reloaded("Edited again")
+    assert tab.navigations == 2, reload_log(server)
 
 
 def test_atomic_save_reloads(tab: Tab, server: Server) -> None:
