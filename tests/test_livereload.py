@@ -621,6 +621,31 @@ def test_each_tab_is_told_what_a_build_means_for_it(live: Server) -> None:
     ]
 
 
+def test_the_reload_line_waits_for_a_worker_process_slowed_down(live: Server) -> None:
+    """The line counts the tabs of every worker process, even one the machine holds
+    back for longer than a moment (here: stopped for half a second)."""
+    if live.model != "processes":
+        pytest.skip("one process: the line is printed by the process that sent the reloads")
+    clients = one_per_worker(live)
+    slow = worker_of(live, clients[1])
+    try:
+        os.kill(slow, signal.SIGSTOP)
+        try:
+            (live.root / "notes.txt").write_text("changed\n")
+            assert clients[0].recv_reload() == ["notes.txt"]
+            time.sleep(0.5)  # the subject of the test: the stopped worker's delay
+        finally:
+            os.kill(slow, signal.SIGCONT)
+        assert clients[1].recv_reload() == ["notes.txt"]
+        deadline = time.monotonic() + WAIT
+        while not reload_log(live) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls the server's output, which has no event to await
+        assert reload_log(live) == "reload · 1 file · notes.txt · tabs: 2 reloaded\n"
+    finally:
+        for each in clients:
+            each.close()
+
+
 def test_a_reconnecting_tab_learns_the_site_version(live: Server) -> None:
     clients = one_per_worker(live)
     client = clients[0]
