@@ -8,6 +8,7 @@ reload" and "exactly one reload" are facts, not timing guesses.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -16,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    WebSocketRoute,
+    sync_playwright,
+)
 
 from conftest import WORKER_MODELS, Server, start_server, stop_cleanly
 
@@ -31,6 +39,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CONNECTED = "window.__sitepeek__ && window.__sitepeek__.connected === true"
+# Connected, and the server acknowledged every URL the tab reported it loaded: from here
+# a build is decided from what the tab shows, not as for a tab that has not said yet.
+REPORTED = (
+    f"{CONNECTED} && window.__sitepeek__.reported > 0"
+    " && window.__sitepeek__.noted === window.__sitepeek__.reported"
+)
 
 
 # -- the site -------------------------------------------------------------------------
@@ -121,11 +135,16 @@ def server(site: Path, model: str) -> Iterator[Server]:
 
 
 class Tab:
-    """A page that counts its main-frame navigations after it first loaded."""
+    """A page that counts its main-frame navigations after it first loaded.
 
-    def __init__(self, page: Page) -> None:
+    Each document it opens or reloads to is ready once the server has acknowledged what
+    it loaded (``reports=False``: once connected, for a tab whose reports are dropped).
+    """
+
+    def __init__(self, page: Page, *, reports: bool = True) -> None:
         self.page = page
         self.navigations = 0
+        self.ready = REPORTED if reports else CONNECTED
         page.on("framenavigated", self._navigated)
 
     def _navigated(self, frame: object) -> None:
@@ -135,23 +154,23 @@ class Tab:
     def open(self, url: str) -> Tab:
         response = self.page.goto(url)
         assert response is not None and response.status == 200
-        self.wait_connected()
+        self.wait_ready()
         # Marks this document: a reload replaces it with one that has no mark.
         self.page.evaluate("window.__original__ = true")
         self.navigations = 0
         return self
 
-    def wait_connected(self) -> None:
-        self.page.wait_for_function(CONNECTED)
+    def wait_ready(self) -> None:
+        self.page.wait_for_function(self.ready)
 
     def wait_for(self, expression: str) -> None:
         self.page.wait_for_function(expression)
 
     def wait_reloaded(self, h1: str) -> None:
-        """A new document with heading ``h1`` whose client is connected again."""
+        """A new document with heading ``h1``, ready (see the class)."""
         self.wait_for(
             f"!window.__original__ && document.querySelector('h1')?.textContent === {h1!r}"
-            f" && {CONNECTED}"
+            f" && {self.ready}"
         )
         self.page.evaluate("window.__original__ = true")
 
@@ -257,7 +276,7 @@ def test_a_tab_that_has_not_reported_swaps_what_it_shows_and_reloads_for_the_res
 ) -> None:
     page = context.new_page()
     page.add_init_script(SILENT_TAB)
-    tab = Tab(page).open(server.url + "/")
+    tab = Tab(page, reports=False).open(server.url + "/")
     assert tab.state("noted") == 0  # the server knows nothing of what it loaded
     (server.root / "style.css").write_text("h1 { color: rgb(0, 0, 255) }\n")
     tab.wait_for("getComputedStyle(document.querySelector('h1')).color === 'rgb(0, 0, 255)'")
@@ -270,6 +289,43 @@ def test_a_tab_that_has_not_reported_swaps_what_it_shows_and_reloads_for_the_res
     (server.root / "other.css").write_text("p { margin: 0 }\n")
     tab.wait_reloaded("Home")
     assert tab.navigations == 1
+
+
+def test_a_page_whose_socket_reaches_a_worker_behind_it_is_not_reloaded_again(
+    context: BrowserContext, server: Server
+) -> None:
+    """With --workers processes the supervisor tells its workers of a build one after
+    another: the page a tab reloaded to may connect to a worker that has not handled
+    that build yet. Its hello says an older site version with a build in flight, and
+    the build's message comes later; the page shows that build already, so it stays.
+    (The worker's lag is played here by rewriting the real server's hello.)"""
+    page = context.new_page()
+    tab = Tab(page).open(server.url + "/")
+    lagging: list[dict[str, object]] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+
+        def down(message: str | bytes) -> None:
+            hello = json.loads(message)
+            if hello["type"] != "hello" or lagging:
+                ws.send(message)
+                return
+            site = hello["site"]
+            lagging.append({**hello, "site": site - 1, "building": True})
+            ws.send(json.dumps(lagging[0]))
+            build = {"type": "reload", "site": site, "ended": hello["ended"]}
+            ws.send(json.dumps({**build, "paths": ["index.html"], "action": "reload", "files": []}))
+
+        upstream.on_message(down)
+
+    page.route_web_socket("**/__sitepeek__/ws", route)
+    (server.root / "index.html").write_text(page_html("Edited"))
+    tab.wait_reloaded("Edited")
+    assert lagging, "the new page's socket did not go through the lagging worker"
+    (server.root / "index.html").write_text(page_html("Edited again"))
+    tab.wait_reloaded("Edited again")
+    assert tab.navigations == 2, reload_log(server)
 
 
 def test_atomic_save_reloads(tab: Tab, server: Server) -> None:

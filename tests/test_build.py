@@ -26,7 +26,7 @@ import pytest
 
 from conftest import WORKER_MODELS, Server, children, request, start_server, stop_cleanly
 from sitegen import page
-from test_livereload import OP_TEXT, WsClient, connect_ws
+from test_livereload import OP_TEXT, WsClient, connect_ws, one_per_worker
 
 SITEGEN = Path(__file__).with_name("sitegen.py")
 BUILD = f"{shlex.quote(sys.executable)} {shlex.quote(str(SITEGEN))}"
@@ -309,11 +309,18 @@ def test_failed_build_keeps_the_site_and_shows_an_overlay(project: Path, model: 
         late = connect_ws(server)
         assert late.recv_json(WAIT) == message
         late.close()
+        everywhere = one_per_worker(server)
         edit(project, "a", "alpha fixed")
         assert ws.recv_json(WAIT) == {"type": "overlay-clear", "id": "build"}
         assert ws.recv_reload(WAIT) == ["a.html"]
+        for each in everywhere:  # every worker process is past the failure, so ...
+            seen = []
+            while (got := each.recv_json(WAIT))["type"] != "reload":
+                seen.append(got["type"])
+            assert seen[-1:] == ["overlay-clear"], seen
+            each.close()
         assert complete_page(request(server, "GET", "/a.html").body) == "alpha fixed"
-        fresh = connect_ws(server)  # nothing to show any more: no greeting after hello
+        fresh = connect_ws(server)  # ... nothing to show any more: no greeting after hello
         with pytest.raises(TimeoutError):
             fresh.recv_frame(0.3)
         fresh.close()
@@ -487,8 +494,18 @@ def test_the_copy_is_removed_on_exit(project: Path, model: str, sig: int, tmp_pa
         def copies() -> list[str]:
             return sorted(p.name for p in temp.iterdir() if p.name.startswith("sitepeek-snap"))
 
-        wait_for(lambda: len(copies()) == 1 and not stale.exists(), "the copy made")
-        (copy,) = copies()
+        # One listing decides and names the copy: the stale copy goes just before ours
+        # is made, so "one copy, and the stale one gone" checked in two reads could see
+        # the stale one, then neither.
+        listed: list[str] = []
+
+        def made() -> bool:
+            listed[:] = copies()
+            return len(listed) == 1 and listed[0] != stale.name
+
+        wait_for(made, "the copy made, the stale one removed")
+        (copy,) = listed
+        assert not stale.exists()
         assert re.fullmatch(rf"sitepeek-snapshot-{server.proc.pid}-\w+", copy)
         files = ["a.html", "b.html", "c.html", "style.css"]
         wait_for(lambda: sorted(os.listdir(temp / copy)) == files, "the copy complete")

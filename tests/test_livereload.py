@@ -11,6 +11,7 @@ waits prove an absence (no second reload message after a burst).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -260,6 +261,47 @@ def connect_ws(server: Server) -> WsClient:
     hello = client.recv_json()
     assert hello["type"] == "hello"
     return client
+
+
+PROCESSES = 2  # the workers of a "processes" server (see conftest.start_server)
+
+
+def worker_of(server: Server, client: WsClient) -> int:
+    """The worker process serving this connection: the one holding its socket."""
+    local = f"0100007F:{server.port:04X}"  # /proc/net/tcp: the server's end, ...
+    remote = f"0100007F:{client.sock.getsockname()[1]:04X}"  # ... connected to ours
+    rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    (inode,) = [row[9] for row in rows if row[1] == local and row[2] == remote]
+    for pid in children(server.proc.pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def one_per_worker(server: Server) -> list[WsClient]:
+    """Reload sockets, one on each worker process (one in all in the other models): a
+    message on every one of them shows that every process has handled its event (each
+    worker gets the supervisor's events in order, each in its own time)."""
+    if server.model != "processes":
+        return [connect_ws(server)]
+    found: dict[int, WsClient] = {}
+    deadline = time.monotonic() + WAIT
+    try:
+        while len(found) < PROCESSES:
+            assert time.monotonic() < deadline, f"reload sockets reached only {sorted(found)}"
+            client = connect_ws(server)
+            pid = worker_of(server, client)
+            if pid in found:
+                client.close()
+            else:
+                found[pid] = client
+    except BaseException:
+        for client in found.values():
+            client.close()
+        raise
+    return list(found.values())
 
 
 def fields(head: h11.Response) -> dict[str, str]:
@@ -579,15 +621,45 @@ def test_each_tab_is_told_what_a_build_means_for_it(live: Server) -> None:
     ]
 
 
+def test_the_reload_line_waits_for_a_worker_process_slowed_down(live: Server) -> None:
+    """The line counts the tabs of every worker process, even one the machine holds
+    back for longer than a moment (here: stopped for half a second)."""
+    if live.model != "processes":
+        pytest.skip("one process: the line is printed by the process that sent the reloads")
+    clients = one_per_worker(live)
+    slow = worker_of(live, clients[1])
+    try:
+        os.kill(slow, signal.SIGSTOP)
+        try:
+            (live.root / "notes.txt").write_text("changed\n")
+            assert clients[0].recv_reload() == ["notes.txt"]
+            time.sleep(0.5)  # the subject of the test: the stopped worker's delay
+        finally:
+            os.kill(slow, signal.SIGCONT)
+        assert clients[1].recv_reload() == ["notes.txt"]
+        deadline = time.monotonic() + WAIT
+        while not reload_log(live) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls the server's output, which has no event to await
+        assert reload_log(live) == "reload · 1 file · notes.txt · tabs: 2 reloaded\n"
+    finally:
+        for each in clients:
+            each.close()
+
+
 def test_a_reconnecting_tab_learns_the_site_version(live: Server) -> None:
-    client = connect_ws(live)
+    clients = one_per_worker(live)
+    client = clients[0]
     try:
         (live.root / "index.html").write_text("<p>one</p>\n")
         first = client.recv_json()
         (live.root / "style.css").write_text("body { color: blue }\n")
         second = client.recv_json()
+        # Every worker process is at version 2, whichever takes the reconnection.
+        for other in clients[1:]:
+            assert [other.recv_json()["site"] for _ in range(2)] == [1, 2]
     finally:
-        client.close()
+        for each in clients:
+            each.close()
     assert (first["site"], second["site"]) == (1, 2)
     assert second["ended"] >= first["ended"] > 0  # type: ignore[operator]
     _, sock, trailing = handshake(live, upgrade_headers(live))
@@ -612,10 +684,17 @@ def test_identical_rewrites_and_dotfiles_are_not_changes(live: Server) -> None:
 
 
 def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
-    client = connect_ws(live)
+    clients = one_per_worker(live)
+    client = clients[0]
     index = live.root / "index.html"
     try:
         report_loaded(client, "/")
+        # Every worker process holds requests for the page once it has it: the client's
+        # worker shares it through the supervisor, which relays it before any later
+        # build; a socket on every worker seeing the build asked for next shows it.
+        client.send(OP_TEXT, json.dumps({"type": "touched", "paths": ["notes.txt"]}).encode())
+        for each in clients:
+            assert each.recv_reload() == ["notes.txt"]
         index.unlink()
         # Before the watcher has even reported the deletion: not a listing of "/".
         writer = threading.Timer(0.1, lambda: index.write_text("<p>rebuilt</p>\n"))
@@ -625,12 +704,15 @@ def test_a_request_for_a_page_being_rebuilt_waits_for_it(live: Server) -> None:
         finally:
             writer.join()
         assert got.status == 200 and b"rebuilt" in got.body
-        # A path that was never there is answered at once, held by no build.
+        # That build is over (a request now would wait for it to settle) ...
+        assert client.recv_reload() == ["index.html"]
+        # ... so a path that was never there is answered at once, held by no build.
         started = time.monotonic()
         assert request(live, "GET", "/never/").status == 404
         assert time.monotonic() - started < 1.0
     finally:
-        client.close()
+        for each in clients:
+            each.close()
 
 
 # -- lifecycle and cost -------------------------------------------------------------

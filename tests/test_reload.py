@@ -199,7 +199,9 @@ def test_burst_is_one_batch(recorder: Recorder) -> None:
 
 
 def test_event_after_settle_is_a_new_batch(recorder: Recorder) -> None:
-    debouncer = Debouncer(0.1, recorder.on_start, recorder.on_settle)
+    # Two paths are a hand edit, ended by this quiet period alone: long enough that the
+    # test's two adds below stay one burst even if it stalls between them.
+    debouncer = Debouncer(0.5, recorder.on_start, recorder.on_settle)
     try:
         debouncer.add("a.html")
         assert recorder.next_batch().paths == ("a.html",)

@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 
 # A busy port moves on to the next one; this many are tried before giving up.
 PORT_ATTEMPTS = 20
-# How long a build's reload line waits for the worker processes to say what their tabs did.
-LINE_WAIT = 0.2
+# How long a build's reload line waits for the worker processes to say what their tabs did
+# (it is printed as soon as all have): a worker slowed down by a busy machine is waited
+# for, one that died or dropped its report is not waited for long.
+LINE_WAIT = 2.0
 BACKLOG = 1024
 
 

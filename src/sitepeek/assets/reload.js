@@ -90,12 +90,18 @@
 
   function onHello(hello) {
     const first = known === null;
+    // A worker process that has not yet handled a build this tab was already told of
+    // (the supervisor tells its workers one after another): its news is older than ours.
+    const told = first ? stored() : known;
+    const lagging = told !== null && told.server === hello.server && told.site > hello.site;
     const behind = first
       ? behindOnLoad(hello, Date.now())
       : hello.server !== known.server || hello.site > known.site; // restarted, or missed a build
-    remember(hello.server, hello.site);
+    if (lagging) remember(told.server, told.site);
+    else remember(hello.server, hello.site);
     if (behind) return fullReload();
-    if (first && hello.building) dirty = true; // this page may be half of a build
+    // This page may be half of a build (unless the build in flight is one it was told of).
+    if (first && hello.building && !lagging) dirty = true;
     reported = new Set(); // a new socket: the server knows nothing of this tab yet
     report();
   }
@@ -118,6 +124,8 @@
   }
 
   function onBuild(message) {
+    // Told already: a worker behind the one that told this tab (or its previous page).
+    if (known && typeof known.site === "number" && message.site <= known.site) return;
     remember(known ? known.server : null, message.site);
     if (dirty) {
       dirty = false;
