@@ -26,7 +26,6 @@ class Run:
         self.fail = tmp_path / "fail"
         self.out = io.StringIO()
         self.events: queue.Queue[ChangeEvent] = queue.Queue()
-        self.before_start: list[ChangeEvent] = []  # (see build)
         self.snapshot = Snapshot(self.site, limit=limit, temp_dir=str(tmp_path))
         command = f"test ! -e {self.fail}"
         self.runner = BuildRunner(
@@ -34,15 +33,12 @@ class Run:
         )
 
     def build(self) -> list[ChangeEvent]:
-        """The events of the next build, up to its BuildFinished, without its
-        BuildStarted (and a Serving before it, which :meth:`build_from_copy` checks)."""
+        """The events of the next build, up to its BuildFinished."""
         got: list[ChangeEvent] = []
         while not got or not isinstance(got[-1], BuildFinished):
             got.append(self.events.get(timeout=WAIT))
-        started = [index for index, event in enumerate(got) if isinstance(event, BuildStarted)]
-        assert len(started) == 1 and isinstance(got[-1], BuildFinished), got
-        self.before_start = got[: started[0]]
-        return got[started[0] + 1 :]
+        assert isinstance(got[0], BuildStarted), got
+        return got[1:]
 
     def again(self, failing: bool) -> list[ChangeEvent]:
         if failing:
@@ -66,27 +62,18 @@ def test_a_failed_build_switches_to_the_copy_and_a_good_one_back(tmp_path: Path)
         assert isinstance(finished, BuildFinished) and not finished.ok
         assert run.lines(r"^build failed \(exit 1\) \d+\.\d s · no good build yet: serving the")
         assert run.again(failing=False) == [BuildFinished(True, run.lines("^build ok")[-1])]
-        assert run.before_start == []  # (no copy yet to answer from)
-        # From now on a build is answered from the copy while it runs; a failure keeps
-        # the copy (no event: it is served already), and so does a second one.
-        (finished,) = run.again(failing=True)
-        assert isinstance(finished, BuildFinished) and not finished.ok
-        (serving,) = run.before_start
-        assert isinstance(serving, Serving)
+        # A failure switches to the copy before the gate opens; a second one stays.
+        serving, finished = run.again(failing=True)
+        assert isinstance(serving, Serving) and isinstance(finished, BuildFinished)
+        assert not finished.ok
         copy = serving.snapshot
         assert copy == run.snapshot.directory
         assert Path(copy, "index.html").read_text() == "<p>good</p>"
         (finished,) = run.again(failing=True)
         assert isinstance(finished, BuildFinished) and not finished.ok
-        assert run.before_start == []
         # A good build switches back, before its BuildFinished.
         serving, finished = run.again(failing=False)
         assert serving == Serving("") and isinstance(finished, BuildFinished) and finished.ok
-        assert run.before_start == []
-        # The next build: the copy while it runs, the new output once it ended well.
-        serving, finished = run.again(failing=False)
-        assert serving == Serving("") and isinstance(finished, BuildFinished) and finished.ok
-        assert run.before_start == [Serving(copy)]
     finally:
         run.runner.stop()
     assert len(run.lines(r"^build failed \(exit 1\) \d+\.\d s · serving the last good build$")) == 2

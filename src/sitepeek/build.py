@@ -12,10 +12,9 @@ build exits: the watcher reports changes in order, so the batch holding the fenc
 everything before it.
 
 After each good build the runner refreshes a private copy of the served directory
-(:mod:`sitepeek.snapshot`). While a build runs, and while the latest build has failed,
-every request is answered from that copy (:class:`~sitepeek.changes.Serving` events: one
-as the build starts, one before the gate opens when it ended well), so a generator that
-emptied its output or wrote half of it never shows, not even in a stylesheet.
+(:mod:`sitepeek.snapshot`); while the latest build has failed, every request is answered
+from that copy (a :class:`~sitepeek.changes.Serving` event, before the gate opens), so a
+generator that emptied its output or wrote half of it before failing never shows.
 
 The command runs as every user command does (:class:`sitepeek.commands.Child`: through
 the shell, under the lifeline wrapper). Standard library only; runs in the main process
@@ -61,8 +60,8 @@ class BuildRunner:
     ``emit`` puts events on the change feed; ``fence_dir`` is the served directory (None
     when no watcher sees it: the build then finishes as soon as the command has);
     ``on_reload`` is told the paths of each good build that changed any; ``snapshot``
-    keeps the last good build's output, for answering while a build runs or the latest
-    has failed (None: the output is served as it is).
+    keeps the last good build's output, for answering while the latest build has failed
+    (None: a failed build's output is served as it is).
     """
 
     def __init__(
@@ -181,7 +180,6 @@ class BuildRunner:
                 return
             self._absorbing = self._running = True
             self._child = child
-        self._answer_from_copy()
         self._emit(BuildStarted())
         why = f" · {_summary(reasons)}" if reasons else ""
         self._terminal.line(f"build · {self._command}{why}")
@@ -212,18 +210,6 @@ class BuildRunner:
             self._keep_snapshot()
 
     # -- the last good build -------------------------------------------------------------
-    def _answer_from_copy(self) -> None:
-        """While the build writes, answer every request from the copy of the last good
-        build: pages wait for the gate, but a stylesheet or an image a page asks for
-        meanwhile must not be a deleted or half-written file either. The build's end
-        switches back (a good one) or keeps the copy (a failed one)."""
-        copy = None if self._snapshot is None else self._snapshot.directory
-        with self._cond:
-            if copy is None or self._serving_snapshot:
-                return
-            self._serving_snapshot = True
-        self._emit(Serving(copy))
-
     def _fallback(self) -> tuple[str | None, str]:
         """Where a failed build's requests are answered from, and how to say so."""
         copy = None if self._snapshot is None else self._snapshot.directory
