@@ -95,6 +95,7 @@ IMPORTS: dict[str, set[str]] = {
         "resolver",
         "responses",
     },
+    "parking": {"concurrency", "config", "connections", "hotcache", "http11", "log"},
     "handler": {
         "changes",
         "concurrency",
@@ -106,6 +107,7 @@ IMPORTS: dict[str, set[str]] = {
         "http11",
         "livereload",
         "log",
+        "parking",
         "responder",
         "tls",
         "tlsport",

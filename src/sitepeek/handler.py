@@ -8,12 +8,9 @@ cooperative sockets share with the standard library's, plus the
 :class:`~sitepeek.concurrency.Io` primitives its worker model supplies: where the
 model can wait for readability without a task (gevent's watchers, the threads model's
 selector), an idle connection is a watcher and hot answers are sent from the event
-loop (:meth:`Handler._poll`). A connection on the TLS port first goes through
+loop (:class:`~sitepeek.parking.LoopReader`), which hands everything else back to this
+read loop in a task. A connection on the TLS port first goes through
 :class:`~sitepeek.tlsport.TlsPort` (TLS, or a redirect to it), then comes back here.
-
-Why a little over 500 lines: the read loop, the event-loop path (``_poll``) and the
-parking between them hand one connection back and forth through its state; split
-apart, each would need the others' internals.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ from sitepeek.connections import (
     linger,
 )
 from sitepeek.hosts import HostPolicy
-from sitepeek.hotcache import request_key
 from sitepeek.http11 import (
     DEFAULT_LIMITS,
     ProtocolError,
@@ -48,6 +44,7 @@ from sitepeek.http11 import (
     RequestParser,
 )
 from sitepeek.log import io_scheduler, make_request_log, report_bug
+from sitepeek.parking import LoopReader
 from sitepeek.responder import Responder
 from sitepeek.tlsport import TlsPort
 
@@ -79,17 +76,25 @@ class Handler:
         )
         ca_entity = None if ca_cert is None else entities.from_bytes("ca.crt", ca_cert)
         self._log = make_request_log(config, schedule_flush=io_scheduler(io))
-        # (Hot answers below this status skip the log's call: -q logs 5xx only.)
-        self._log_from = 1000 if self._log is None else self._log.min_status
         self._table = ConnectionTable(
             io, config.keepalive_timeout, config.header_timeout, config.send_timeout
         )
-        self.requests = 0
+        self._served = 0  # requests answered by tasks (the event loop counts its own)
         responder = self._responder = Responder(config, io, feed, claim, ca_entity)
         self._hot = responder.hot
         self._writer = responder.writer
         self._route = responder.site.route
         self._stopping = False
+        self._loop = LoopReader(
+            config,
+            io,
+            self._table,
+            responder.hot,
+            self._log,
+            run=self._run,
+            body_limit=self._body_limit,
+            stopping=lambda: self._stopping,
+        )
         self._tls_port: TlsPort | None = None
         if context is not None:
             self._tls_port = TlsPort(
@@ -189,11 +194,7 @@ class Handler:
         if conn.readable is None or conn.raw is None:
             self._io.dispatch(lambda: self._run(conn))
             return
-        conn.parkable = True
-        conn.on_readable = lambda: self._poll(conn)
-        # Watching from now on, so _poll always runs with the watcher armed.
-        conn.readable.notify(conn.on_readable)
-        self._poll(conn)  # the request often arrives with the connection
+        self._loop.watch(conn)
 
     def _open(self, sock: socket.socket, peer: object) -> Connection | None:
         conn = self._table.open(sock, peer)
@@ -240,122 +241,15 @@ class Handler:
             if not parked:
                 self._table.close(conn)
         if parked:
-            self._park(conn)
+            self._loop.park(conn)
+
+    @property
+    def requests(self) -> int:
+        """Requests answered so far, by tasks and by the event loop."""
+        return self._served + self._loop.served
 
     def _count_request(self) -> None:
-        self.requests += 1
-
-    def _park(self, conn: Connection) -> None:
-        """Wait for the next request as a watcher (the connection is idle), or, where
-        tasks are pooled, for the rest of a request head (its deadline stands)."""
-        if self.stopping:
-            self._table.close(conn)
-            return
-        if conn.head_deadline:
-            conn.reading = True  # (the reaper shuts it for reading only: 408 can go out)
-        else:
-            conn.idle = True
-            conn.deadline = time.monotonic() + self._config.keepalive_timeout
-        assert conn.readable is not None and conn.on_readable is not None
-        conn.readable.notify(conn.on_readable)
-
-    def _poll(self, conn: Connection) -> None:
-        """Read what a parked connection has received, in the event loop; never blocks.
-
-        A request the hot cache answers in one send is answered here: by its bytes, or
-        else, parsed (parsing never blocks), by its request key. Anything else (and the
-        end of an answer the socket could not take at once) goes to a task, with the
-        request parsed here.
-        """
-        raw = conn.raw
-        readable = conn.readable
-        assert raw is not None and readable is not None and conn.on_readable is not None
-        try:
-            try:
-                data = raw.recv(RECV_SIZE)
-            except BlockingIOError:
-                self._park(conn)
-                return
-            parser = conn.parser
-            if parser is not None and not parser.drained:  # (never a hot answer)
-                readable.notify(None)
-                self._io.dispatch(lambda: self._run(conn, data))  # (b"": 408 or close)
-                return
-            if not data or conn.expired:
-                self._table.close(conn)  # closed by the peer, or by the reaper (idle too long)
-                return
-            hit = self._hot.lookup(data)
-            if hit is None:
-                request = self._parse_in_loop(conn, data)
-                if request is None:
-                    return  # (gone to a task)
-                entry, response, method, target = request
-            else:
-                entry, response = hit
-                method, target = entry.method, entry.target
-            # (The hot path of the whole server: kept to the calls it needs.)
-            self.requests += 1
-            conn.hot_streak = True
-            conn.status = status = entry.status
-            conn.sent = size = len(response)
-            conn.last_request = started = time.monotonic()
-            try:
-                sent = raw.send(response)
-            except BlockingIOError:
-                sent = 0
-            if status >= self._log_from:
-                assert self._log is not None
-                self._log.record(method, target, status, size, time.monotonic() - started)
-            if sent != size:
-                self._send_rest(conn, response[sent:], entry.keep_alive)
-            elif entry.keep_alive:  # (the watcher stays armed: see adopt)
-                conn.deadline = started + self._config.keepalive_timeout
-            else:
-                self._table.close(conn)
-        except OSError:
-            self._table.close(conn)
-        except Exception as exc:  # never into the event loop
-            report_bug("connection", exc)
-            self._table.close(conn)
-
-    def _send_rest(self, conn: Connection, rest: bytes, keep_alive: bool) -> None:
-        """The end of a hot answer the socket could not take at once: sent by a task."""
-        assert conn.readable is not None
-        conn.readable.notify(None)
-        conn.idle = False
-        conn.deadline = conn.last_request + self._config.send_timeout
-        conn.parkable = keep_alive
-        self._io.dispatch(lambda: self._run(conn, pending=rest))
-
-    def _parse_in_loop(
-        self, conn: Connection, data: bytes
-    ) -> tuple[hotcache.Entry, bytes, str, str] | None:
-        """Parse ``data`` (not a hot answer's bytes) in the event loop: the hot answer
-        for its request key, with the request's method and target; else None, and the
-        request (or its error) has gone to a task."""
-        parser = conn.parser
-        if parser is None:
-            parser = conn.parser = RequestParser(body_limit=self._body_limit)
-        parser.feed(data)
-        parsed: Request | ProtocolError | None
-        try:
-            parsed = parser.next_request()
-        except ProtocolError as exc:
-            parsed = exc
-        conn.hot_key = None
-        missed: tuple[str | None] | None = None
-        if isinstance(parsed, Request) and not parsed.has_body and parser.drained:
-            alias = request_key(parsed)
-            hit = None if alias is None else self._hot.lookup(alias)
-            if hit is not None:
-                return hit[0], hit[1], parsed.method, parsed.target
-            conn.hot_key = data  # (alone in one read: the bytes may key an answer)
-            missed = (alias,)  # (the task must not ask the cache again)
-        assert conn.readable is not None
-        conn.readable.notify(None)
-        conn.idle = False
-        self._io.dispatch(lambda: self._run(conn, parsed=parsed, missed=missed))
-        return None
+        self._served += 1
 
     def _serve_requests(
         self,
@@ -367,7 +261,7 @@ class Handler:
         """Answer requests until the connection should close; True to linger.
 
         ``parsed``: the first request (or its error), already taken from the parser;
-        ``missed``: its request key, already looked up in vain (see _parse_in_loop).
+        ``missed``: its request key, already looked up in vain (see LoopReader._parse_in_loop).
         Raises _Park when an adopted connection is idle again.
         """
         parser = conn.parser
@@ -395,7 +289,7 @@ class Handler:
             first = b""
             if request is None:
                 return False
-            self.requests += 1
+            self._served += 1
             conn.hot_streak = False
             conn.last_request = started = time.monotonic()
             conn.deadline = started + self._config.send_timeout
@@ -416,7 +310,8 @@ class Handler:
 
     @staticmethod
     def _take(conn: Connection, parsed: Request | ProtocolError) -> Request:
-        """The request the event loop parsed (see _poll), as _read_request returns one."""
+        """The request the event loop parsed (see LoopReader.poll), as _read_request
+        returns one."""
         conn.idle = False
         conn.head_deadline = 0.0
         if isinstance(parsed, ProtocolError):
@@ -509,9 +404,10 @@ class Handler:
         return DEFAULT_LIMITS.max_body
 
     def _answer_hot(self, conn: Connection, entry: hotcache.Entry, response: bytes) -> bool:
-        """Send what was sent for the same request bytes, from a task (``_poll`` does
-        the same in the event loop); True to keep the connection."""
-        self.requests += 1
+        """Send what was sent for the same request bytes, from a task
+        (:meth:`LoopReader.poll` does the same in the event loop); True to keep the
+        connection."""
+        self._served += 1
         conn.last_request = started = time.monotonic()
         conn.hot_streak = True
         conn.deadline = started + self._config.send_timeout

@@ -26,7 +26,10 @@ class ConnectionHandler(Protocol):
     """What a worker model needs from the handler (see :class:`sitepeek.handler.Handler`)."""
 
     stopping: bool
-    requests: int  # requests answered so far (the stop summary adds them up)
+
+    @property
+    def requests(self) -> int:
+        """Requests answered so far (the stop summary adds them up)."""
 
     @property
     def connection_count(self) -> int: ...
