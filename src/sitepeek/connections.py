@@ -99,6 +99,9 @@ class Connection:
     # client asking for new things each time would pay a task per request otherwise.
     hot_streak: bool = False
     on_readable: Callable[[], None] | None = None
+    # Bytes received and held above the kernel (TLS: see TlsSocket.pending): while
+    # there are any, the connection must not wait for ``raw`` to turn readable.
+    pending: Callable[[], int] | None = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:

@@ -101,7 +101,6 @@ class Handler:
                 config.header_timeout,
                 self._log,
                 ca_entity,
-                proceed=self._run,
                 counted=self._count_request,
                 extra=responder.static_extra,
                 overrides=responder.static_overrides,
@@ -160,7 +159,7 @@ class Handler:
         if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
-                self._tls_port.serve(secure)
+                self._tls_port.serve(secure, self._run)
             return
         conn = self._open(sock, peer)
         if conn is not None:
@@ -174,14 +173,15 @@ class Handler:
         only a watcher: a request the hot cache answers is answered right in the event
         loop's callback, and a task is dispatched only for the others, until the
         connection is idle again (where tasks are pooled, it is parked after every
-        answer). Elsewhere the connection is served in a task of its own, as every TLS
-        connection is (its handshake may block).
+        answer). Elsewhere the connection is served in a task of its own. A TLS
+        connection gets a task for its handshake (it may block), then waits as a
+        watcher too (see :meth:`_adopt_secured`).
         """
         if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
                 tls_port = self._tls_port
-                self._io.spawn(lambda: tls_port.serve(secure))
+                self._io.spawn(lambda: tls_port.serve(secure, self._adopt_secured))
             return
         conn = self._open(sock, peer)
         if conn is None:
@@ -194,6 +194,16 @@ class Handler:
         # Watching from now on, so _poll always runs with the watcher armed.
         conn.readable.notify(conn.on_readable)
         self._poll(conn)  # the request often arrives with the connection
+
+    def _adopt_secured(self, conn: Connection) -> None:
+        """Serve an adopted TLS connection, TLS up: like a plain one, it waits for its
+        requests as a watcher, whose callback decrypts (never waiting) what arrived.
+        The event loop writes no TLS (see :class:`~sitepeek.tls.TlsSocket`): a hot
+        answer it finds is sent by a task."""
+        if conn.raw is not None and conn.readable is not None:
+            conn.parkable = conn.hot_streak = True  # (waits for its first request)
+            conn.on_readable = lambda: self._poll(conn)
+        self._run(conn)
 
     def _open(self, sock: socket.socket, peer: object) -> Connection | None:
         conn = self._table.open(sock, peer)
@@ -222,6 +232,7 @@ class Handler:
         ``missed``: its request key, when the loop found no answer under it.
         """
         lingers = parked = False
+        conn.reading = False  # (parked, it was: a write that stalls is shut down whole)
         try:
             if pending:
                 conn.sendall(pending)
@@ -251,9 +262,10 @@ class Handler:
         if self.stopping:
             self._table.close(conn)
             return
-        if conn.head_deadline:
-            conn.reading = True  # (the reaper shuts it for reading only: 408 can go out)
-        else:
+        # The reaper shuts it for reading only: its callback then answers 408, or
+        # closes it (over TLS with close_notify, which needs the writing side).
+        conn.reading = True
+        if not conn.head_deadline:
             conn.idle = True
             conn.deadline = time.monotonic() + self._config.keepalive_timeout
         assert conn.readable is not None and conn.on_readable is not None
@@ -273,8 +285,9 @@ class Handler:
         try:
             try:
                 data = raw.recv(RECV_SIZE)
-            except BlockingIOError:
-                self._park(conn)
+            except BlockingIOError:  # (TLS: part of a record) still waiting, or just adopted
+                if not conn.deadline:
+                    self._park(conn)
                 return
             parser = conn.parser
             if parser is not None and not parser.drained:  # (never a hot answer)
@@ -456,7 +469,12 @@ class Handler:
             if conn.idle:
                 if self.stopping:
                     return None
-                if conn.parkable and parser.drained and (conn.hot_streak or self._io.pooled):
+                if (
+                    conn.parkable
+                    and parser.drained
+                    and (conn.hot_streak or self._io.pooled)
+                    and (conn.pending is None or not conn.pending())
+                ):
                     raise Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:

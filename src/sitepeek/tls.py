@@ -183,25 +183,50 @@ class TlsSocket:
         send_all(self._raw, self._tcp, data)
 
     def recv(self, size: int) -> bytes:
-        size = min(size, _RECORD_SIZE)
-        while True:
-            with self._lock:
-                # Nothing buffered at either level: a read could only fail; go to TCP.
-                if self._incoming.pending or self._tls.pending():
-                    try:
-                        return self._tls.read(size)
-                    except ssl.SSLWantReadError:
-                        pass
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        return b""  # close_notify, or TCP closed without it
-                elif self._incoming.eof:
-                    return b""
-            data = self._recv_tcp()
-            with self._lock:
-                if data:
-                    self._incoming.write(data)
-                else:
-                    self._incoming.write_eof()
+        while (data := self._decrypt(size)) is None:
+            self._receive(self._recv_tcp())
+        return data
+
+    def recv_nowait(self, size: int) -> bytes:
+        """What has arrived, decrypted, without waiting (b"": the end); raises
+        BlockingIOError while no whole record is there (one may arrive in pieces)."""
+        raw = self._raw
+        assert raw is not None
+        while (data := self._decrypt(size)) is None:
+            self._receive(raw.recv(_RECV_SIZE))
+        return data
+
+    def pending(self) -> int:
+        """Bytes received and not read yet: decrypted (``ssl.SSLSocket.pending`` counts
+        only these) or still in records. While there are any, a request may be waiting
+        although the TCP socket will not turn readable for it."""
+        with self._lock:
+            return self._tls.pending() + self._incoming.pending
+
+    def nonblocking(self) -> RawSocket | None:
+        """This socket's non-blocking side (see :class:`_NonBlocking`), where the TCP
+        socket has one and a wait for it."""
+        return None if self._raw is None else _NonBlocking(self)
+
+    def _decrypt(self, size: int) -> bytes | None:
+        """The plaintext of the next record, b"" at the end; None: more TCP bytes needed."""
+        with self._lock:
+            # Nothing buffered at either level: a read could only fail; go to TCP.
+            if self._incoming.pending or self._tls.pending():
+                try:
+                    return self._tls.read(min(size, _RECORD_SIZE))
+                except ssl.SSLWantReadError:
+                    return None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""  # close_notify, or TCP closed without it
+            return b"" if self._incoming.eof else None
+
+    def _receive(self, data: bytes) -> None:
+        with self._lock:
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
@@ -264,3 +289,29 @@ class TlsSocket:
 
     def getpeername(self) -> object:
         return self._tcp.getpeername()
+
+
+class _NonBlocking:
+    """A TLS socket's non-blocking side, for the event loop that waits for a
+    connection's next request (see :class:`~sitepeek.concurrency.RawSocket`).
+
+    ``recv`` decrypts what has arrived and never waits. ``send`` always raises
+    BlockingIOError: a record the kernel takes in part must be finished before any
+    other goes out, which a non-blocking send cannot promise, so TLS answers are
+    encrypted and written whole by the connection's task (``send_all`` falls back to
+    :meth:`TlsSocket.sendall`).
+    """
+
+    __slots__ = ("_secure",)
+
+    def __init__(self, secure: TlsSocket) -> None:
+        self._secure = secure
+
+    def recv(self, size: int, /) -> bytes:
+        return self._secure.recv_nowait(size)
+
+    def send(self, data: bytes, /) -> int:
+        raise BlockingIOError
+
+    def fileno(self) -> int:
+        return self._secure.fileno()
