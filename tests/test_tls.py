@@ -627,8 +627,11 @@ def test_requests_buffered_above_tcp_are_answered_at_once(
         # The first request in the TCP write that ends the handshake, as browsers do.
         sock.sendall(finished + client.records(get_request("/small.txt")))
         assert client.response() == (200, small)
+        for _ in range(2):  # (the second time, a hot answer: the connection waits parked)
+            sock.sendall(client.records(get_request("/small.txt")))
+            assert client.response() == (200, small)
         # Two requests in two records in one write; each read decrypts one record.
-        for path in ("/small.txt", "/style.css"):  # (/small.txt: a hot answer by now)
+        for path in ("/small.txt", "/style.css"):  # (a hot answer first, then not)
             sock.sendall(client.records(get_request(path), get_request("/data.json")))
             assert client.response() == (200, (site / path.lstrip("/")).read_bytes())
             assert client.response() == (200, (site / "data.json").read_bytes())
@@ -671,3 +674,40 @@ def test_an_idle_tls_connection_timed_out_ends_with_close_notify(
         started = time.monotonic()
         assert sock.recv(1024) == b""  # at --keepalive-timeout (1 s)
     assert 0.9 <= time.monotonic() - started < 3.0
+
+
+def test_hot_answers_the_kernel_takes_in_part_arrive_whole(
+    tmp_path: Path, worker_model: str, pair: tuple[Path, Path, Path]
+) -> None:
+    """A hot answer is encrypted and sent by the event loop when the connection waits
+    there; when the kernel takes only part of its records, a task sends the rest of
+    them, neither encrypted twice nor reordered (the client's MAC checks would fail)."""
+    # A page is kept in memory (the reload script injected), and its answer is cached
+    # up to 256 KiB: far more than a slow reader's socket buffers hold.
+    page = tmp_path / "hot.html"
+    page.write_text("<!doctype html><p>" + os.urandom(100 * 1024).hex() + "</p>\n")
+    body = served(page)
+    (tmp_path / "next.txt").write_bytes(b"next")
+    _, cert, key = pair
+    srv = start_server(tmp_path, worker_model, "--cert", str(cert), "--key", str(key))
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", srv.port))
+        with sock:
+            client = RecordClient(sock, client_context(pair[0]))
+            sock.sendall(client.handshake())
+            for _ in range(2):  # the second time, its bytes are remembered
+                sock.sendall(client.records(get_request("/hot.html")))
+                assert client.response() == (200, body)
+            # Answered from the cache faster than they are read: more than the largest
+            # send buffer Linux grows to (tcp_wmem: 4 MiB).
+            for _ in range(32):
+                sock.sendall(client.records(get_request("/hot.html")))
+            for _ in range(32):
+                assert client.response() == (200, body)
+            sock.sendall(client.records(get_request("/next.txt")))  # (nothing sent twice)
+            assert client.response() == (200, b"next")
+    finally:
+        stop_cleanly(srv)

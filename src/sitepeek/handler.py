@@ -197,9 +197,8 @@ class Handler:
 
     def _adopt_secured(self, conn: Connection) -> None:
         """Serve an adopted TLS connection, TLS up: like a plain one, it waits for its
-        requests as a watcher, whose callback decrypts (never waiting) what arrived.
-        The event loop writes no TLS (see :class:`~sitepeek.tls.TlsSocket`): a hot
-        answer it finds is sent by a task."""
+        requests as a watcher, whose callback decrypts what arrived and encrypts a hot
+        answer, never waiting (see :meth:`~sitepeek.tls.TlsSocket.send_nowait`)."""
         if conn.raw is not None and conn.readable is not None:
             conn.parkable = conn.hot_streak = True  # (waits for its first request)
             conn.on_readable = lambda: self._poll(conn)
@@ -323,6 +322,8 @@ class Handler:
                 self._send_rest(conn, response[sent:], entry.keep_alive)
             elif entry.keep_alive:  # (the watcher stays armed: see adopt)
                 conn.deadline = started + self._config.keepalive_timeout
+                if conn.pending is not None and conn.pending():
+                    self._send_rest(conn, b"", True)  # (TLS records that came along)
             else:
                 self._table.close(conn)
         except OSError:
@@ -332,7 +333,8 @@ class Handler:
             self._table.close(conn)
 
     def _send_rest(self, conn: Connection, rest: bytes, keep_alive: bool) -> None:
-        """The end of a hot answer the socket could not take at once: sent by a task."""
+        """The end of a hot answer the socket could not take at once (b"": none, but
+        TLS records came with its request, still to be read) goes to a task."""
         assert conn.readable is not None
         conn.readable.notify(None)
         conn.idle = False

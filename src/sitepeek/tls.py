@@ -121,6 +121,10 @@ class TlsSocket:
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._lock = threading.Lock()  # never contended across a yield (see above)
+        # An answer send_nowait encrypted but the kernel took only in part: the rest of
+        # its records, and how many of the next sendall's bytes they already carry.
+        self._unsent = b""
+        self._owed = 0
         self.family = tcp.family
         if first:
             self._incoming.write(first)
@@ -231,11 +235,47 @@ class TlsSocket:
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             view = memoryview(data)
-            while view:  # a memory BIO takes everything: one pass, bar a partial write
-                written = self._tls.write(view)
-                view = view[written:]
-            out = self._outgoing.read()
+            if self._owed:  # (in records already: see send_nowait)
+                owed = min(self._owed, len(view))
+                self._owed -= owed
+                view = view[owed:]
+            self._encrypt(view)
+            out = self._take_outgoing()
         self._send_tcp(out)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Encrypt ``data`` and send what the kernel takes at once, never waiting:
+        ``len(data)`` when it all went. Else 0, and the caller passes ``data`` to
+        :meth:`sendall` next (as ``send_all`` does), which sends the rest of its
+        records without encrypting it again: part of a record cannot be taken back."""
+        raw = self._raw
+        assert raw is not None
+        with self._lock:
+            if self._owed:
+                raise BlockingIOError  # (what sendall must finish goes first)
+            self._encrypt(memoryview(data))
+            out = self._take_outgoing()
+        try:
+            sent = raw.send(out)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(out):
+            return len(data)
+        with self._lock:
+            self._unsent, self._owed = out[sent:], len(data)
+        return 0
+
+    def _encrypt(self, view: memoryview) -> None:
+        while view:  # a memory BIO takes everything: one pass, bar a partial write
+            written = self._tls.write(view)
+            view = view[written:]
+
+    def _take_outgoing(self) -> bytes:
+        """Every record not yet handed to TCP, in order (under the lock)."""
+        out = self._outgoing.read()
+        if self._unsent:
+            out, self._unsent = self._unsent + out, b""
+        return out
 
     def send(self, data: bytes) -> int:
         self.sendall(data)
@@ -251,7 +291,7 @@ class TlsSocket:
                 # The alert is queued; the peer's reply is not awaited.
                 with contextlib.suppress(ssl.SSLError):
                     self._tls.unwrap()
-                out = self._outgoing.read()
+                out = self._take_outgoing()
             if out:
                 self._send_quietly(out)
         self._tcp.shutdown(how)
@@ -262,7 +302,7 @@ class TlsSocket:
         with self._lock:
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
-            out = self._outgoing.read()
+            out = self._take_outgoing()
         if out:
             with contextlib.suppress(OSError):
                 if self._raw is not None:
@@ -292,15 +332,12 @@ class TlsSocket:
 
 
 class _NonBlocking:
-    """A TLS socket's non-blocking side, for the event loop that waits for a
-    connection's next request (see :class:`~sitepeek.concurrency.RawSocket`).
-
-    ``recv`` decrypts what has arrived and never waits. ``send`` always raises
-    BlockingIOError: a record the kernel takes in part must be finished before any
-    other goes out, which a non-blocking send cannot promise, so TLS answers are
-    encrypted and written whole by the connection's task (``send_all`` falls back to
-    :meth:`TlsSocket.sendall`).
-    """
+    """A TLS socket's non-blocking side (see :class:`~sitepeek.concurrency.RawSocket`),
+    for the event loop that waits for a connection's next request and sends hot
+    answers: ``recv`` decrypts what has arrived, ``send`` encrypts and sends what the
+    kernel takes; neither waits. A send the kernel takes in part returns 0: the rest
+    goes through :meth:`TlsSocket.sendall` with the same bytes, as ``send_all`` and
+    the handler's hand-off to a task do."""
 
     __slots__ = ("_secure",)
 
@@ -311,7 +348,7 @@ class _NonBlocking:
         return self._secure.recv_nowait(size)
 
     def send(self, data: bytes, /) -> int:
-        raise BlockingIOError
+        return self._secure.send_nowait(data)
 
     def fileno(self) -> int:
         return self._secure.fileno()
