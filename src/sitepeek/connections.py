@@ -176,6 +176,9 @@ class ConnectionTable:
     def close(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
+        # Its callback refers to it: freed now, not by a later garbage collection
+        # (which a TLS connection's OpenSSL state, unseen by Python, would wait for).
+        conn.on_readable = None
         if conn.readable is not None:
             conn.readable.close()
         if conn.writable is not None:
