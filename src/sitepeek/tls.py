@@ -5,7 +5,9 @@
 accepted TCP socket through memory BIOs, so it is socket-shaped for the connection,
 the proxy and the reload WebSocket whatever the worker model: its TCP I/O is the
 socket's own (gevent's cooperative one or a thread's blocking one), and the reaper's
-``shutdown`` acts on TCP only, never on TLS state another task is using.
+``shutdown`` acts on TCP only, never on TLS state another task is using. Its
+non-blocking side (:meth:`TlsSocket.nonblocking`) lets the event loop that parks idle
+connections decrypt a request and send a hot answer without waiting.
 :func:`is_client_hello` sniffs a connection's first bytes, and :func:`https_location`
 says where a plain-HTTP request on the TLS port is sent.
 
