@@ -281,17 +281,27 @@ def test_memory_per_idle_keepalive_connection(small_site: Path, model: str) -> N
     assert "Traceback" not in server.stderr_text()
 
 
+@pytest.mark.parametrize("pieces", [1, 2], ids=["head-whole", "head-in-pieces"])
 @pytest.mark.parametrize("model", WORKER_MODELS)
-def test_a_client_that_stops_reading_is_disconnected(tmp_path: Path, model: str) -> None:
+def test_a_client_that_stops_reading_is_disconnected(
+    tmp_path: Path, model: str, pieces: int
+) -> None:
     """A stalled reader of a large file must not hold its connection forever: once it
-    has accepted nothing for --send-timeout, the server closes the connection."""
+    has accepted nothing for --send-timeout, the server closes the connection. Also
+    when its request head came in pieces (the threads model parks the connection
+    between them: the writing task must not inherit that wait's shutdown-for-reading,
+    which would not wake a blocked send)."""
     (tmp_path / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))
     server = start_server(tmp_path, model, "--send-timeout", "1")
     try:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head = b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        if pieces == 2:
+            sock.sendall(head[:20])
+            time.sleep(0.3)  # (the server reads the first piece and waits for more)
+        sock.sendall(head[20 if pieces == 2 else 0 :])
         assert sock.recv(12) == b"HTTP/1.1 200"
         # Now read nothing. The server sees no progress, gives up after about 1 s and
         # closes; then everything queued can be drained, and the stream ends short.

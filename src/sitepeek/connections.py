@@ -99,6 +99,9 @@ class Connection:
     # client asking for new things each time would pay a task per request otherwise.
     hot_streak: bool = False
     on_readable: Callable[[], None] | None = None
+    # Bytes received and held above the kernel (TLS: see TlsSocket.pending): while
+    # there are any, the connection must not wait for ``raw`` to turn readable.
+    pending: Callable[[], int] | None = None
 
     def sendall(self, data: bytes) -> None:
         if not self.status:
@@ -173,6 +176,9 @@ class ConnectionTable:
     def close(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
+        # Its callback refers to it: freed now, not by a later garbage collection
+        # (which a TLS connection's OpenSSL state, unseen by Python, would wait for).
+        conn.on_readable = None
         if conn.readable is not None:
             conn.readable.close()
         if conn.writable is not None:

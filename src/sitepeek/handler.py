@@ -106,7 +106,6 @@ class Handler:
                 config.header_timeout,
                 self._log,
                 ca_entity,
-                proceed=self._run,
                 counted=self._count_request,
                 extra=responder.static_extra,
                 overrides=responder.static_overrides,
@@ -165,7 +164,7 @@ class Handler:
         if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
-                self._tls_port.serve(secure)
+                self._tls_port.serve(secure, self._run)
             return
         conn = self._open(sock, peer)
         if conn is not None:
@@ -179,14 +178,15 @@ class Handler:
         only a watcher: a request the hot cache answers is answered right in the event
         loop's callback, and a task is dispatched only for the others, until the
         connection is idle again (where tasks are pooled, it is parked after every
-        answer). Elsewhere the connection is served in a task of its own, as every TLS
-        connection is (its handshake may block).
+        answer). Elsewhere the connection is served in a task of its own. A TLS
+        connection gets a task for its handshake (it may block), then waits as a
+        watcher too (see :meth:`_adopt_secured`).
         """
         if self._tls_port is not None:
             secure = self._table.open(sock, peer)
             if secure is not None:
                 tls_port = self._tls_port
-                self._io.spawn(lambda: tls_port.serve(secure))
+                self._io.spawn(lambda: tls_port.serve(secure, self._adopt_secured))
             return
         conn = self._open(sock, peer)
         if conn is None:
@@ -195,6 +195,15 @@ class Handler:
             self._io.dispatch(lambda: self._run(conn))
             return
         self._loop.watch(conn)
+
+    def _adopt_secured(self, conn: Connection) -> None:
+        """Serve an adopted TLS connection, TLS up: like a plain one, it waits for its
+        requests as a watcher, whose callback decrypts what arrived and encrypts a hot
+        answer, never waiting (see :meth:`~sitepeek.tls.TlsSocket.send_nowait`)."""
+        if conn.raw is not None and conn.readable is not None:
+            conn.parkable = conn.hot_streak = True  # (waits for its first request)
+            conn.on_readable = lambda: self._loop.poll(conn)
+        self._run(conn)
 
     def _open(self, sock: socket.socket, peer: object) -> Connection | None:
         conn = self._table.open(sock, peer)
@@ -223,6 +232,7 @@ class Handler:
         ``missed``: its request key, when the loop found no answer under it.
         """
         lingers = parked = False
+        conn.reading = False  # (parked, it was: a write that stalls is shut down whole)
         try:
             if pending:
                 conn.sendall(pending)
@@ -351,7 +361,12 @@ class Handler:
             if conn.idle:
                 if self.stopping:
                     return None
-                if conn.parkable and parser.drained and (conn.hot_streak or self._io.pooled):
+                if (
+                    conn.parkable
+                    and parser.drained
+                    and (conn.hot_streak or self._io.pooled)
+                    and (conn.pending is None or not conn.pending())
+                ):
                     raise Park
                 conn.deadline = now + self._config.keepalive_timeout
             else:

@@ -69,9 +69,10 @@ class LoopReader:
         if self._stopping():
             self._table.close(conn)
             return
-        if conn.head_deadline:
-            conn.reading = True  # (the reaper shuts it for reading only: 408 can go out)
-        else:
+        # The reaper shuts it for reading only: its callback then answers 408, or
+        # closes it (over TLS with close_notify, which needs the writing side).
+        conn.reading = True
+        if not conn.head_deadline:
             conn.idle = True
             conn.deadline = time.monotonic() + self._config.keepalive_timeout
         assert conn.readable is not None and conn.on_readable is not None
@@ -91,8 +92,9 @@ class LoopReader:
         try:
             try:
                 data = raw.recv(RECV_SIZE)
-            except BlockingIOError:
-                self.park(conn)
+            except BlockingIOError:  # (TLS: part of a record) still waiting, or just adopted
+                if not conn.deadline:
+                    self.park(conn)
                 return
             parser = conn.parser
             if parser is not None and not parser.drained:  # (never a hot answer)
@@ -128,6 +130,8 @@ class LoopReader:
                 self._send_rest(conn, response[sent:], entry.keep_alive)
             elif entry.keep_alive:  # (the watcher stays armed: see watch)
                 conn.deadline = started + self._config.keepalive_timeout
+                if conn.pending is not None and conn.pending():
+                    self._send_rest(conn, b"", True)  # (TLS records that came along)
             else:
                 self._table.close(conn)
         except OSError:
@@ -137,7 +141,8 @@ class LoopReader:
             self._table.close(conn)
 
     def _send_rest(self, conn: Connection, rest: bytes, keep_alive: bool) -> None:
-        """The end of a hot answer the socket could not take at once: sent by a task."""
+        """The end of a hot answer the socket could not take at once (b"": none, but
+        TLS records came with its request, still to be read) goes to a task."""
         assert conn.readable is not None
         conn.readable.notify(None)
         conn.idle = False

@@ -5,7 +5,9 @@
 accepted TCP socket through memory BIOs, so it is socket-shaped for the connection,
 the proxy and the reload WebSocket whatever the worker model: its TCP I/O is the
 socket's own (gevent's cooperative one or a thread's blocking one), and the reaper's
-``shutdown`` acts on TCP only, never on TLS state another task is using.
+``shutdown`` acts on TCP only, never on TLS state another task is using. Its
+non-blocking side (:meth:`TlsSocket.nonblocking`) lets the event loop that parks idle
+connections decrypt a request and send a hot answer without waiting.
 :func:`is_client_hello` sniffs a connection's first bytes, and :func:`https_location`
 says where a plain-HTTP request on the TLS port is sent.
 
@@ -121,6 +123,10 @@ class TlsSocket:
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._lock = threading.Lock()  # never contended across a yield (see above)
+        # An answer send_nowait encrypted but the kernel took only in part: the rest of
+        # its records, and how many of the next sendall's bytes they already carry.
+        self._unsent = b""
+        self._owed = 0
         self.family = tcp.family
         if first:
             self._incoming.write(first)
@@ -183,34 +189,95 @@ class TlsSocket:
         send_all(self._raw, self._tcp, data)
 
     def recv(self, size: int) -> bytes:
-        size = min(size, _RECORD_SIZE)
-        while True:
-            with self._lock:
-                # Nothing buffered at either level: a read could only fail; go to TCP.
-                if self._incoming.pending or self._tls.pending():
-                    try:
-                        return self._tls.read(size)
-                    except ssl.SSLWantReadError:
-                        pass
-                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        return b""  # close_notify, or TCP closed without it
-                elif self._incoming.eof:
-                    return b""
-            data = self._recv_tcp()
-            with self._lock:
-                if data:
-                    self._incoming.write(data)
-                else:
-                    self._incoming.write_eof()
+        while (data := self._decrypt(size)) is None:
+            self._receive(self._recv_tcp())
+        return data
+
+    def recv_nowait(self, size: int) -> bytes:
+        """What has arrived, decrypted, without waiting (b"": the end); raises
+        BlockingIOError while no whole record is there (one may arrive in pieces)."""
+        raw = self._raw
+        assert raw is not None
+        while (data := self._decrypt(size)) is None:
+            self._receive(raw.recv(_RECV_SIZE))
+        return data
+
+    def pending(self) -> int:
+        """Bytes received and not read yet: decrypted (``ssl.SSLSocket.pending`` counts
+        only these) or still in records. While there are any, a request may be waiting
+        although the TCP socket will not turn readable for it."""
+        with self._lock:
+            return self._tls.pending() + self._incoming.pending
+
+    def nonblocking(self) -> RawSocket | None:
+        """This socket's non-blocking side (see :class:`_NonBlocking`), where the TCP
+        socket has one and a wait for it."""
+        return None if self._raw is None else _NonBlocking(self)
+
+    def _decrypt(self, size: int) -> bytes | None:
+        """The plaintext of the next record, b"" at the end; None: more TCP bytes needed."""
+        with self._lock:
+            # Nothing buffered at either level: a read could only fail; go to TCP.
+            if self._incoming.pending or self._tls.pending():
+                try:
+                    return self._tls.read(min(size, _RECORD_SIZE))
+                except ssl.SSLWantReadError:
+                    return None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""  # close_notify, or TCP closed without it
+            return b"" if self._incoming.eof else None
+
+    def _receive(self, data: bytes) -> None:
+        with self._lock:
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             view = memoryview(data)
-            while view:  # a memory BIO takes everything: one pass, bar a partial write
-                written = self._tls.write(view)
-                view = view[written:]
-            out = self._outgoing.read()
+            if self._owed:  # (in records already: see send_nowait)
+                owed = min(self._owed, len(view))
+                self._owed -= owed
+                view = view[owed:]
+            self._encrypt(view)
+            out = self._take_outgoing()
         self._send_tcp(out)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Encrypt ``data`` and send what the kernel takes at once, never waiting:
+        ``len(data)`` when it all went. Else 0, and the caller passes ``data`` to
+        :meth:`sendall` next (as ``send_all`` does), which sends the rest of its
+        records without encrypting it again: part of a record cannot be taken back."""
+        raw = self._raw
+        assert raw is not None
+        with self._lock:
+            if self._owed:
+                raise BlockingIOError  # (what sendall must finish goes first)
+            self._encrypt(memoryview(data))
+            out = self._take_outgoing()
+        try:
+            sent = raw.send(out)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(out):
+            return len(data)
+        with self._lock:
+            self._unsent, self._owed = out[sent:], len(data)
+        return 0
+
+    def _encrypt(self, view: memoryview) -> None:
+        while view:  # a memory BIO takes everything: one pass, bar a partial write
+            written = self._tls.write(view)
+            view = view[written:]
+
+    def _take_outgoing(self) -> bytes:
+        """Every record not yet handed to TCP, in order (under the lock)."""
+        out = self._outgoing.read()
+        if self._unsent:
+            out, self._unsent = self._unsent + out, b""
+        return out
 
     def send(self, data: bytes) -> int:
         self.sendall(data)
@@ -226,7 +293,7 @@ class TlsSocket:
                 # The alert is queued; the peer's reply is not awaited.
                 with contextlib.suppress(ssl.SSLError):
                     self._tls.unwrap()
-                out = self._outgoing.read()
+                out = self._take_outgoing()
             if out:
                 self._send_quietly(out)
         self._tcp.shutdown(how)
@@ -237,7 +304,7 @@ class TlsSocket:
         with self._lock:
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
-            out = self._outgoing.read()
+            out = self._take_outgoing()
         if out:
             with contextlib.suppress(OSError):
                 if self._raw is not None:
@@ -264,3 +331,26 @@ class TlsSocket:
 
     def getpeername(self) -> object:
         return self._tcp.getpeername()
+
+
+class _NonBlocking:
+    """A TLS socket's non-blocking side (see :class:`~sitepeek.concurrency.RawSocket`),
+    for the event loop that waits for a connection's next request and sends hot
+    answers: ``recv`` decrypts what has arrived, ``send`` encrypts and sends what the
+    kernel takes; neither waits. A send the kernel takes in part returns 0: the rest
+    goes through :meth:`TlsSocket.sendall` with the same bytes, as ``send_all`` and
+    the handler's hand-off to a task do."""
+
+    __slots__ = ("_secure",)
+
+    def __init__(self, secure: TlsSocket) -> None:
+        self._secure = secure
+
+    def recv(self, size: int, /) -> bytes:
+        return self._secure.recv_nowait(size)
+
+    def send(self, data: bytes, /) -> int:
+        return self._secure.send_nowait(data)
+
+    def fileno(self) -> int:
+        return self._secure.fileno()

@@ -45,13 +45,11 @@ class TlsPort:
         log: RequestLog | None,
         ca_cert: Entity | None,
         *,
-        proceed: Callable[[Connection], None],
         counted: Callable[[], None],
         extra: bytes = b"",
         overrides: frozenset[str] = frozenset(),
     ) -> None:
-        """``proceed(conn)`` serves a connection once TLS is up (in the same task, never
-        raising); ``counted()`` is called for each plain-HTTP request answered here;
+        """``counted()`` is called for each plain-HTTP request answered here;
         ``extra`` and ``overrides``: the --header and --cors fields every answer here
         carries too (see :class:`~sitepeek.connections.Connection`)."""
         self._context = context
@@ -62,13 +60,13 @@ class TlsPort:
         self._header_timeout = header_timeout
         self._log = log
         self._ca_cert = ca_cert
-        self._proceed = proceed
         self._counted = counted
         self._extra = extra
         self._overrides = overrides
 
-    def serve(self, conn: Connection) -> None:
-        """Serve a connection on the TLS port, in its own task; never raises."""
+    def serve(self, conn: Connection, proceed: Callable[[Connection], None]) -> None:
+        """Serve a connection on the TLS port, in its own task; never raises.
+        ``proceed(conn)`` serves it once TLS is up (in this task, never raising)."""
         try:
             secured = self._secure(conn)
         except (OSError, CloseConnection):
@@ -77,7 +75,7 @@ class TlsPort:
             report_bug("connection", exc)
             secured = False
         if secured:
-            self._proceed(conn)
+            proceed(conn)
         else:
             self._table.close(conn)
 
@@ -106,6 +104,12 @@ class TlsPort:
             return False
         # Socket-shaped: the methods the connection, proxy and reload code call.
         conn.sock = cast(socket.socket, secure)
+        # Its non-blocking side reads (decrypts) for the event loop while the
+        # connection waits for a request as a watcher (Handler.adopt); what is buffered
+        # above TCP (the first request often comes with the handshake's last flight)
+        # must be read before it waits for TCP again.
+        conn.raw = secure.nonblocking()
+        conn.pending = secure.pending
         return True
 
     def _redirect_to_https(self, conn: Connection, first: bytes) -> None:

@@ -6,7 +6,8 @@ No gevent anywhere in this model. The way gunicorn's ``gthread`` worker does it:
   listening socket and every idle keep-alive connection. When one has bytes, it reads
   them without blocking (MSG_DONTWAIT); a request the hot cache answers is answered
   right there in one non-blocking send, exactly as the greenlet model answers it in
-  its event loop (see Handler.adopt), with no hand-off to any thread;
+  its event loop (see Handler.adopt), with no hand-off to any thread (over TLS too:
+  the selector thread decrypts the request and encrypts the answer);
 - anything else is handed to a pool of ``--threads`` reused worker threads, queued
   first ready, first served while all of them are busy (never dropped). A worker
   answers, then hands the connection back to the selector: an idle connection never
@@ -14,7 +15,10 @@ No gevent anywhere in this model. The way gunicorn's ``gthread`` worker does it:
 - deadlines (idle, request head, send) are kept by the connection table's reaper, one
   periodic sweep, not a timer per socket;
 - a reload WebSocket or a proxied exchange may last long: its thread leaves the pool
-  (Io.detach), so it never holds a pool slot.
+  (Io.detach), so it never holds a pool slot;
+- a TLS handshake runs in a thread of its own (Io.spawn), never a pool thread, so
+  clients stalling in handshakes cannot starve the pool; the thread ends once the
+  connection waits in the selector.
 
 At ``max_connections`` the idle connection used least recently is closed for a
 newcomer known to be waiting, and the selector stops accepting for a moment (50 ms)
