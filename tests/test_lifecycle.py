@@ -62,7 +62,9 @@ def test_stop_with_idle_and_inflight_connections_is_quick_and_clean(
     idle.close()
     slow.close()
     assert code == 0, server.stderr_text()
-    assert elapsed < 1.0
+    # 0.5 s of grace, then the rest is cut: bounded, never the clients' 30 s send timeout
+    # (a busy CI machine adds to the process's own exit).
+    assert elapsed < 2.0, elapsed
     assert "Traceback" not in server.stderr_text()
 
 

@@ -723,7 +723,7 @@ def test_sigterm_with_a_connected_socket_exits_fast(live: Server) -> None:
         code = live.stop(signal.SIGTERM)
         elapsed = time.monotonic() - started
         assert code == 0, live.stderr_text()
-        assert elapsed < 1.0
+        assert elapsed < 2.0, elapsed  # (not held by the open socket; a busy machine)
         assert client.closed_by_peer(timeout=1.0)
     finally:
         client.close()
