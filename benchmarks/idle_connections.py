@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import REPO, STARTUP_URL
+from servers import REPO, STARTUP_URL, extract_source
 from testsite import build_site
 
 WARM_UP = 50
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         build_site(site, with_large=False)
         versions = {"this tree": REPO / "src"}
         if args.baseline:
-            versions[args.baseline] = _extract(args.baseline, Path(tmp) / "baseline")
+            versions[args.baseline] = extract_source(args.baseline, Path(tmp) / "baseline")
         for model in args.models.split(","):
             for scheme in ("http", "https"):
                 for label, src in versions.items():
@@ -75,15 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row.threads_before} → {row.threads_after} | {row.newcomer_ms:.1f} |"
         )
     return 0
-
-
-def _extract(ref: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
 
 
 def _measure(

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from servers import REPO, free_port
+from servers import REPO, extract_source, free_port
 from testsite import build_site
 
 SCENARIOS = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         build_site(site, with_large=False)
         versions = {"this tree": REPO / "src"}
         if args.baseline:
-            versions[args.baseline] = _extract(args.baseline, Path(tmp) / "baseline")
+            versions[args.baseline] = extract_source(args.baseline, Path(tmp) / "baseline")
         counts = {
             label: _count(src, site, Path(tmp) / f"run-{index}", scenarios, args)
             for index, (label, src) in enumerate(versions.items())
@@ -73,15 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{counts[labels[0]][name] / counts[labels[1]][name]:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
-
-
-def _extract(ref: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
 
 
 def _count(

@@ -233,10 +233,10 @@ SERVERS: dict[str, ServerSpec] = {
 BASELINE = "python-http.server"
 
 
-def baseline_servers(ref: str, names: list[str], into: Path) -> list[ServerSpec]:
-    """Twins ``NAME@REF`` of the sitepeek servers among ``names``, running the source
-    of the git revision ``ref`` (extracted under ``into``): the old and the new code
-    measured in one run, on the same machine state."""
+def extract_source(ref: str, into: Path) -> Path:
+    """The ``src`` directory of the git revision ``ref``, extracted under ``into`` (for
+    PYTHONPATH): the old code, to measure next to the new in one run. ValueError when
+    ``ref`` is not a revision of this repository."""
     into.mkdir(parents=True, exist_ok=True)
     try:
         archive = subprocess.run(
@@ -248,6 +248,14 @@ def baseline_servers(ref: str, names: list[str], into: Path) -> list[ServerSpec]
         detail = getattr(error, "stderr", b"") or str(error).encode()
         raise ValueError(f"--baseline {ref}: {detail.decode(errors='replace').strip()}") from None
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def baseline_servers(ref: str, names: list[str], into: Path) -> list[ServerSpec]:
+    """Twins ``NAME@REF`` of the sitepeek servers among ``names``, running the source
+    of the git revision ``ref`` (extracted under ``into``): the old and the new code
+    measured in one run, on the same machine state."""
+    extract_source(ref, into)
     twins = []
     for name in names:
         model = name.removeprefix("sitepeek-")
