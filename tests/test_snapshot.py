@@ -8,7 +8,9 @@ into the copy, and it never outlives sitepeek.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +129,37 @@ def test_symlinks_into_the_site_point_into_the_copy(site: Path, temp: Path, tmp_
     (site / "rel.html").symlink_to("index.html")
     assert snapshot.refresh() is None
     assert os.readlink(copy / "rel.html") == "index.html"
+
+
+def test_a_file_replaced_while_it_is_copied_costs_only_that_file(
+    site: Path, temp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A companion writing into the site (write, then rename over) may remove a file
+    between its copy and its times and mode being taken: the copy stays."""
+    copy = shutil.copyfileobj
+    page = site / "docs" / "page.html"
+    inode = page.stat().st_ino
+
+    def then_gone(reader: Any, writer: Any, length: int = 0) -> None:
+        copy(reader, writer, length)
+        if os.fstat(reader.fileno()).st_ino == inode:
+            page.unlink()
+
+    monkeypatch.setattr(shutil, "copyfileobj", then_gone)
+    snapshot = Snapshot(site, temp_dir=str(temp))
+    assert snapshot.refresh() is None
+    assert snapshot.directory is not None
+    monkeypatch.undo()
+    assert tree(Path(snapshot.directory)) == {
+        "docs": "dir",
+        "docs/deep": "dir",
+        "docs/deep/x.css": "x{}",
+        "docs/page.html": "<p>page</p>",
+        "index.html": "<p>home</p>",
+    }
+    assert snapshot.refresh() is None  # and the next refresh follows the source
+    assert "docs/page.html" not in tree(Path(snapshot.directory))
+    snapshot.remove()
 
 
 def test_fifos_and_skipped_names_are_left_out(site: Path, temp: Path) -> None:

@@ -27,6 +27,7 @@ Standard library only; used by one thread at a time (the build runner's), except
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -42,6 +43,7 @@ PREFIX = "sitepeek-snapshot-"  # + the owner's pid + "-" + random
 _STALE = re.compile(re.escape(PREFIX) + r"(\d+)-")
 _TEMP_PREFIX = ".sitepeek-copy-"  # a file being copied (a dotfile: never served)
 _CHUNK = 1 << 20
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})  # the copy itself cannot be made
 REMOVE_WAIT = 5.0  # how long remove() waits for a refresh to notice it
 
 # What the copy of one entry was made from: ("f", dev, ino, size, mtime_ns, ctime_ns),
@@ -215,15 +217,35 @@ class Snapshot:
         if kind == "l":
             _delete(temporary)
             os.symlink(str(stamp[1]), temporary)
-        else:
-            try:
-                reader = open(source, "rb")  # noqa: SIM115 (closed below)
-            except (PermissionError, FileNotFoundError):
-                return False
-            with reader, open(temporary, "wb") as writer:
-                shutil.copyfileobj(reader, writer, _CHUNK)
-            shutil.copystat(source, temporary)
+        elif not self._copy_file(source, temporary):
+            return False
         os.replace(temporary, target)
+        return True
+
+    @staticmethod
+    def _copy_file(source: str, temporary: str) -> bool:
+        """Copy the regular file ``source`` (contents, mode, times) to ``temporary``;
+        False if it is gone, unreadable or no longer a regular file (what a file being
+        replaced meanwhile costs is that file, never the whole copy). Out of room, the
+        OSError is raised."""
+        try:  # (not blocking on a FIFO swapped in, not following a link)
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        with open(fd, "rb") as reader:
+            st = os.fstat(fd)  # (what was opened, whatever the path names now)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            try:
+                with open(temporary, "wb") as writer:
+                    shutil.copyfileobj(reader, writer, _CHUNK)
+                os.chmod(temporary, stat.S_IMODE(st.st_mode))
+                os.utime(temporary, ns=(st.st_atime_ns, st.st_mtime_ns))
+            except OSError as exc:
+                _delete(temporary)
+                if exc.errno in _NO_ROOM:
+                    raise
+                return False
         return True
 
     def _link_target(self, path: str, rel: str) -> str:
