@@ -334,15 +334,16 @@ def test_a_companion_that_exits_is_reported(tmp_path: Path, model: str) -> None:
     command = "echo starting; echo 'port taken' >&2; exit 3"
     server = start_server(site, model, "--run", command, "--run", "sleep 30")
     try:
-        ws = connect_ws(server)
-        message = ws.recv_json(WAIT)  # live, or in the greeting if it ended first
+        # Live, or in the greeting if it ended first (even before the worker model
+        # made its handlers: the feed tells them what ended).
+        with contextlib.closing(connect_ws(server)) as ws:
+            message = ws.recv_json(WAIT)
         assert message == {
             "type": "overlay",
             "id": f"run:{command}",
             "title": f"run {command!r} ended (exit 3)",
             "output": "starting\nport taken",
         }
-        ws.close()
     finally:
         stop_cleanly(server)
     assert output_lines(server, r"^echo \| port taken$")

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from sitepeek import changes
-from sitepeek.changes import ChangeFeed, Pending, Settled
+from sitepeek.changes import (
+    BuildFinished,
+    BuildStarted,
+    ChangeFeed,
+    CompanionExited,
+    Pending,
+    Settled,
+)
 from sitepeek.fingerprints import Fingerprints
 from sitepeek.reload import (
     BUILD_PATHS,
@@ -234,6 +241,30 @@ def test_a_late_subscriber_learns_the_latest_build_and_one_in_flight() -> None:
     feed.reset()  # as a forked worker does: subscribers go, what happened stays
     feed.subscribe(late.append)
     assert late == [first, Pending(5.0)]
+
+
+def test_a_late_subscriber_learns_what_the_tabs_must_show() -> None:
+    """Commands start with the server: a --run command failing at once, or a first
+    build failing fast, can end before a worker model has made its handlers."""
+    feed = ChangeFeed()
+    exited = CompanionExited("npm run api", "run 'npm run api' ended (exit 1)", "EADDRINUSE")
+    failed = BuildFinished(False, "build failed (exit 2) 0.1 s", "error")
+    feed.emit(exited)
+    feed.emit(BuildStarted())
+    feed.emit(failed)
+    seen: list[object] = []
+    feed.subscribe(seen.append)
+    assert seen == [failed, exited]
+    # A build running after the failure: the failure's overlay, then the gate closed.
+    feed.emit(BuildStarted())
+    late: list[object] = []
+    feed.subscribe(late.append)
+    assert late == [failed, BuildStarted(), exited]
+    # A good build clears the failure.
+    feed.emit(BuildFinished(True, "build ok 0.1 s"))
+    latest: list[object] = []
+    feed.subscribe(latest.append)
+    assert latest == [exited]
 
 
 # -- the debouncer and builds -------------------------------------------------------------

@@ -185,17 +185,24 @@ class ChangeFeed:
         self._latest: Settled | None = None  # the latest build that changed something
         self._pending: Pending | None = None  # a build in flight
         self._serving: Serving | None = None  # answering from a snapshot
+        self._failed: BuildFinished | None = None  # the latest build, if it failed
+        self._building: BuildStarted | None = None  # a --build command running now
+        self._exited: dict[str, CompanionExited] = {}  # --run commands that ended
         self._outcome_sinks: list[Callable[[Outcome], None]] = []
         self._page_sinks: list[Callable[[PageSeen], None]] = []
         self._touch_sinks: list[Callable[[Touched], None]] = []
 
     def subscribe(self, sink: Sink) -> None:
         """Add ``sink``; it is told at once where requests are answered from (when not
-        from the served directory), the latest build and one in flight."""
+        from the served directory), the latest build and one in flight, and what the
+        tabs must show: a failed ``--build`` (then one running now) and the ``--run``
+        commands that ended. (Commands start with the server: one that fails at once
+        may end before a worker model has made its handlers.)"""
         with self._lock:
             self._sinks.append(sink)
-            known = (self._serving, self._latest, self._pending)
+            known = (self._serving, self._latest, self._pending, self._failed, self._building)
             replay: list[ChangeEvent] = [event for event in known if event is not None]
+            replay += self._exited.values()
         for event in replay:
             sink(event)
 
@@ -258,6 +265,13 @@ class ChangeFeed:
                     self._latest = event
             elif isinstance(event, Serving):
                 self._serving = event if event.snapshot else None
+            elif isinstance(event, BuildStarted):
+                self._building = event
+            elif isinstance(event, BuildFinished):
+                self._building = None
+                self._failed = None if event.ok else event
+            elif isinstance(event, CompanionExited):
+                self._exited[event.command] = event
         for sink in sinks:
             sink(event)
 

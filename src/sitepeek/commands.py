@@ -36,6 +36,9 @@ __all__ = ["KILL_GRACE", "Child", "Companions", "Terminal", "describe_exit", "sh
 
 # SIGTERM first; a command still running this much later gets SIGKILL.
 KILL_GRACE = 2.0
+# How long an ended command's output is still read: a process it left behind may hold
+# the pipe open (it is not waited for longer), and a busy machine may be slow to read.
+OUTPUT_WAIT = 2.0
 # The last this-many characters of a command's output are kept for the overlay.
 OUTPUT_TAIL = 64 * 1024
 # Words before the program that names a command's output (npx vite -> "vite").
@@ -193,8 +196,9 @@ class Child:
         assert self._proc is not None
         code = self._proc.wait()
         if self._reader is not None:
-            # Output still held by a process the command left behind must not hold us.
-            self._reader.join(0.5)
+            # Output still held by a process the command left behind must not hold us
+            # for long; a busy machine may take a moment to read what the command wrote.
+            self._reader.join(OUTPUT_WAIT)
             if not self._reader.is_alive() and self._proc.stdout is not None:
                 self._proc.stdout.close()  # (read to its end; never under a reader)
         with self._lock:
