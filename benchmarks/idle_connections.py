@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -29,8 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import REPO, STARTUP_URL, extract_source
+from servers import REPO, STARTUP_URL, exchange, extract_source
 from testsite import build_site
+
+GET = "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"  # one keep-alive request
 
 WARM_UP = 50
 START_TIMEOUT_S = 20.0
@@ -106,8 +107,8 @@ def _measure(
             for _ in range(how_many):
                 sock = connect()
                 held.append(sock)
-                _get(sock)
-                _get(sock)
+                exchange(sock, GET.format(path="/small.txt"))
+                exchange(sock, GET.format(path="/small.txt"))
 
         hold(WARM_UP)
         time.sleep(0.5)  # (a handshake's own thread ends after it parks: threads model)
@@ -117,7 +118,7 @@ def _measure(
         threads_after, rss_after = _status(server.pid)
         started = time.monotonic()
         with connect() as newcomer:
-            _get(newcomer, "/index.html")
+            exchange(newcomer, GET.format(path="/index.html"))
         newcomer_ms = (time.monotonic() - started) * 1000
         return Row(
             label, model, scheme, (rss_after - rss) / count, threads, threads_after, newcomer_ms
@@ -146,25 +147,6 @@ def _port(server: subprocess.Popen[bytes]) -> int:
         if match:
             return int(match.group(1))
     raise RuntimeError("sitepeek did not print its URL in time")
-
-
-def _get(sock: socket.socket, path: str = "/small.txt") -> None:
-    """One keep-alive GET and its whole response (framed by Content-Length)."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("the server closed the connection")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    length = int(match.group(1)) if match else 0
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("the server closed the connection mid-body")
-        body += chunk
 
 
 def _status(pid: int) -> tuple[int, int]:

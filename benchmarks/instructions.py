@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from servers import REPO, extract_source, free_port
+from servers import REPO, exchange, extract_source, free_port
 from testsite import build_site
 
 SCENARIOS = {
@@ -106,12 +105,12 @@ def _count(
         for name in scenarios:
             template = SCENARIOS[name]
             for n in range(WARM_UP):
-                _exchange(sock, template.format(n=n))
+                exchange(sock, template.format(n=n))
             _control(server.pid, "--instr=on")
             _control(server.pid, "--zero")
             started = time.monotonic()
             for n in range(WARM_UP, WARM_UP + args.requests):
-                _exchange(sock, template.format(n=n))
+                exchange(sock, template.format(n=n))
             busy = _dump(server.pid, workdir)
             # What runs by the clock (the reaper, timers) whether or not requests come,
             # counted over as long again and taken off: only per-request work remains.
@@ -148,27 +147,6 @@ def _connect(port: int, server: subprocess.Popen[bytes]) -> socket.socket:
             time.sleep(0.2)
             continue
         return sock
-
-
-def _exchange(sock: socket.socket, request: str) -> None:
-    """Send one request and read its whole response (Content-Length framed)."""
-    sock.sendall(request.encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("the server closed the connection")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    length = int(match.group(1)) if match else 0
-    if head.startswith(b"HTTP/1.1 304"):
-        length = 0
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("the server closed the connection mid-body")
-        body += chunk
 
 
 def _dump(pid: int, workdir: Path) -> int:

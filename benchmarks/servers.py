@@ -233,6 +233,28 @@ SERVERS: dict[str, ServerSpec] = {
 BASELINE = "python-http.server"
 
 
+def exchange(sock: socket.socket, request: str) -> None:
+    """Send one request and read its whole response (Content-Length framed; a 304 has
+    no body), on a keep-alive connection: what the figures of a benchmark script ask."""
+    sock.sendall(request.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the server closed the connection")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    if head.startswith(b"HTTP/1.1 304"):
+        length = 0
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the server closed the connection mid-body")
+        body += chunk
+
+
 def extract_source(ref: str, into: Path) -> Path:
     """The ``src`` directory of the git revision ``ref``, extracted under ``into`` (for
     PYTHONPATH): the old code, to measure next to the new in one run. ValueError when
